@@ -1,0 +1,116 @@
+"""What a backend reports about a model, and the canonical names the core derives from it.
+
+Backends only describe (paths, wrapper segments, layer kinds, current settings);
+the core turns that into one framework-neutral name per tensor:
+
+* wrapper segments (DDP ``module``, ``torch.compile``'s ``_orig_mod``, FSDP) are dropped;
+* norm layers' Gluon spellings ``gamma``/``beta``/``moving_*`` become ``weight``/``bias``/``running_*``;
+so ``layer1.0.bn1.weight`` names the same tensor in torchvision and GluonCV.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                   "moving_var": "running_var"}
+_FLAT_NORM_LEAF = re.compile(r"(.*_)(gamma|beta|moving_mean|moving_var)$")
+
+
+@dataclass(frozen=True)
+class RawName:
+    """A tensor's structural path as the backend found it."""
+
+    segments: tuple[str, ...]  # child names from the root to the owning layer
+    leaf: str  # the attribute name inside that layer
+    wrappers: frozenset[int] = frozenset()  # positions in segments that are wrapper attributes
+
+
+def canonical_name(raw: RawName, is_norm: bool) -> str:
+    """The name rules match on: wrappers stripped, norm leaves spelled as in torch."""
+    parts = [s for i, s in enumerate(raw.segments) if i not in raw.wrappers]
+    leaf = raw.leaf
+    if is_norm:
+        if leaf in NORM_LEAF_NAMES:
+            leaf = NORM_LEAF_NAMES[leaf]
+        else:  # flat names inside Gluon SymbolBlocks: ..._batchnorm0_gamma
+            m = _FLAT_NORM_LEAF.match(leaf)
+            if m:
+                leaf = m.group(1) + NORM_LEAF_NAMES[m.group(2)]
+    return ".".join(parts + [leaf])
+
+
+def module_of(name: str) -> str:
+    """The module path of a canonical tensor name ('' for a top-level tensor)."""
+    return name.rpartition(".")[0]
+
+
+@dataclass
+class TensorInfo:
+    """One distinct tensor (parameter or state) of the model, as a backend found it."""
+
+    handle: Any  # the framework's parameter / buffer object (identity matters)
+    names: tuple[RawName, ...]  # every alias; the first is the primary name
+    native: str  # the framework's own name (torch dotted path, Gluon prefixed name)
+    shape: tuple[int, ...] | None  # Gluon deferred dims are 0; None when unknown
+    layer_type: str  # class of the owning layer, e.g. 'Conv2d', 'BatchNorm'
+    is_norm: bool = False  # belongs to a normalisation layer
+    is_state: bool = False  # buffers / non-differentiable (running stats, anchors)
+    trainable: bool = True  # current settings, to flag what a plan changes
+    lr_mult: float = 1.0
+    wd_mult: float = 1.0
+    canonical: str = field(default="", init=False)
+    aliases: tuple[str, ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        names = [canonical_name(n, self.is_norm) for n in self.names]
+        self.canonical = names[0]
+        self.aliases = tuple(dict.fromkeys(names[1:]))
+
+    @property
+    def ndim(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def numel(self) -> int | None:
+        if self.shape is None or any(d == 0 for d in self.shape):
+            return None
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class NormInfo:
+    """A normalisation layer with running statistics whose updates can be frozen."""
+
+    handle: Any  # what the backend needs to switch its statistics
+    path: RawName  # leaf '' ; the layer's own structural path
+    affine: tuple[Any, ...]  # handles of its affine parameters (may be empty)
+    stats: tuple[Any, ...]  # handles of its running statistics
+    stats_frozen: bool  # current state
+    layer_type: str = "BatchNorm"
+    name: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        self.name = canonical_name(self.path, False).rstrip(".")
+
+
+@dataclass
+class Listing:
+    """Everything a plan needs to know about a model."""
+
+    model_type: str  # 'package.module.Class', for model cards
+    tensors: list[TensorInfo]
+    norms: list[NormInfo]
+
+    @property
+    def params(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if not t.is_state]
+
+    @property
+    def state(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.is_state]

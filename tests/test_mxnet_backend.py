@@ -1,0 +1,137 @@
+"""MXNet-only behaviour: hybridized blocks, SymbolBlocks (GluonCV SSD), deferred init, prefixes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mxnet")
+
+import tunespec  # noqa: E402
+from frameworks import MXNetHarness, batches  # noqa: E402
+from tunespec.backends.mxnet import import_gluoncv  # noqa: E402
+
+SPEC = {"freeze": ["[01]\\..*"]}
+
+
+@pytest.fixture(scope="module")
+def gcv():
+    return import_gluoncv()
+
+
+def running(net, key):
+    return {t.canonical: t.handle.data().asnumpy().copy()
+            for t in tunespec.plan(net, {"train": [".*"]}).listing.state if key in t.canonical}
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_hybridized_and_plain_blocks_behave_the_same(hybridize):
+    fw = MXNetHarness()
+    results = {}
+    for hybrid in (False, hybridize):
+        net = fw.small_cnn("float32")
+        mx.random.seed(0)
+        if hybrid:
+            net.hybridize()
+            fw.forward(net, batches(1, 8)[0][0].astype("float32"), train=True)  # build the cached graph
+        opt = tunespec.optimizer(net, SPEC, "sgd", lr=0.05, momentum=0.9)
+        before = fw.arrays(net)
+        for x, y in batches(2, 8, seed=3):
+            fw.step(net, opt, x.astype("float32"), y)
+        after = fw.arrays(net)
+        for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var"):
+            assert np.array_equal(before[name], after[name]), (hybrid, name)
+        assert not np.array_equal(before["4.running_mean"], after["4.running_mean"])
+        results[hybrid] = after
+    np.testing.assert_allclose(results[False]["8.weight"], results[hybridize]["8.weight"], rtol=1e-5, atol=1e-6)
+
+
+def test_gluon_names_are_structural_not_prefixed():
+    vision = mx.gluon.model_zoo.vision
+    a, b = vision.resnet18_v1(), vision.resnet18_v1()  # prefixes resnetv1N_ differ
+    spec = {"freeze": ["features\\.[0-5]\\..*"]}
+    pa, pb = tunespec.plan(a, spec), tunespec.plan(b, spec)
+    assert [(d.name, d.trainable) for d in pa.decisions] == [(d.name, d.trainable) for d in pb.decisions]
+    assert pa.decisions[0].tensor.native != pb.decisions[0].tensor.native
+    assert pa["features.1.weight"].tensor.native.endswith("gamma")
+
+
+def test_deferred_init_blocks_plan_by_name(gcv):
+    net = gcv.model_zoo.get_model("resnet18_v1b", pretrained=False)  # not initialised
+    plan = tunespec.apply(net, {"freeze": ["conv1\\..*", "bn1\\..*", "layer1\\..*"]})
+    assert plan["conv1.weight"].tensor.shape[1] == 0 or plan["conv1.weight"].tensor.shape is not None
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    assert net.conv1.weight.grad_req == "null" and net.fc.weight.grad_req == "write"
+    report = plan.verify()  # no baseline at apply time: taken now, then watched
+    assert report.ok and "conv1.weight" in report.unchecked
+    assert plan.verify().unchecked == []
+
+
+def ssd(gcv):
+    return gcv.model_zoo.get_model("ssd_300_mobilenet0.25_voc", pretrained=False, pretrained_base=False)
+
+
+def test_ssd_symbolblock_names_do_not_depend_on_counters(gcv):
+    first, second = ssd(gcv), ssd(gcv)  # prefixes ssdN_ differ between the two
+    spec = {"freeze": ["features\\..*"], "lr_mult": {"(class|box)_predictors\\..*": 10}}
+    p1, p2 = tunespec.plan(first, spec), tunespec.plan(second, spec)
+    view = lambda p: [(d.name, d.trainable, d.lr_mult) for d in p.decisions]  # noqa: E731
+    assert view(p1) == view(p2)
+    assert p1.decisions[0].tensor.native != p2.decisions[0].tensor.native
+    names = [d.name for d in p1.decisions]
+    assert "features.mobilenet0_conv0_weight" in names
+    assert "features.mobilenet0_batchnorm0_weight" in names  # gamma spelled weight
+    assert not any(n.startswith("anchor_generators") for n in names)  # constants are state
+    assert len(p1.norms) > 30 and all(n.frozen for n in p1.norms if n.norm.name.startswith("features."))
+
+
+@pytest.mark.parametrize("policy, frozen", [("freeze_frozen", True), ("train", False)])
+def test_symbolblock_batchnorm_statistics_freeze(gcv, policy, frozen):
+    net = ssd(gcv)
+    net.initialize()
+    net.hybridize()
+    x = mx.nd.random.uniform(shape=(1, 3, 128, 128))
+    net(x)
+    # The first conv trains, so backward runs through the whole SymbolBlock (MXNet updates a
+    # SymbolBlock's running statistics as part of its backward pass).
+    tunespec.apply(net, {"freeze": ["features\\..*"], "train": ["features\\.mobilenet0_conv0_weight"],
+                         "bn": policy})
+    before = running(net, "features.mobilenet0_batchnorm0_running")
+    with mx.autograd.record():  # SymbolBlocks update running statistics when backward runs
+        cls_preds, box_preds, _ = net(x)
+        loss = cls_preds.sum() + box_preds.sum()
+    loss.backward()
+    after = running(net, "features.mobilenet0_batchnorm0_running")
+    same = all(np.array_equal(before[k], after[k]) for k in before)
+    assert before and same == frozen
+
+
+def test_gluoncv_imports_beside_torch_2_only_through_tunespec():
+    code = ("import torch, sys\n"
+            "try:\n    import gluoncv\n    print('plain import worked')\n"
+            "except RuntimeError as e:\n    print('plain import failed:', str(e)[:40])\n"
+            "for m in [m for m in sys.modules if m.startswith('gluoncv')]: del sys.modules[m]\n"
+            "from tunespec.backends.mxnet import import_gluoncv\n"
+            "gcv = import_gluoncv()\n"
+            "net = gcv.model_zoo.get_model('resnet18_v1b', pretrained=False)\n"
+            "print('ok', type(net).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "plain import failed: Legacy torch" in out.stdout, out.stdout + out.stderr
+    assert "ok ResNetV1b" in out.stdout, out.stderr
+
+
+def test_unknown_gluon_optimizer_is_a_clear_error():
+    net = MXNetHarness().small_cnn("float32")
+    with pytest.raises(tunespec.SpecError, match="unknown MXNet optimizer 'sgdd'"):
+        tunespec.optimizer(net, SPEC, "sgdd", lr=0.1)
+
+
+def test_trainer_options_pass_through():
+    net = MXNetHarness().small_cnn("float32")
+    trainer = tunespec.optimizer(net, SPEC, "sgd", lr=0.1, momentum=0.5, kvstore="local",
+                                 update_on_kvstore=False)
+    assert trainer._kvstore_params["kvstore"] == "local" and trainer._optimizer.momentum == 0.5
