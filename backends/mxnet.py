@@ -207,6 +207,11 @@ class MXNetBackend:
     def tensor_bytes(self, handle: gluon.Parameter) -> bytes | None:
         if handle._data is None:
             return None
+        # MXNet 1.9.1's oneDNN build reorders a conv weight into its own layout in place,
+        # asynchronously, after an inference-mode forward; asnumpy() does not wait for that
+        # reorder and can return permuted bytes (the weight itself stays correct). Waiting
+        # for all pending engine work first makes the read exact.
+        mx.nd.waitall()
         return b"".join(d.asnumpy().tobytes() for d in handle.list_data())
 
     def optimizer_handles(self, trainer: gluon.Trainer) -> list[Any]:

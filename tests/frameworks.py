@@ -98,6 +98,7 @@ class MXNetHarness:
         return self._ready(net, dtype, 32)
 
     def arrays(self, model: Any, include_state: bool = True) -> dict[str, np.ndarray]:
+        self.mx.nd.waitall()  # see MXNetBackend.tensor_bytes: oneDNN's async in-place reorder
         return {t.canonical: t.handle.data().asnumpy().copy()
                 for t in self.backend.listing(model).tensors if include_state or not t.is_state}
 

@@ -135,3 +135,16 @@ def test_trainer_options_pass_through():
     trainer = tunespec.optimizer(net, SPEC, "sgd", lr=0.1, momentum=0.5, kvstore="local",
                                  update_on_kvstore=False)
     assert trainer._kvstore_params["kvstore"] == "local" and trainer._optimizer.momentum == 0.5
+
+
+def test_reset_class_after_planning_needs_a_replan(gcv):
+    net = ssd(gcv)
+    net.initialize()
+    plan = tunespec.plan(net, {"freeze": ["features\\..*"]})
+    net.reset_class(["cat", "dog"])  # new class predictors: new Parameter objects
+    with pytest.raises(tunespec.StalePlanError, match="class_predictors.*re-plan"):
+        plan.optimizer("sgd", lr=0.01)
+    assert all(p.grad_req != "null" for p in net.features.collect_params().values()
+               if p._differentiable and "running" not in p.name and "moving" not in p.name)
+    fresh = tunespec.plan(net, {"freeze": ["features\\..*"]})
+    assert fresh["class_predictors.0.predictor.weight"].tensor.shape[0] == 3 * 4  # 3 classes x 4 anchors

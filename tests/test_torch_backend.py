@@ -120,3 +120,12 @@ def test_unknown_optimizer_and_weight_decay_not_taken():
         tunespec.optimizer(model, SPEC, torch.optim.LBFGS, lr=0.1, weight_decay=0.1)
     opt = tunespec.optimizer(model, SPEC, torch.optim.RMSprop, lr=0.1, alpha=0.5)
     assert isinstance(opt, torch.optim.RMSprop) and opt.param_groups[0]["alpha"] == 0.5
+
+
+def test_norm_group_selects_torchvision_downsample_bn():
+    import torchvision
+
+    plan = tunespec.plan(torchvision.models.resnet18(weights=None), {"wd_mult": {"@norm": 0}})
+    assert plan["layer2.0.downsample.1.weight"].wd_mult == 0
+    assert plan["layer2.0.downsample.0.weight"].wd_mult == 1
+    assert sum(d.wd_mult == 0 for d in plan.decisions) == 40  # 20 BN layers x (weight, bias)
