@@ -25,7 +25,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from tunespec.errors import SpecError
-from tunespec.listing import Listing, NormInfo, RawName, TensorInfo
+from tunespec.listing import Listing, ListingBuilder, NormInfo, RawName
 
 _TRAINER_OPTIONS = ("kvstore", "compression_params", "update_on_kvstore")
 _NORM_CLASSES = tuple(c for c in (getattr(gluon.nn, n, None) for n in (
@@ -93,28 +93,19 @@ class MXNetBackend:
         return isinstance(model, gluon.Block)
 
     def listing(self, model: gluon.Block) -> Listing:
-        tensors: list[TensorInfo] = []
-        norms: list[NormInfo] = []
-        seen: dict[int, TensorInfo] = {}
+        found = ListingBuilder()
         owner_of: list[tuple[str, tuple[str, ...]]] = []  # (block prefix, path), for strays
 
         def add(p: gluon.Parameter, raw: RawName, layer: str, is_norm: bool) -> None:
-            if id(p) in seen:
-                info = seen[id(p)]
-                info.names += (raw,)
-                info.__post_init__()
-                return
-            info = TensorInfo(handle=p, names=(raw,), native=p.name, shape=_shape(p),
-                              layer_type=layer, is_norm=is_norm, is_state=not p._differentiable or isinstance(p, gluon.Constant),
-                              trainable=p.grad_req != "null", lr_mult=float(p.lr_mult),
-                              wd_mult=float(p.wd_mult))
-            seen[id(p)] = info
-            tensors.append(info)
+            found.add(p, raw, native=p.name, shape=_shape(p), layer_type=layer, is_norm=is_norm,
+                      is_state=not p._differentiable or isinstance(p, gluon.Constant),
+                      trainable=p.grad_req != "null", lr_mult=float(p.lr_mult),
+                      wd_mult=float(p.wd_mult))
 
         def walk(block: gluon.Block, segments: tuple[str, ...]) -> None:
             owner_of.append((block.prefix, segments))
             if isinstance(block, gluon.SymbolBlock):
-                self._list_symbol_block(block, segments, add, norms)
+                self._list_symbol_block(block, segments, add, found)
                 return
             is_norm = isinstance(block, _NORM_CLASSES) or type(block).__name__.endswith("Norm")
             for leaf, p in block._reg_params.items():
@@ -122,7 +113,7 @@ class MXNetBackend:
             kwargs = getattr(block, "_kwargs", None) or {}
             if "use_global_stats" in kwargs and "running_mean" in block._reg_params:
                 regs = block._reg_params
-                norms.append(NormInfo(
+                found.add_norm(NormInfo(
                     block, RawName(segments, ""),
                     tuple(regs[k] for k in ("gamma", "beta") if k in regs),
                     tuple(regs[k] for k in ("running_mean", "running_var") if k in regs),
@@ -134,15 +125,15 @@ class MXNetBackend:
         # Parameters made with self.params.get() but never assigned to an attribute: name
         # them under the deepest block whose prefix they carry (still counter-free).
         for full, p in model.collect_params().items():
-            if id(p) not in seen:
+            if not found.knows(p):
                 prefix, path = max((o for o in owner_of if full.startswith(o[0])),
                                    key=lambda o: len(o[0]), default=("", ()))
                 add(p, RawName(path, full[len(prefix):]), "Parameter", False)
         cls = type(model)
-        return Listing(f"{cls.__module__}.{cls.__qualname__}", tensors, norms)
+        return found.build(f"{cls.__module__}.{cls.__qualname__}")
 
     def _list_symbol_block(self, block: gluon.SymbolBlock, segments: tuple[str, ...],
-                           add: Any, norms: list[NormInfo]) -> None:
+                           add: Any, found: ListingBuilder) -> None:
         params = block.params
         full_names = list(params.keys())
         strip = len(_token_prefix(full_names))
@@ -160,7 +151,7 @@ class MXNetBackend:
         for node, (global_stats, (gamma, beta, mean, var)) in norm_inputs.items():
             layer = node[strip:]
             layer = layer[: -len("_fwd")] if layer.endswith("_fwd") else layer
-            norms.append(NormInfo(
+            found.add_norm(NormInfo(
                 SymbolNorm(block, node), RawName(segments + (layer,), ""),
                 tuple(params[n] for n in (gamma, beta) if n in full_names),
                 tuple(params[n] for n in (mean, var) if n in full_names),
@@ -222,7 +213,8 @@ class MXNetBackend:
         params = [p for g in groups for p in g["params"]]
         trainer_options = {k: options.pop(k) for k in _TRAINER_OPTIONS if k in options}
         if not isinstance(name, str):
-            raise SpecError(f"Gluon optimizers are named by string ('sgd', 'adam', 'adamw', ...), got {name!r}")
+            raise SpecError(f"Gluon optimizers are named by string ('sgd', 'adam', 'adamw', ...), "
+                            f"got {name!r}")
         opt = "tunespecadamw" if name.lower() == "adamw" else name.lower()
         if opt not in mx.optimizer.Optimizer.opt_registry:
             raise SpecError(f"unknown MXNet optimizer {name!r}; registered: "
@@ -273,7 +265,8 @@ def build_model(zoo: str, name: str, input_size: int | None = None) -> gluon.Blo
     factories = gcv.model_zoo.model_zoo._models
     if name.lower() not in factories:
         close = [n for n in factories if name.lower().split("_")[0] in n][:5]
-        raise SpecError(f"GluonCV has no model {name!r}; similar: {', '.join(close) or 'see gluoncv.model_zoo'}")
+        raise SpecError(f"GluonCV has no model {name!r}; similar: "
+                        f"{', '.join(close) or 'see gluoncv.model_zoo'}")
     factory = factories[name.lower()]
     kwargs: dict[str, Any] = {"pretrained": False}
     params = inspect.signature(factory).parameters

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from tunespec.errors import SpecError
-from tunespec.listing import Listing, NormInfo, RawName, TensorInfo
+from tunespec.listing import Listing, ListingBuilder, NormInfo, RawName
 
 # Wrapper classes and the attribute under which they hold the wrapped model.
 _WRAPPERS = {
@@ -67,9 +67,7 @@ class TorchBackend:
         return isinstance(model, nn.Module)
 
     def listing(self, model: nn.Module) -> Listing:
-        tensors: list[TensorInfo] = []
-        norms: list[NormInfo] = []
-        seen: dict[int, TensorInfo] = {}
+        found = ListingBuilder()
         seen_modules: set[int] = set()
 
         def walk(module: nn.Module, segments: tuple[str, ...], wrappers: frozenset[int]) -> None:
@@ -78,26 +76,17 @@ class TorchBackend:
             is_norm = isinstance(module, _NORMS)
             for kind, table in (("param", module._parameters), ("state", module._buffers)):
                 for leaf, tensor in table.items():
-                    if tensor is None:
-                        continue
-                    raw = RawName(segments, leaf, wrappers)
-                    if id(tensor) in seen:  # tied: an alias of a tensor already listed
-                        info = seen[id(tensor)]
-                        info.names += (raw,)
-                        info.__post_init__()
-                        continue
-                    info = TensorInfo(
-                        handle=tensor, names=(raw,), native=".".join(segments + (leaf,)),
-                        shape=_shape(tensor), layer_type=type(module).__name__, is_norm=is_norm,
-                        is_state=kind == "state",
-                        trainable=bool(tensor.requires_grad) if kind == "param" else False)
-                    seen[id(tensor)] = info
-                    tensors.append(info)
+                    if tensor is not None:
+                        found.add(tensor, RawName(segments, leaf, wrappers),
+                                  native=".".join(segments + (leaf,)), shape=_shape(tensor),
+                                  layer_type=type(module).__name__, is_norm=is_norm,
+                                  is_state=kind == "state",
+                                  trainable=kind == "param" and bool(tensor.requires_grad))
             if first_visit and isinstance(module, _NormBase) and module.running_mean is not None:
                 stats = tuple(b for b in (module.running_mean, module.running_var) if b is not None)
                 affine = tuple(p for p in (module.weight, module.bias) if p is not None)
-                norms.append(NormInfo(module, RawName(segments, "", wrappers), affine, stats,
-                                      self.norm_stats_frozen(module), type(module).__name__))
+                found.add_norm(NormInfo(module, RawName(segments, "", wrappers), affine, stats,
+                                        self.norm_stats_frozen(module), type(module).__name__))
             wrapped = _wrapper_attr(module)
             for name, child in module._modules.items():
                 if child is not None:
@@ -106,7 +95,7 @@ class TorchBackend:
 
         walk(model, (), frozenset())
         inner = type(_unwrap(model))
-        return Listing(f"{inner.__module__}.{inner.__qualname__}", tensors, norms)
+        return found.build(f"{inner.__module__}.{inner.__qualname__}")
 
     # --- trainability ---------------------------------------------------------------------
     def snapshot(self, handle: nn.Parameter) -> bool:
@@ -131,7 +120,7 @@ class TorchBackend:
             norm.register_forward_pre_hook(FrozenStats(norm.training))
             norm.training = False
         elif not frozen and hooks:
-            for key, hook in hooks:
+            for key, _hook in hooks:
                 del norm._forward_pre_hooks[key]
             norm.training = hooks[0][1].was_training
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tunespec.listing import Listing, NormInfo, RawName, TensorInfo
+from tunespec.listing import Listing, ListingBuilder, NormInfo, RawName
 from tunespec.plan import Plan
 from tunespec.spec import Spec
 
@@ -69,31 +69,24 @@ class FakeBackend:
         return isinstance(model, FakeLayer)
 
     def listing(self, model: FakeLayer) -> Listing:
-        tensors: list[TensorInfo] = []
-        norms: list[NormInfo] = []
-        seen: dict[int, TensorInfo] = {}
+        found = ListingBuilder()
 
         def walk(layer: FakeLayer, path: tuple[str, ...], wrappers: frozenset[int]) -> None:
             for table, state in ((layer.params, False), (layer.stats, True)):
                 for leaf, t in table.items():
-                    raw = RawName(path, leaf, wrappers)
-                    if id(t) in seen:
-                        seen[id(t)].names += (raw,)
-                        seen[id(t)].__post_init__()
-                        continue
-                    info = TensorInfo(t, (raw,), "_".join(path + (leaf,)), t.shape, layer.kind,
-                                      layer.kind == "norm", state, t.trainable, t.lr_mult, t.wd_mult)
-                    seen[id(t)] = info
-                    tensors.append(info)
+                    found.add(t, RawName(path, leaf, wrappers), native="_".join(path + (leaf,)),
+                              shape=t.shape, layer_type=layer.kind, is_norm=layer.kind == "norm",
+                              is_state=state, trainable=t.trainable, lr_mult=t.lr_mult,
+                              wd_mult=t.wd_mult)
             if layer.kind == "norm":
-                norms.append(NormInfo(layer, RawName(path, "", wrappers), tuple(layer.params.values()),
-                                      tuple(layer.stats.values()), layer.stats_frozen))
+                found.add_norm(NormInfo(layer, RawName(path, "", wrappers), tuple(layer.params.values()),
+                                        tuple(layer.stats.values()), layer.stats_frozen))
             for name, child in layer.children.items():
                 pos = frozenset({len(path)}) if layer.kind == "wrapper" else frozenset()
                 walk(child, path + (name,), wrappers | pos)
 
         walk(model, (), frozenset())
-        return Listing("fake.Net", tensors, norms)
+        return found.build("fake.Net")
 
     def snapshot(self, t: FakeTensor) -> tuple:
         return t.trainable, t.lr_mult, t.wd_mult

@@ -65,9 +65,14 @@ class TensorInfo:
     aliases: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        names = [canonical_name(n, self.is_norm) for n in self.names]
-        self.canonical = names[0]
-        self.aliases = tuple(dict.fromkeys(names[1:]))
+        self.canonical = canonical_name(self.names[0], self.is_norm)
+
+    def add_alias(self, raw: RawName) -> None:
+        """Another path to this same tensor (tied weights, shared Gluon parameters)."""
+        self.names += (raw,)
+        alias = canonical_name(raw, self.is_norm)
+        if alias != self.canonical and alias not in self.aliases:
+            self.aliases += (alias,)
 
     @property
     def ndim(self) -> int | None:
@@ -114,3 +119,31 @@ class Listing:
     @property
     def state(self) -> list[TensorInfo]:
         return [t for t in self.tensors if t.is_state]
+
+
+class ListingBuilder:
+    """Collects what a backend finds while walking a model; a tensor met again is an alias."""
+
+    def __init__(self) -> None:
+        self.tensors: list[TensorInfo] = []
+        self.norms: list[NormInfo] = []
+        self._seen: dict[int, TensorInfo] = {}
+
+    def knows(self, handle: Any) -> bool:
+        return id(handle) in self._seen
+
+    def add(self, handle: Any, raw: RawName, **fields: Any) -> None:
+        """Record a tensor under ``raw``; ``fields`` are the other :class:`TensorInfo` fields."""
+        known = self._seen.get(id(handle))
+        if known is not None:
+            known.add_alias(raw)
+            return
+        info = TensorInfo(handle=handle, names=(raw,), **fields)
+        self._seen[id(handle)] = info
+        self.tensors.append(info)
+
+    def add_norm(self, norm: NormInfo) -> None:
+        self.norms.append(norm)
+
+    def build(self, model_type: str) -> Listing:
+        return Listing(model_type, self.tensors, self.norms)

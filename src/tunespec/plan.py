@@ -80,6 +80,10 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _few(names: Sequence[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
 def _digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -103,7 +107,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecis
     selectors = [selector(r.match, groups, r.origin) for r in rules]
     matches = match_all(selectors, params)
     decisions = [Decision(t) for t in params]
-    for rule, hits in zip(rules, matches):
+    for rule, hits in zip(rules, matches, strict=True):
         if not hits and rule.user:
             msg = (f"{rule.origin}: {rule.match!r} matches no parameter of {listing.model_type}; "
                    f"{suggest(rule.match, params)}")
@@ -121,7 +125,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecis
     for d in decisions:
         if not d.trainable:  # a frozen tensor has no lr; keep its multipliers neutral
             d.lr_mult = d.wd_mult = 1.0
-    for rule, hits in zip(rules, matches):
+    for rule, hits in zip(rules, matches, strict=True):
         sets_mult = rule.lr_mult is not None or rule.wd_mult is not None
         if sets_mult and hits and not any(decisions[i].trainable for i in hits):
             warnings.warn(f"{rule.origin}: the multiplier of {rule.match!r} lands only on frozen "
@@ -214,8 +218,8 @@ class Plan:
             gone = [n for i, n in before.items() if i not in after]
             new = [n for i, n in after.items() if i not in before]
             detail = "; ".join(filter(None, [
-                f"replaced or removed: {', '.join(gone[:4])}{' ...' if len(gone) > 4 else ''}" if gone else "",
-                f"new: {', '.join(new[:4])}{' ...' if len(new) > 4 else ''}" if new else "",
+                f"replaced or removed: {_few(gone)}" if gone else "",
+                f"new: {_few(new)}" if new else "",
             ])) or "layers were added, removed or reordered"
             raise StalePlanError(f"cannot {action}: the model's parameters changed after planning "
                                  f"({detail}); re-plan with tunespec.plan(model, spec)")
@@ -252,7 +256,7 @@ class Plan:
     def _put_back(self, saved: dict[int, Any], saved_norms: list[bool]) -> None:
         for d in self.decisions:
             self.backend.restore(d.tensor.handle, saved[id(d.tensor.handle)])
-        for n, frozen in zip(self.norms, saved_norms):
+        for n, frozen in zip(self.norms, saved_norms, strict=True):
             self.backend.set_norm_stats_frozen(n.norm.handle, frozen)
         self.backend.commit(self.model)
 
@@ -329,11 +333,10 @@ class Plan:
         missing = [d.name for d in self.trainable if id(d.tensor.handle) not in held]
         problems = []
         if frozen:
-            problems.append(f"it updates {len(frozen)} frozen parameter(s): {', '.join(frozen[:5])}"
-                            f"{' ...' if len(frozen) > 5 else ''} (was it built before freezing?)")
+            problems.append(f"it updates {len(frozen)} frozen parameter(s): {_few(frozen)} "
+                            f"(was it built before freezing?)")
         if missing:
-            problems.append(f"it misses {len(missing)} trainable parameter(s): {', '.join(missing[:5])}"
-                            f"{' ...' if len(missing) > 5 else ''}")
+            problems.append(f"it misses {len(missing)} trainable parameter(s): {_few(missing)}")
         if problems:
             raise SpecError("optimizer does not match the plan: " + "; ".join(problems)
                             + ". Build it with plan.optimizer(...) or plan.param_groups(...)")

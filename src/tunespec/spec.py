@@ -75,7 +75,8 @@ class Rule:
     @classmethod
     def from_dict(cls, data: Any, origin: str, user: bool = True) -> "Rule":
         if not isinstance(data, Mapping):
-            raise SpecError(f"{origin}: a rule is a mapping like {{match: 'fc\\..*', lr_mult: 10}}, got {data!r}")
+            raise SpecError(f"{origin}: a rule is a mapping like {{match: 'fc\\..*', lr_mult: 10}}, "
+                            f"got {data!r}")
         for key in data:
             if key not in RULE_KEYS:
                 raise SpecError(f"{origin}: unknown rule key {key!r}{_close(str(key), RULE_KEYS)}; "
@@ -175,7 +176,8 @@ class Spec:
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w+-]*", name):
                 raise SpecError(f"groups: {name!r} is not a valid group name (letters, digits, _ + -)")
             if name in BUILTIN_GROUPS:
-                raise SpecError(f"groups: {name!r} is a built-in group (@bias, @norm, @1d); pick another name")
+                raise SpecError(f"groups: {name!r} is a built-in group (@bias, @norm, @1d); "
+                                "pick another name")
             regexes = _as_list(value, f"groups.{name}")
             for regex in regexes:
                 if regex.startswith("@"):
