@@ -92,6 +92,16 @@ class MXNetBackend:
     def owns(self, model: Any) -> bool:
         return isinstance(model, gluon.Block)
 
+    def load_file(self, model: gluon.Block, path: str) -> None:
+        model.load_parameters(path)
+
+    def save_file(self, model: gluon.Block, path: str) -> None:
+        mx.nd.waitall()  # see tensor_bytes
+        model.save_parameters(path)
+
+    def owns_optimizer(self, optimizer: Any) -> bool:
+        return isinstance(optimizer, gluon.Trainer)
+
     def listing(self, model: gluon.Block) -> Listing:
         found = ListingBuilder()
         owner_of: list[tuple[str, tuple[str, ...]]] = []  # (block prefix, path), for strays
@@ -205,17 +215,24 @@ class MXNetBackend:
         mx.nd.waitall()
         return b"".join(d.asnumpy().tobytes() for d in handle.list_data())
 
+    def read(self, handle: gluon.Parameter) -> Any:
+        mx.nd.waitall()  # see tensor_bytes
+        return handle.data().asnumpy().copy()
+
+    def write(self, handle: gluon.Parameter, array: Any) -> None:
+        handle.set_data(mx.nd.array(array, dtype=handle.dtype))
+
     def optimizer_handles(self, trainer: gluon.Trainer) -> list[Any]:
         return list(trainer._params)
 
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
-                        weight_decay: float, **options: Any) -> gluon.Trainer:
+                        weight_decay: float, semantics: str = "torch", **options: Any) -> gluon.Trainer:
         params = [p for g in groups for p in g["params"]]
         trainer_options = {k: options.pop(k) for k in _TRAINER_OPTIONS if k in options}
         if not isinstance(name, str):
             raise SpecError(f"Gluon optimizers are named by string ('sgd', 'adam', 'adamw', ...), "
                             f"got {name!r}")
-        opt = "tunespecadamw" if name.lower() == "adamw" else name.lower()
+        opt = _GLUON_OPTIMIZERS[semantics].get(name.lower(), name.lower())
         if opt not in mx.optimizer.Optimizer.opt_registry:
             raise SpecError(f"unknown MXNet optimizer {name!r}; registered: "
                             f"{', '.join(sorted(mx.optimizer.Optimizer.opt_registry))}, adamw")
@@ -224,15 +241,59 @@ class MXNetBackend:
             optimizer_params["learning_rate"] = lr
         return gluon.Trainer(params, opt, optimizer_params, **trainer_options)
 
+    def attach_schedule(self, trainer: gluon.Trainer, factor: Any) -> ScheduleAdapter:
+        optimizer = trainer._optimizer
+        base = optimizer.lr_scheduler.base_lr if optimizer.lr_scheduler else optimizer.lr
+        optimizer.lr_scheduler = ScheduleAdapter(factor, base)
+        return optimizer.lr_scheduler
+
+
+def _rescaled(opt: mx.optimizer.Optimizer, grad: mx.nd.NDArray) -> mx.nd.NDArray:
+    grad = grad * opt.rescale_grad  # 1/batch_size from trainer.step(batch_size)
+    if opt.clip_gradient is not None:
+        grad = mx.nd.clip(grad, -opt.clip_gradient, opt.clip_gradient)
+    return grad
+
 
 @mx.optimizer.register
-class TunespecAdamW(mx.optimizer.Optimizer):
-    """AdamW with decoupled weight decay, following torch.optim.AdamW's update rule.
+class TorchSGD(mx.optimizer.Optimizer):
+    """SGD with torch.optim.SGD's update rule, so runs match torch when the lr changes.
 
-    MXNet 1.9.1 has no AdamW optimizer class. Per step t, with g the rescaled gradient:
-    w -= lr*wd*w; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
-    w -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
+    torch: g += wd*w; buf = momentum*buf + (1-dampening)*g (buf = g at the first step);
+    w -= lr*buf. MXNet's own SGD keeps lr inside the buffer (mom = momentum*mom - lr*g),
+    which differs from the step after an lr change on. Scalars stay float64 here, while
+    MXNet's fused update ops take lr, momentum and wd as float32 attributes.
     """
+
+    def __init__(self, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
+
+    def create_state(self, index: int, weight: mx.nd.NDArray) -> Any:
+        return mx.nd.zeros(weight.shape, weight.context, dtype=weight.dtype) if self.momentum else None
+
+    def update(self, index: int, weight: mx.nd.NDArray, grad: mx.nd.NDArray, state: Any) -> None:
+        self._update_count(index)
+        lr, wd = self._get_lr(index), self._get_wd(index)
+        grad = _rescaled(self, grad) + wd * weight
+        if self.momentum:
+            if self._index_update_count[index] == 1:
+                state[:] = grad
+            else:
+                state[:] = self.momentum * state + (1 - self.dampening) * grad
+            grad = grad + self.momentum * state if self.nesterov else state
+        weight[:] = weight - lr * grad
+
+
+class _TorchAdamRule(mx.optimizer.Optimizer):
+    """Adam with torch's update rule: w -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps).
+
+    MXNet's own Adam uses eps without the bias correction (m / (sqrt(v) + eps) scaled by
+    sqrt(bc2)/bc1), which differs from torch while v is small.
+    """
+
+    decoupled = False
 
     def __init__(self, learning_rate: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
                  epsilon: float = 1e-8, **kwargs: Any):
@@ -247,16 +308,54 @@ class TunespecAdamW(mx.optimizer.Optimizer):
         self._update_count(index)
         t = self._index_update_count[index]
         lr, wd = self._get_lr(index), self._get_wd(index)
-        grad = grad * self.rescale_grad
-        if self.clip_gradient is not None:
-            grad = mx.nd.clip(grad, -self.clip_gradient, self.clip_gradient)
+        grad = _rescaled(self, grad)
+        if self.decoupled:
+            weight[:] = weight * (1 - lr * wd)
+        else:
+            grad = grad + wd * weight
         mean, var = state
         mean[:] = self.beta1 * mean + (1 - self.beta1) * grad
         var[:] = self.beta2 * var + (1 - self.beta2) * grad * grad
-        weight[:] = weight * (1 - lr * wd)
-        m_hat = mean / (1 - self.beta1 ** t)
-        v_hat = var / (1 - self.beta2 ** t)
-        weight[:] = weight - lr * m_hat / (mx.nd.sqrt(v_hat) + self.epsilon)
+        bc1, bc2 = 1 - self.beta1 ** t, 1 - self.beta2 ** t
+        denom = mx.nd.sqrt(var) / bc2 ** 0.5 + self.epsilon
+        weight[:] = weight - (lr / bc1) * mean / denom
+
+
+@mx.optimizer.register
+class TorchAdam(_TorchAdamRule):
+    """torch.optim.Adam: weight decay added to the gradient (L2)."""
+
+
+@mx.optimizer.register
+class TorchAdamW(_TorchAdamRule):
+    """torch.optim.AdamW: decoupled weight decay, w -= lr*wd*w before the Adam step.
+
+    MXNet 1.9.1 has no AdamW optimizer, so this serves both semantics.
+    """
+
+    decoupled = True
+
+
+# Optimizer names under each semantics: 'torch' follows torch's update rules in Gluon too.
+_GLUON_OPTIMIZERS = {
+    "torch": {"sgd": "torchsgd", "adam": "torchadam", "adamw": "torchadamw"},
+    "native": {"adamw": "torchadamw"},
+}
+
+
+class ScheduleAdapter(mx.lr_scheduler.LRScheduler):
+    """An MXNet lr scheduler computing lr from tunespec's framework-neutral schedule.
+
+    MXNet calls it with the update count starting at 1; torch's LambdaLR uses 0 for the
+    first step. Shifting by one gives both frameworks the same lr at every step.
+    """
+
+    def __init__(self, factor: Any, base_lr: float):
+        super().__init__(base_lr=base_lr)
+        self.factor = factor
+
+    def __call__(self, num_update: int) -> float:
+        return self.base_lr * self.factor(max(num_update - 1, 0))
 
 
 def build_model(zoo: str, name: str, input_size: int | None = None) -> gluon.Block:

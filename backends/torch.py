@@ -66,6 +66,19 @@ class TorchBackend:
     def owns(self, model: Any) -> bool:
         return isinstance(model, nn.Module)
 
+    def load_file(self, model: nn.Module, path: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise SpecError(f"{path}: not a torch state_dict loadable with weights_only=True ({exc})") from None
+        model.load_state_dict(state)
+
+    def save_file(self, model: nn.Module, path: str) -> None:
+        torch.save(model.state_dict(), path)
+
+    def owns_optimizer(self, optimizer: Any) -> bool:
+        return isinstance(optimizer, torch.optim.Optimizer)
+
     def listing(self, model: nn.Module) -> Listing:
         found = ListingBuilder()
         seen_modules: set[int] = set()
@@ -133,11 +146,19 @@ class TorchBackend:
             return None
         return handle.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
+    def read(self, handle: torch.Tensor) -> Any:
+        return handle.detach().cpu().numpy().copy()
+
+    def write(self, handle: torch.Tensor, array: Any) -> None:
+        with torch.no_grad():
+            handle.copy_(torch.as_tensor(array).to(dtype=handle.dtype))
+
     def optimizer_handles(self, optimizer: torch.optim.Optimizer) -> list[Any]:
         return [p for group in optimizer.param_groups for p in group["params"]]
 
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
-                        weight_decay: float, **options: Any) -> torch.optim.Optimizer:
+                        weight_decay: float, semantics: str = "torch",
+                        **options: Any) -> torch.optim.Optimizer:
         cls = _optimizer_class(name)
         accepted = inspect.signature(cls.__init__).parameters
         groups = [dict(g) for g in groups]
@@ -153,6 +174,9 @@ class TorchBackend:
         if "weight_decay" in accepted:
             defaults["weight_decay"] = weight_decay
         return cls(groups, **defaults)
+
+    def attach_schedule(self, optimizer: torch.optim.Optimizer, factor: Any) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _optimizer_class(name: Any) -> type:

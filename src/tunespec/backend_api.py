@@ -17,6 +17,9 @@ class Backend(Protocol):
     def owns(self, model: Any) -> bool:
         """Whether ``model`` is this framework's model type."""
 
+    def owns_optimizer(self, optimizer: Any) -> bool:
+        """Whether ``optimizer`` is this framework's optimizer / Trainer."""
+
     def listing(self, model: Any) -> Listing:
         """Every parameter and state tensor, norm layers with running statistics, the model type."""
 
@@ -41,9 +44,18 @@ class Backend(Protocol):
     def tensor_bytes(self, handle: Any) -> bytes | None:
         """The tensor's raw bytes (None while a Gluon parameter is not initialised)."""
 
+    def read(self, handle: Any) -> Any:
+        """The tensor's values as a numpy array (a copy)."""
+
+    def write(self, handle: Any, array: Any) -> None:
+        """Overwrite the tensor's values (cast to its dtype); the array has the tensor's shape."""
+
     def optimizer_handles(self, optimizer: Any) -> list[Any]:
         """The parameter handles an optimizer / Trainer updates."""
 
     def build_optimizer(self, groups: Sequence[Group], name: Any, lr: float | None,
-                        weight_decay: float, **options: Any) -> Any:
+                        weight_decay: float, semantics: str = "torch", **options: Any) -> Any:
         """A torch optimizer over ``groups`` or a ``gluon.Trainer`` over their parameters."""
+
+    def attach_schedule(self, optimizer: Any, factor: Any) -> Any:
+        """Make ``optimizer`` use lr = base lr * factor(t) at optimizer step t (0-based)."""

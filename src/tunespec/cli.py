@@ -1,4 +1,9 @@
-"""``tunespec plan RECIPE --model ZOO:NAME``: print what a recipe does to a model."""
+"""tunespec's command line.
+
+    tunespec plan RECIPE --model ZOO:NAME          what a recipe does to a model
+    tunespec diff RECIPE --a ZOO:NAME --b ZOO:NAME  where two models' plans differ
+    tunespec port SRC DST --from ZOO:NAME --to ZOO:NAME   convert weights between frameworks
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,57 @@ def _plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diff_command(args: argparse.Namespace) -> int:
+    from .api import plan
+
+    a = plan(build_model(args.a, args.input_size), args.recipe)
+    b = plan(build_model(args.b, args.input_size), args.recipe)
+    rows = diff_plans(a, b)
+    for name, left, right in rows:
+        print(f"{name}: {left}  |  {right}")
+    print(f"{len(rows)} difference(s) between {args.a} ({len(a.decisions)} tensors) and "
+          f"{args.b} ({len(b.decisions)} tensors)")
+    return 1 if rows else 0
+
+
+def diff_plans(a: Any, b: Any) -> list[tuple[str, str, str]]:
+    """Per canonical name, where two plans differ (missing tensors, trainability, multipliers)."""
+    def view(p: Any) -> dict[str, str]:
+        out = {d.name: ("frozen" if not d.trainable else f"train lr x{d.lr_mult:g} wd x{d.wd_mult:g}")
+               for d in p.decisions}
+        out.update({f"{n.norm.name} (BN statistics)": "frozen" if n.frozen else "updating" for n in p.norms})
+        return out
+
+    va, vb = view(a), view(b)
+    names = list(dict.fromkeys(list(va) + list(vb)))
+    return [(n, va.get(n, "absent"), vb.get(n, "absent")) for n in names if va.get(n) != vb.get(n)]
+
+
+def _port_command(args: argparse.Namespace) -> int:
+    from .port import port
+
+    src = build_model(args.from_model, args.input_size)
+    dst = build_model(args.to_model, args.input_size)
+    load_weights(src, args.src)
+    report = port(src, dst, strict=not args.no_strict)
+    save_weights(dst, args.dst)
+    print(f"{report}\nwrote {args.dst}")
+    return 0
+
+
+def load_weights(model: Any, path: str) -> None:
+    """A torch state_dict (.pt/.pth, loaded with weights_only) or a Gluon .params file."""
+    from .dispatch import backend_for
+
+    backend_for(model).load_file(model, path)
+
+
+def save_weights(model: Any, path: str) -> None:
+    from .dispatch import backend_for
+
+    backend_for(model).save_file(model, path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunespec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +115,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan_p.add_argument("--no-strict", action="store_true", help="rules matching nothing only warn")
     plan_p.add_argument("--input-size", type=int, help="GluonCV: input size for shape inference")
     plan_p.set_defaults(func=_plan_command)
+    diff_p = sub.add_parser("diff", help="where one recipe's plans for two models differ")
+    diff_p.add_argument("recipe")
+    diff_p.add_argument("--a", required=True, help="first model, e.g. torchvision:resnet50")
+    diff_p.add_argument("--b", required=True, help="second model, e.g. gluoncv:resnet50_v1b")
+    diff_p.add_argument("--input-size", type=int)
+    diff_p.set_defaults(func=_diff_command)
+    port_p = sub.add_parser("port", help="convert weights: torch state_dict <-> Gluon .params")
+    port_p.add_argument("src", help="weights of --from (.pt/.pth state_dict or .params)")
+    port_p.add_argument("dst", help="where to write the weights of --to")
+    port_p.add_argument("--from", dest="from_model", required=True, help="model SRC belongs to")
+    port_p.add_argument("--to", dest="to_model", required=True, help="model DST is written for")
+    port_p.add_argument("--no-strict", action="store_true", help="copy what matches, report the rest")
+    port_p.add_argument("--input-size", type=int)
+    port_p.set_defaults(func=_port_command)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

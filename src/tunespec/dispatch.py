@@ -51,3 +51,11 @@ def backend_for(model: Any, backend: str | None = None) -> Backend:
     raise SpecError(f"cannot tell which framework {type(model).__module__}.{type(model).__qualname__} "
                     f"belongs to: pass a torch.nn.Module or an mxnet.gluon.Block "
                     f"(or name it with backend='torch' / 'mxnet')")
+
+
+def backend_for_optimizer(optimizer: Any) -> Backend:
+    """The backend whose optimizer (torch) or Trainer (Gluon) this is."""
+    for name, (framework, _, _) in BACKENDS.items():
+        if framework in sys.modules and load_backend(name).owns_optimizer(optimizer):
+            return load_backend(name)
+    raise SpecError(f"{type(optimizer).__qualname__} is neither a torch optimizer nor a gluon.Trainer")

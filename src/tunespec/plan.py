@@ -13,6 +13,7 @@ from .cards import card_for, preset_rules
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, module_of
 from .matching import match_all, selector, suggest
+from .recipe import check_semantics
 from .spec import Rule, Spec
 
 
@@ -314,8 +315,13 @@ class Plan:
         return out
 
     def optimizer(self, name: Any = "sgd", lr: float | None = None, weight_decay: float = 0.0,
-                  **options: Any) -> Any:
-        """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon)."""
+                  semantics: str = "torch", **options: Any) -> Any:
+        """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon).
+
+        ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
+        Adam epsilon); ``'native'`` keeps MXNet's own. torch optimizers are always torch's.
+        """
+        check_semantics(semantics)
         if lr is None:
             raise SpecError("optimizer: give lr (the base learning rate that lr_mult scales)")
         if not self.applied:
@@ -323,7 +329,7 @@ class Plan:
         else:
             self._check_fresh("build an optimizer")
         return self.backend.build_optimizer(self.param_groups(lr, weight_decay), name, lr,
-                                            weight_decay, **options)
+                                            weight_decay, semantics=semantics, **options)
 
     def check(self, optimizer: Any) -> None:
         """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""

@@ -1,0 +1,94 @@
+"""Copy every parameter and norm statistic between two models, across frameworks.
+
+Matched through canonical names, so torchvision ``resnet18`` and GluonCV ``resnet18_v1b`` port
+directly. All-or-nothing: every name and shape is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dispatch import backend_for
+from .errors import SpecError
+from .naming import NameMap, Rename
+
+# torch's BatchNorm batch counter has no Gluon counterpart: never ported, never missed.
+IGNORED = re.compile(r"(.*\.)?num_batches_tracked")
+
+
+@dataclass
+class PortReport:
+    copied: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the target, nothing maps onto them
+    unexpected: list[str] = field(default_factory=list)  # in the source, not in the target
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # name, source, target shape
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"port: {len(self.copied)} copied, {len(self.missing)} missing, "
+                 f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches, "
+                 f"{len(self.ignored)} ignored"]
+        lines += [f"  missing in source: {n}" for n in self.missing[:10]]
+        lines += [f"  not in target: {n}" for n in self.unexpected[:10]]
+        lines += [f"  shape {n}: source {s} vs target {t}" for n, s, t in self.mismatched[:10]]
+        return "\n".join(lines)
+
+
+def _tensors(listing: Any) -> tuple[dict[str, Any], list[str]]:
+    kept, ignored = {}, []
+    for t in listing.tensors:
+        (ignored.append(t.canonical) if IGNORED.fullmatch(t.canonical) else kept.__setitem__(t.canonical, t))
+    return kept, ignored
+
+
+def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
+         src_backend: str | None = None, dst_backend: str | None = None) -> PortReport:
+    """Copy ``src``'s parameters and statistics into ``dst`` (torch <-> Gluon, or same framework).
+
+    ``rename`` maps source canonical names onto target ones when structures differ (see
+    :class:`tunespec.naming.NameMap`). ``strict`` (default) refuses any missing, unexpected or
+    shape-mismatched tensor; otherwise those are reported and skipped. Either way nothing is
+    written unless every copied tensor checks out.
+    """
+    sb, db = backend_for(src, src_backend), backend_for(dst, dst_backend)
+    source, ignored = _tensors(sb.listing(src))
+    target, ignored_dst = _tensors(db.listing(dst))
+    names = NameMap(rename=rename)
+    report = PortReport(ignored=ignored + ignored_dst)
+    pairs = []
+    for name, t in source.items():
+        new = names(name)
+        if new is None:
+            report.ignored.append(name)
+        elif new not in target:
+            report.unexpected.append(name if new == name else f"{name} -> {new}")
+        else:
+            d = target.pop(new)
+            if d.shape is None or 0 in d.shape:
+                raise SpecError(f"port: target tensor {new!r} has no shape yet; initialise the "
+                                f"target model (one forward pass) before porting into it")
+            if tuple(t.shape or ()) != tuple(d.shape):
+                report.mismatched.append((new, tuple(t.shape or ()), tuple(d.shape)))
+            else:
+                pairs.append((t, d))
+    report.missing = sorted(target)
+    if strict and not report.ok:
+        raise SpecError(f"{report}\nnothing was written; pass rename={{regex: replacement}} for "
+                        f"models whose structures differ, or strict=False to copy what matches")
+    values = [(d, sb.read(t.handle)) for t, d in pairs]
+    backup = [(d, db.read(d.handle)) for d, _ in values]
+    try:
+        for d, array in values:
+            db.write(d.handle, array)
+            report.copied.append(d.canonical)
+    except Exception:
+        for d, array in backup:
+            db.write(d.handle, array)
+        raise
+    return report
