@@ -77,7 +77,7 @@ def test_mobilenet_v2_ports_through_the_name_map_hook(gcv):
     dst_all = [t_.canonical for t_ in tunespec.plan(g, {"train": [".*"]}).listing.tensors
                if not t_.canonical.startswith("output")]
     assert len(src) == len(dst_all) and len(dst) < len(dst_all)
-    report = tunespec.port(t, g, rename=dict(zip(src, dst_all)).get, strict=False)
+    report = tunespec.port(t, g, rename=dict(zip(src, dst_all, strict=True)).get, strict=False)
     assert report.missing == ["output.0.weight"] and len(report.copied) == len(src)
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype("float32")
     with torch.no_grad():
