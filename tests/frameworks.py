@@ -109,11 +109,11 @@ class MXNetHarness:
 
     def forward(self, model: Any, x: np.ndarray, train: bool = False) -> np.ndarray:
         data = self.mx.nd.array(x, dtype=x.dtype)
-        if train:
-            with self.mx.autograd.record(train_mode=True):
-                out = model(data)
-        else:
+        if not train:
+            return model(data).asnumpy()
+        with self.mx.autograd.record(train_mode=True):
             out = model(data)
+        out.backward()  # MXNet's BatchNorm updates its running statistics in the backward pass
         return out.asnumpy()
 
     def step(self, model: Any, trainer: Any, x: np.ndarray, y: np.ndarray) -> float:

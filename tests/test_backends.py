@@ -141,6 +141,9 @@ def test_frozen_bn_policy_freeze_normalises_with_running_stats_in_training(fw):
     assert np.array_equal(before["4.running_mean"], fw.arrays(model)["4.running_mean"])
     out_eval = fw.forward(model, x, train=False)
     np.testing.assert_allclose(out_train, out_eval, rtol=1e-5, atol=1e-6)
+    tunespec.apply(model, {"bn": "train", "train": [".*"]})  # control: statistics move again
+    fw.forward(model, x, train=True)
+    assert not np.array_equal(before["4.running_mean"], fw.arrays(model)["4.running_mean"])
 
 
 def test_state_is_reported_not_planned(fw):

@@ -36,7 +36,7 @@ def test_hybridized_and_plain_blocks_behave_the_same(hybridize):
         mx.random.seed(0)
         if hybrid:
             net.hybridize()
-            fw.forward(net, batches(1, 8)[0][0].astype("float32"), train=True)  # build the cached graph
+            fw.forward(net, batches(1, 8)[0][0].astype("float32"))  # build the cached graph
         opt = tunespec.optimizer(net, SPEC, "sgd", lr=0.05, momentum=0.9)
         before = fw.arrays(net)
         for x, y in batches(2, 8, seed=3):
