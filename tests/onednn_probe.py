@@ -29,7 +29,7 @@ trainers = [plan.optimizer("sgd", lr=0.1, momentum=0.9),
             gluon.Trainer(nets[1].collect_params(), "sgd", {"learning_rate": 0.1})]
 loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
 for _ in range(5):
-    for net, trainer in zip(nets, trainers):
+    for net, trainer in zip(nets, trainers, strict=True):
         with autograd.record():
             loss = loss_fn(net(x), y)
         loss.backward()

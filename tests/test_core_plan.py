@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -252,3 +253,29 @@ def test_one_d_needs_shapes():
     net = FakeLayer("container", children={"fc": FakeLayer("linear", {"weight": FakeTensor(None)})})
     with pytest.raises(SpecError, match="@1d needs tensor shapes"):
         fake_plan(net, {"wd_mult": {"@1d": 0}})
+
+
+@pytest.mark.parametrize("regex", [
+    r"layer1\..*", r"layer1\.0\.conv\.weight", r"(?:stem|fc)\..*", r"stem|fc\.bias", r".*\.bias",
+    r"(?i)FC\..*", r"la[y]er2\..*", r"layer\d\..*", r"fc\.(weight|bias)", r"st.m\..*", r"head2\.weight",
+])
+def test_indexed_matching_equals_brute_force(regex):
+    from tunespec.matching import Matcher, literal_prefix
+
+    net = small_net()
+    net.children["head2"] = FakeLayer("linear", {"weight": net.children["fc"].params["weight"]})
+    params = FakeBackend().listing(net).params
+    pattern = re.compile(regex)
+    brute = [i for i, t in enumerate(params)
+             if any(pattern.fullmatch(n) for n in (t.canonical, *t.aliases))]
+    assert Matcher(params).select(regex, {}, "rules[0]") == brute
+    assert all(n.startswith(literal_prefix(regex)) for t in params for n in (t.canonical,)
+               if pattern.fullmatch(n))
+
+
+def test_literal_prefixes():
+    from tunespec.matching import literal_prefix
+
+    assert literal_prefix(r"layer4\..*") == "layer4."
+    assert literal_prefix(r"blocks\.3\.experts\.1[0-9]\..*") == "blocks.3.experts.1"
+    assert literal_prefix(r"(?i)fc\..*") == "" and literal_prefix(r"a|b") == "" and literal_prefix(".*") == ""

@@ -50,3 +50,12 @@ def test_epoch_schedules_need_steps_per_epoch():
     with pytest.raises(SpecError, match="steps_per_epoch"):
         sched.in_steps(None)
     assert sched.in_steps(10).step_size == 20
+
+
+def test_load_spec_validates_every_section(tmp_path):
+    from tunespec import load_spec
+
+    path = tmp_path / "r.yaml"
+    path.write_text("freeze: ['.*']\noptimizer: {name: sgd, lr: -1}\n")
+    with pytest.raises(SpecError, match="r.yaml: optimizer.lr"):
+        load_spec(path)

@@ -10,8 +10,8 @@ from .errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWa
 from .naming import NameMap
 from .plan import Plan, VerifyReport
 from .port import PortReport, port
-from .recipe import OptimizerSpec, Recipe, Schedule, load_recipe
-from .spec import Rule, Spec, load_spec
+from .recipe import OptimizerSpec, Recipe, Schedule, load_recipe, load_spec
+from .spec import Rule, Spec
 
 __all__ = [
     "Card", "MissingFrameworkError", "NameMap", "Plan", "PortReport", "Rule", "Spec", "SpecError",

@@ -30,7 +30,9 @@ class RawName:
 
 def canonical_name(raw: RawName, is_norm: bool) -> str:
     """The name rules match on: wrappers stripped, norm leaves spelled as in torch."""
-    parts = [s for i, s in enumerate(raw.segments) if i not in raw.wrappers]
+    parts = list(raw.segments)
+    for i in sorted(raw.wrappers, reverse=True):
+        del parts[i]
     leaf = raw.leaf
     if is_norm:
         if leaf in NORM_LEAF_NAMES:

@@ -1,9 +1,18 @@
-"""Which tensors each rule selects, and what to suggest when a rule selects nothing."""
+"""Which tensors each rule selects, and what to suggest when a rule selects nothing.
+
+Models reach 100,000 tensors (mixture-of-experts) and specs 100 rules; trying every regex on
+every name would take seconds. Most rules start with literal text (``layer4\\.``,
+``blocks\\.3\\.experts\\.``), so names are kept sorted and a rule only tries the names that
+start with its literal prefix; rules without one scan everything.
+"""
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import re
+import re._constants as sre_constants
+import re._parser as sre_parse
 from typing import Callable, Mapping, Sequence
 
 from .errors import SpecError
@@ -19,71 +28,101 @@ _BUILTIN: dict[str, Selector] = {
 }
 
 
-def selector(match: str, groups: Mapping[str, str], origin: str) -> Selector:
-    """A predicate for one rule's ``match``: a regex fullmatched on any alias, or ``@group``."""
-    if match.startswith("@"):
-        name = match[1:]
-        if name in groups:
-            return selector(groups[name], {}, f"{origin} (group @{name})")
-        if name == "1d":
-            return _needs_shape(_BUILTIN[name], origin)
-        if name in _BUILTIN:
-            return _BUILTIN[name]
-        raise SpecError(f"{origin}: unknown group {match!r}; known: "
-                        f"{', '.join('@' + g for g in list(groups) + list(_BUILTIN))}")
-    pattern = re.compile(match)
-
-    def by_name(t: TensorInfo) -> bool:
-        if pattern.fullmatch(t.canonical):
-            return True
-        return any(pattern.fullmatch(a) for a in t.aliases)
-
-    return by_name
+def literal_prefix(regex: str) -> str:
+    """The text every fullmatch of ``regex`` starts with ('' when it can start anyhow)."""
+    try:
+        parsed = sre_parse.parse(regex)
+    except re.error:
+        return ""
+    if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
+        return ""
+    out = []
+    for op, arg in parsed:
+        if op is not sre_constants.LITERAL:
+            break
+        out.append(chr(arg))
+    return "".join(out)
 
 
-def _needs_shape(pred: Selector, origin: str) -> Selector:
-    def checked(t: TensorInfo) -> bool:
-        if t.ndim is None:
-            raise SpecError(f"{origin}: @1d needs tensor shapes, but {t.canonical!r} has none yet; "
-                            f"initialise the model (one forward pass) before planning")
-        return pred(t)
+class Matcher:
+    """One plan's tensors, indexed by canonical name and alias, for fast rule matching."""
 
-    return checked
+    def __init__(self, tensors: Sequence[TensorInfo]):
+        self.tensors = tensors
+        entries = sorted((name, i) for i, t in enumerate(tensors) for name in (t.canonical, *t.aliases))
+        self._names = [n for n, _ in entries]
+        self._owners = [i for _, i in entries]
+        self._prefixes: dict[int, list[str]] = {}
 
+    def select(self, match: str, groups: Mapping[str, str], origin: str) -> list[int]:
+        """Indices (in model order) of the tensors a rule's ``match`` selects."""
+        if match.startswith("@"):
+            name = match[1:]
+            if name in groups:
+                return self.select(groups[name], {}, f"{origin} (group @{name})")
+            if name not in _BUILTIN:
+                raise SpecError(f"{origin}: unknown group {match!r}; known: "
+                                f"{', '.join('@' + g for g in list(groups) + list(_BUILTIN))}")
+            if name == "1d":
+                missing = next((t for t in self.tensors if t.ndim is None), None)
+                if missing is not None:
+                    raise SpecError(f"{origin}: @1d needs tensor shapes, but {missing.canonical!r} has "
+                                    f"none yet; initialise the model (one forward pass) before planning")
+            pred = _BUILTIN[name]
+            return [i for i, t in enumerate(self.tensors) if pred(t)]
+        pattern = re.compile(match)
+        prefix = literal_prefix(match)
+        lo = bisect.bisect_left(self._names, prefix) if prefix else 0
+        hit = set()
+        for k in range(lo, len(self._names)):
+            name = self._names[k]
+            if prefix and not name.startswith(prefix):
+                break
+            if pattern.fullmatch(name):
+                hit.add(self._owners[k])
+        return sorted(hit)
 
-def match_all(selectors: Sequence[Selector], tensors: Sequence[TensorInfo]) -> list[list[int]]:
-    """For each selector, the indices of the tensors it selects (in model order)."""
-    return [[i for i, t in enumerate(tensors) if sel(t)] for sel in selectors]
+    def suggest(self, regex: str) -> str:
+        """A hint for a rule that matched nothing: close names, or why it missed."""
+        if not self.tensors:
+            return "the model has no parameters"
+        names = [t.canonical for t in self.tensors]
+        if not regex.startswith("@"):
+            pattern = re.compile(regex)
+            partial = next((n for n in names if pattern.match(n)), None)
+            if partial is not None:
+                return (f"it matches the start of {partial!r} but rules must match the whole name; "
+                        f"add '.*' at the end")
+            native = next((t for t in self.tensors if pattern.match(t.native)), None)
+            if native is not None:
+                return (f"it matches the framework's own name {native.native!r}, but rules fullmatch "
+                        f"canonical names; that tensor is {native.canonical!r}")
+        literal = _literal(regex).strip(".")
+        depth = max(1, literal.count(".") + 1)
+        close = difflib.get_close_matches(literal, self._neighbours(literal, depth), n=3, cutoff=0.4)
+        if close:
+            return "closest names: " + ", ".join(repr(c) for c in close)
+        return "names look like " + ", ".join(repr(n) for n in names[:3])
+
+    def _neighbours(self, literal: str, depth: int, around: int = 40) -> list[str]:
+        """Name prefixes of up to ``depth`` dotted parts that sort near ``literal``.
+
+        Close names sort close ('layer5' sits by 'layer4...'); comparing only those keeps a
+        suggestion cheap on a model with 100,000 tensors.
+        """
+        if depth not in self._prefixes:
+            seen: set[str] = set()
+            for t in self.tensors:
+                parts = t.canonical.split(".")
+                for k in range(1, min(depth, len(parts)) + 1):
+                    seen.add(".".join(parts[:k]))
+            self._prefixes[depth] = sorted(seen)
+        prefixes = self._prefixes[depth]
+        at = bisect.bisect_left(prefixes, literal)
+        return prefixes[max(0, at - around): at + around]
 
 
 def _literal(regex: str) -> str:
     """The plain text a regex spells, for similarity search ('layer5\\..*' -> 'layer5.')."""
     text = re.sub(r"\\(.)", r"\1", regex)
     return re.sub(r"[\^\$\*\+\?\(\)\[\]\{\}\|]|\.\*|\.\+", "", text)
-
-
-def suggest(regex: str, tensors: Sequence[TensorInfo]) -> str:
-    """A hint for a rule that matched nothing: close canonical names, or why it missed."""
-    names = [t.canonical for t in tensors]
-    if not names:
-        return "the model has no parameters"
-    if not regex.startswith("@"):
-        pattern = re.compile(regex)
-        partial = [n for n in names if pattern.match(n)]
-        if partial:
-            return (f"it matches the start of {partial[0]!r} but rules must match the whole name; "
-                    f"add '.*' at the end")
-        native = next((t for t in tensors if pattern.match(t.native)), None)
-        if native is not None:
-            return (f"it matches the framework's own name {native.native!r}, but rules fullmatch "
-                    f"canonical names; that tensor is {native.canonical!r}")
-    literal = _literal(regex)
-    prefixes: dict[str, None] = {}
-    for n in names:
-        parts = n.split(".")
-        for k in range(1, len(parts) + 1):
-            prefixes.setdefault(".".join(parts[:k]), None)
-    close = difflib.get_close_matches(literal, list(prefixes), n=3, cutoff=0.4)
-    if close:
-        return "closest names: " + ", ".join(repr(c) for c in close)
-    return "names look like " + ", ".join(repr(n) for n in names[:3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -12,12 +13,12 @@ from .backend_api import Backend, Group
 from .cards import card_for, preset_rules
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, module_of
-from .matching import match_all, selector, suggest
+from .matching import Matcher
 from .recipe import check_semantics
 from .spec import Rule, Spec
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """The planned setting of one parameter, and which rules produced it."""
 
@@ -105,16 +106,19 @@ def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecis
     """Run the rules in order over the parameters; each matching rule overrides what it sets."""
     params = listing.params
     rules, groups = _expand_rules(spec, listing)
-    selectors = [selector(r.match, groups, r.origin) for r in rules]
-    matches = match_all(selectors, params)
+    matcher = Matcher(params)
+    matches = [matcher.select(r.match, groups, r.origin) for r in rules]
     decisions = [Decision(t) for t in params]
+    missed = [r for r, hits in zip(rules, matches, strict=True) if not hits and r.user]
+    if missed:
+        # Suggestions cost a scan each: a few are enough to show the pattern of a mistake.
+        first = [f"{r.origin}: {r.match!r} matches no parameter of {listing.model_type}; "
+                 f"{matcher.suggest(r.match)}" for r in missed[:3]]
+        if spec.strict:
+            raise SpecError(first[0] + ". Fix the rule, or set strict: false to allow it")
+        more = f" (and {len(missed) - 3} more rules matching nothing)" if len(missed) > 3 else ""
+        warnings.warn("; ".join(first) + more, TuneSpecWarning, stacklevel=4)
     for rule, hits in zip(rules, matches, strict=True):
-        if not hits and rule.user:
-            msg = (f"{rule.origin}: {rule.match!r} matches no parameter of {listing.model_type}; "
-                   f"{suggest(rule.match, params)}")
-            if spec.strict:
-                raise SpecError(msg + ". Fix the rule, or set strict: false to allow it")
-            warnings.warn(msg, TuneSpecWarning, stacklevel=4)
         for i in hits:
             d = decisions[i]
             for key in ("trainable", "lr_mult", "wd_mult"):
@@ -131,15 +135,16 @@ def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecis
         if sets_mult and hits and not any(decisions[i].trainable for i in hits):
             warnings.warn(f"{rule.origin}: the multiplier of {rule.match!r} lands only on frozen "
                           f"parameters and has no effect", TuneSpecWarning, stacklevel=4)
-    return decisions, [_norm_decision(n, spec.bn, decisions) for n in listing.norms]
+    trainable = {id(d.tensor.handle): d.trainable for d in decisions}
+    return decisions, [_norm_decision(n, spec.bn, decisions, trainable) for n in listing.norms]
 
 
-def _norm_decision(norm: NormInfo, policy: str, decisions: Sequence[Decision]) -> NormDecision:
+def _norm_decision(norm: NormInfo, policy: str, decisions: Sequence[Decision],
+                   trainable: dict[int, bool]) -> NormDecision:
     if policy == "train":
         return NormDecision(norm, False, "bn: train")
     if policy == "freeze":
         return NormDecision(norm, True, "bn: freeze")
-    trainable = {id(d.tensor.handle): d.trainable for d in decisions}
     affine = [trainable[id(h)] for h in norm.affine if id(h) in trainable]
     if affine:
         frozen = not any(affine)
@@ -186,7 +191,8 @@ class Plan:
         for d in self.decisions:
             if d.name == name or name in d.tensor.aliases:
                 return d
-        raise KeyError(f"{name!r} is not a parameter of this plan; {suggest(name, self.listing.params)}")
+        raise KeyError(f"{name!r} is not a parameter of this plan; "
+                       f"{Matcher(self.listing.params).suggest(re.escape(name))}")
 
     def summary(self, lr: float | None = None) -> dict[str, Any]:
         return report.summary(self, lr)

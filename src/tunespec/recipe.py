@@ -150,3 +150,8 @@ def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Rec
     if isinstance(source, Mapping):
         return Recipe.from_dict(source)
     raise SpecError(f"expected a recipe path, a mapping or a Spec, got {type(source).__name__}")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """The spec of a recipe file; every section is validated, unknown top-level keys are errors."""
+    return load_recipe(path).spec

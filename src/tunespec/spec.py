@@ -228,12 +228,3 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"recipe {str(path)!r}: the top level must be a mapping, got {type(data).__name__}")
     return data
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Load the spec part of a recipe file; any unknown top-level key is an error."""
-    data = read_recipe(path)
-    try:
-        return Spec.from_dict(data)
-    except SpecError as exc:
-        raise SpecError(f"{path}: {exc}") from None
