@@ -148,3 +148,14 @@ def test_reset_class_after_planning_needs_a_replan(gcv):
                if p._differentiable and "running" not in p.name and "moving" not in p.name)
     fresh = tunespec.plan(net, {"freeze": ["features\\..*"]})
     assert fresh["class_predictors.0.predictor.weight"].tensor.shape[0] == 3 * 4  # 3 classes x 4 anchors
+
+
+def test_shared_gluon_parameters_listed_once_matched_by_alias():
+    net = mx.gluon.nn.HybridSequential()
+    first = mx.gluon.nn.Dense(4, in_units=4)
+    net.add(first, mx.gluon.nn.Dense(4, in_units=4, params=first.params))  # tied weights
+    net.initialize()
+    plan = tunespec.apply(net, {"freeze": ["1\\.weight"]})
+    assert [d.name for d in plan.decisions] == ["0.weight", "0.bias"]
+    assert plan["0.weight"].tensor.aliases == ("1.weight",)
+    assert first.weight.grad_req == "null" and first.bias.grad_req == "write"
