@@ -19,7 +19,7 @@ NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_me
 _FLAT_NORM_LEAF = re.compile(r"(.*_)(gamma|beta|moving_mean|moving_var)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawName:
     """A tensor's structural path as the backend found it."""
 
@@ -30,6 +30,8 @@ class RawName:
 
 def canonical_name(raw: RawName, is_norm: bool) -> str:
     """The name rules match on: wrappers stripped, norm leaves spelled as in torch."""
+    if not raw.wrappers and not is_norm:  # the common case, kept fast for huge models
+        return ".".join(raw.segments + (raw.leaf,))
     parts = list(raw.segments)
     for i in sorted(raw.wrappers, reverse=True):
         del parts[i]
@@ -49,7 +51,7 @@ def module_of(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorInfo:
     """One distinct tensor (parameter or state) of the model, as a backend found it."""
 
