@@ -36,6 +36,7 @@ def harnesses():
 def twins(harnesses, model):
     th, mh = harnesses
     _, size, classes = MODELS[model]
+    th.torch.manual_seed(0)  # reproducible initial weights (see test_port.TOLERANCE)
     tm = th.resnet18(classes) if model == "resnet18" else th.small_cnn()
     mm = mh.resnet18(classes) if model == "resnet18" else mh.small_cnn()
     mh.load_arrays(mm, th.arrays(tm))
