@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from .dispatch import backend_for, backend_for_optimizer
 from .errors import SpecError
 from .plan import Plan
-from .recipe import Recipe, Schedule, check_semantics, load_recipe
+from .recipe import Recipe, Schedule, load_recipe
 from .spec import Spec
 
 SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
@@ -52,7 +52,7 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     name = name if name is not None else (o.name if o else "sgd")
     lr = lr if lr is not None else (o.lr if o else None)
     weight_decay = weight_decay if weight_decay is not None else (o.weight_decay if o else 0.0)
-    semantics = check_semantics(semantics or (o.semantics if o else "torch"))
+    semantics = semantics or (o.semantics if o else "torch")  # checked by Plan.optimizer
     options = {**(dict(o.options) if o else {}), **options}
     try:
         current = _APPLIED.get(model)

@@ -41,10 +41,8 @@ class PortReport:
 
 
 def _tensors(listing: Any) -> tuple[dict[str, Any], list[str]]:
-    kept, ignored = {}, []
-    for t in listing.tensors:
-        (ignored.append(t.canonical) if IGNORED.fullmatch(t.canonical) else kept.__setitem__(t.canonical, t))
-    return kept, ignored
+    kept = {t.canonical: t for t in listing.tensors if not IGNORED.fullmatch(t.canonical)}
+    return kept, [t.canonical for t in listing.tensors if IGNORED.fullmatch(t.canonical)]
 
 
 def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
