@@ -86,6 +86,10 @@ def test_ssd_symbolblock_names_do_not_depend_on_counters(gcv):
     assert "features.mobilenet0_conv0_weight" in names
     assert "features.mobilenet0_batchnorm0_weight" in names  # gamma spelled weight
     assert not any(n.startswith("anchor_generators") for n in names)  # constants are state
+    # Running statistics are state, also those of layers the SymbolBlock made itself (expand_*).
+    assert not any("running_" in n for n in names)
+    assert {t.canonical for t in p1.listing.state} >= {"features.expand_bn0_running_mean",
+                                                      "features.mobilenet0_batchnorm0_running_var"}
     assert len(p1.norms) > 30 and all(n.frozen for n in p1.norms if n.norm.name.startswith("features."))
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tunespec import Schedule, SpecError, load_recipe
+from tunespec import LRSchedule, SpecError, load_recipe
 
 
 def test_recipe_sections_are_read_and_the_spec_still_validated(tmp_path):
@@ -35,18 +35,18 @@ def test_bad_recipe_sections(data, fragment):
 
 
 def test_schedule_factors():
-    multistep = Schedule.from_dict({"type": "multistep", "milestones": [3, 5], "gamma": 0.5})
+    multistep = LRSchedule.from_dict({"type": "multistep", "milestones": [3, 5], "gamma": 0.5})
     assert [multistep.factor(t) for t in range(7)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25]
-    step = Schedule.from_dict({"type": "step", "step_size": 2, "gamma": 0.1})
+    step = LRSchedule.from_dict({"type": "step", "step_size": 2, "gamma": 0.1})
     assert [round(step.factor(t), 12) for t in range(5)] == [1, 1, 0.1, 0.1, 0.01]
-    cosine = Schedule.from_dict({"type": "cosine", "total_steps": 4, "min_factor": 0.2})
+    cosine = LRSchedule.from_dict({"type": "cosine", "total_steps": 4, "min_factor": 0.2})
     assert cosine.factor(0) == 1 and math.isclose(cosine.factor(2), 0.6) and math.isclose(cosine.factor(9), 0.2)
-    warm = Schedule.from_dict({"type": "constant", "warmup_steps": 4, "warmup_start_factor": 0.2})
+    warm = LRSchedule.from_dict({"type": "constant", "warmup_steps": 4, "warmup_start_factor": 0.2})
     assert [round(warm.factor(t), 12) for t in range(6)] == [0.2, 0.4, 0.6, 0.8, 1, 1]
 
 
 def test_epoch_schedules_need_steps_per_epoch():
-    sched = Schedule.from_dict({"type": "step", "step_size": 2, "unit": "epoch"})
+    sched = LRSchedule.from_dict({"type": "step", "step_size": 2, "unit": "epoch"})
     with pytest.raises(SpecError, match="steps_per_epoch"):
         sched.in_steps(None)
     assert sched.in_steps(10).step_size == 20

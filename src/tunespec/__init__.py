@@ -5,17 +5,25 @@ model of its framework is planned.
 """
 
 from .api import apply, optimizer, plan, scheduler
+from .cache import FrozenPrefix, cache_frozen
 from .cards import Card, register_card
+from .checkpoint import resume, save_checkpoint
 from .errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWarning
+from .init import InitReport, InitSpec, initialize
+from .loading import LoadReport, load
 from .naming import NameMap
 from .plan import Plan, VerifyReport
 from .port import PortReport, port
-from .recipe import OptimizerSpec, Recipe, Schedule, load_recipe, load_spec
+from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
 from .spec import Rule, Spec
+from .stages import Schedule, Stage, StagesSpec
 
 __all__ = [
+    "FrozenPrefix", "cache_frozen",
     "Card", "MissingFrameworkError", "NameMap", "Plan", "PortReport", "Rule", "Spec", "SpecError",
     "StalePlanError", "TuneSpecWarning", "VerifyReport", "apply", "load_spec", "optimizer", "plan",
-    "port", "register_card", "OptimizerSpec", "Recipe", "Schedule", "load_recipe", "scheduler",
+    "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
+    "LoadReport", "load", "InitReport", "InitSpec", "initialize",
+    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint",
 ]
 __version__ = "0.1.0"

@@ -8,8 +8,9 @@ from typing import Any, Mapping
 
 from .dispatch import backend_for, backend_for_optimizer
 from .errors import SpecError
+from .listing import gc_paused
 from .plan import Plan
-from .recipe import Recipe, Schedule, load_recipe
+from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import Spec
 
 SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
@@ -26,7 +27,8 @@ def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | 
     """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
     be = backend_for(model, backend)
     s = as_spec(spec).with_strict(strict)
-    return Plan(model, s, be, be.listing(model))
+    with gc_paused():  # see gc_paused: a burst of small objects, none in cycles
+        return Plan(model, s, be, be.listing(model))
 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
@@ -64,14 +66,14 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
 
 
-def scheduler(optimizer: Any, schedule: "SpecLike | Schedule | Mapping[str, Any]",
+def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, Any]",
               steps_per_epoch: int | None = None) -> Any:
     """An lr scheduler for a torch optimizer (step it once per optimizer step) or, for a Gluon
     Trainer, the MXNet scheduler it now uses; both give the same lr at every step."""
-    if isinstance(schedule, Schedule):
+    if isinstance(schedule, LRSchedule):
         sched = schedule
     elif isinstance(schedule, Mapping) and "type" in schedule:
-        sched = Schedule.from_dict(schedule)
+        sched = LRSchedule.from_dict(schedule)
     else:
         sched = load_recipe(schedule).schedule
         if sched is None:

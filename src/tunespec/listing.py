@@ -10,22 +10,41 @@ so ``layer1.0.bn1.weight`` names the same tensor in torchvision and GluonCV.
 
 from __future__ import annotations
 
+import gc
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator, NamedTuple
 
 NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                    "moving_var": "running_var"}
 _FLAT_NORM_LEAF = re.compile(r"(.*_)(gamma|beta|moving_mean|moving_var)$")
 
 
-@dataclass(frozen=True, slots=True)
-class RawName:
-    """A tensor's structural path as the backend found it."""
+class RawName(NamedTuple):
+    """A tensor's structural path as the backend found it (a tuple: cheap to make 100,000 times)."""
 
     segments: tuple[str, ...]  # child names from the root to the owning layer
     leaf: str  # the attribute name inside that layer
     wrappers: frozenset[int] = frozenset()  # positions in segments that are wrapper attributes
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic collector while a listing or plan is built.
+
+    Listing a model allocates a few objects per tensor in one burst; the collector counts
+    allocations and would run full collections over the whole heap (the model included) in the
+    middle of it, which cost more than the listing itself on a 10,000-tensor model. Nothing
+    built here forms reference cycles, so plain reference counting frees it all.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def canonical_name(raw: RawName, is_norm: bool) -> str:
@@ -65,11 +84,12 @@ class TensorInfo:
     trainable: bool = True  # current settings, to flag what a plan changes
     lr_mult: float = 1.0
     wd_mult: float = 1.0
-    canonical: str = field(default="", init=False)
+    canonical: str = ""  # derived from names[0] when not given (ListingBuilder gives it)
     aliases: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        self.canonical = canonical_name(self.names[0], self.is_norm)
+        if not self.canonical:
+            self.canonical = canonical_name(self.names[0], self.is_norm)
 
     def add_alias(self, raw: RawName) -> None:
         """Another path to this same tensor (tied weights, shared Gluon parameters)."""
@@ -115,6 +135,7 @@ class Listing:
     model_type: str  # 'package.module.Class', for model cards
     tensors: list[TensorInfo]
     norms: list[NormInfo]
+    base_types: tuple[str, ...] = ()  # its base classes, nearest first: subclasses share cards
 
     @property
     def params(self) -> list[TensorInfo]:
@@ -132,22 +153,44 @@ class ListingBuilder:
         self.tensors: list[TensorInfo] = []
         self.norms: list[NormInfo] = []
         self._seen: dict[int, TensorInfo] = {}
+        self._prefix: tuple[tuple[str, ...], str] = ((), "")  # last segments and their dotted prefix
 
     def knows(self, handle: Any) -> bool:
         return id(handle) in self._seen
 
-    def add(self, handle: Any, raw: RawName, **fields: Any) -> None:
-        """Record a tensor under ``raw``; ``fields`` are the other :class:`TensorInfo` fields."""
-        known = self._seen.get(id(handle))
+    def unknown(self, named: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """The (name, handle) pairs not recorded yet, in order (one pass, for huge models)."""
+        seen = self._seen
+        return [(name, h) for name, h in named if id(h) not in seen]
+
+    def add(self, handle: Any, raw: RawName, native: str, shape: tuple[int, ...] | None, layer_type: str,
+            is_norm: bool = False, is_state: bool = False, trainable: bool = True, lr_mult: float = 1.0,
+            wd_mult: float = 1.0) -> None:
+        """Record a tensor under ``raw`` (the other arguments are :class:`TensorInfo`'s fields)."""
+        key = id(handle)
+        known = self._seen.get(key)
         if known is not None:
             known.add_alias(raw)
             return
-        info = TensorInfo(handle=handle, names=(raw,), **fields)
-        self._seen[id(handle)] = info
+        if raw.wrappers or is_norm:
+            canonical = canonical_name(raw, is_norm)
+        else:  # the common case, with the layer's dotted path built once per layer
+            segments = raw.segments
+            if segments is not self._prefix[0]:
+                self._prefix = (segments, ".".join(segments) + "." if segments else "")
+            canonical = self._prefix[1] + raw.leaf
+        info = TensorInfo(handle, (raw,), native, shape, layer_type, is_norm, is_state, trainable,
+                          lr_mult, wd_mult, canonical)
+        self._seen[key] = info
         self.tensors.append(info)
 
     def add_norm(self, norm: NormInfo) -> None:
         self.norms.append(norm)
 
-    def build(self, model_type: str) -> Listing:
-        return Listing(model_type, self.tensors, self.norms)
+    def build(self, model_type: str, base_types: tuple[str, ...] = ()) -> Listing:
+        return Listing(model_type, self.tensors, self.norms, base_types)
+
+
+def class_names(cls: type) -> tuple[str, ...]:
+    """'module.Class' of a class and of its bases, nearest first (for model cards)."""
+    return tuple(f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__ if c is not object)

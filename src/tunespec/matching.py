@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import functools
 import re
 import re._constants as sre_constants
 import re._parser as sre_parse
@@ -28,6 +29,7 @@ _BUILTIN: dict[str, Selector] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def literal_prefix(regex: str) -> str:
     """The text every fullmatch of ``regex`` starts with ('' when it can start anyhow)."""
     try:
@@ -49,9 +51,15 @@ class Matcher:
 
     def __init__(self, tensors: Sequence[TensorInfo]):
         self.tensors = tensors
-        entries = sorted((name, i) for i, t in enumerate(tensors) for name in (t.canonical, *t.aliases))
-        self._names = [n for n, _ in entries]
-        self._owners = [i for _, i in entries]
+        names = [t.canonical for t in tensors]
+        owners = list(range(len(names)))
+        for i, t in enumerate(tensors):
+            if t.aliases:
+                names += t.aliases
+                owners += [i] * len(t.aliases)
+        order = sorted(range(len(names)), key=names.__getitem__)
+        self._names = [names[k] for k in order]
+        self._owners = [owners[k] for k in order]
         self._prefixes: dict[int, list[str]] = {}
 
     def select(self, match: str, groups: Mapping[str, str], origin: str) -> list[int]:

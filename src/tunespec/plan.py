@@ -12,7 +12,7 @@ from . import report
 from .backend_api import Backend, Group
 from .cards import card_for, preset_rules
 from .errors import SpecError, StalePlanError, TuneSpecWarning
-from .listing import Listing, NormInfo, TensorInfo, module_of
+from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .matching import Matcher
 from .recipe import check_semantics
 from .spec import Rule, Spec
@@ -90,25 +90,30 @@ def _digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str]]:
+def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], str]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
-    card = card_for(listing.model_type)
+    card = card_for((listing.model_type, *listing.base_types), (t.canonical for t in listing.params))
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []
     if spec.preset_name is not None:
         for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type)):
             rules.append(Rule.from_dict(raw, f"preset {spec.preset_name!r}[{i}]", user=False))
-    return rules + list(spec.rules), groups
+    return rules + list(spec.rules), groups, card.family if card else ""
 
 
 def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecision]]:
     """Run the rules in order over the parameters; each matching rule overrides what it sets."""
     params = listing.params
-    rules, groups = _expand_rules(spec, listing)
+    rules, groups, family = _expand_rules(spec, listing)
     matcher = Matcher(params)
     matches = [matcher.select(r.match, groups, r.origin) for r in rules]
     decisions = [Decision(t) for t in params]
+    for r, hits in zip(rules, matches, strict=True):
+        if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
+            raise SpecError(f"{r.origin}: the {family} card's {r.match!r} matches no parameter of this "
+                            f"{listing.model_type}; the card does not fit this model. Register a card "
+                            f"for it (tunespec.register_card) or write freeze/train rules")
     missed = [r for r, hits in zip(rules, matches, strict=True) if not hits and r.user]
     if missed:
         # Suggestions cost a scan each: a few are enough to show the pattern of a mistake.
@@ -135,7 +140,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecis
         if sets_mult and hits and not any(decisions[i].trainable for i in hits):
             warnings.warn(f"{rule.origin}: the multiplier of {rule.match!r} lands only on frozen "
                           f"parameters and has no effect", TuneSpecWarning, stacklevel=4)
-    trainable = {id(d.tensor.handle): d.trainable for d in decisions}
+    trainable = {id(d.tensor.handle): d.trainable for d in decisions} if listing.norms else {}
     return decisions, [_norm_decision(n, spec.bn, decisions, trainable) for n in listing.norms]
 
 
@@ -218,7 +223,8 @@ class Plan:
         return tuple(id(t.handle) for t in listing.tensors)
 
     def _check_fresh(self, action: str) -> None:
-        now = self.backend.listing(self.model)
+        with gc_paused():
+            now = self.backend.listing(self.model)
         if self._fingerprint(now) != self._identity:
             before = {id(t.handle): t.canonical for t in self.listing.tensors}
             after = {id(t.handle): t.canonical for t in now.tensors}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import SpecError
 from .spec import RECIPE_SECTIONS, Spec, _close, read_recipe
@@ -57,7 +57,7 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class LRSchedule:
     """lr factor per optimizer step t (0 for the first step), the same in both frameworks."""
 
     type: str = "constant"
@@ -74,7 +74,7 @@ class Schedule:
             "warmup_start_factor", "unit")
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Schedule":
+    def from_dict(cls, data: Any) -> "LRSchedule":
         if not isinstance(data, Mapping):
             raise SpecError(f"schedule: expected a mapping like {{type: step, step_size: 10}}, got {data!r}")
         for key in data:
@@ -95,14 +95,14 @@ class Schedule:
                    float(data.get("min_factor", 0.0)), int(data.get("warmup_steps", 0)),
                    float(data.get("warmup_start_factor", 0.0)), data.get("unit", "step"))
 
-    def in_steps(self, steps_per_epoch: int | None) -> "Schedule":
+    def in_steps(self, steps_per_epoch: int | None) -> "LRSchedule":
         """The same schedule counted in optimizer steps."""
         if self.unit == "step":
             return self
         if not steps_per_epoch:
             raise SpecError("schedule.unit is 'epoch': pass steps_per_epoch to tunespec.scheduler")
         k = steps_per_epoch
-        return Schedule(self.type, self.step_size * k, tuple(m * k for m in self.milestones), self.gamma,
+        return LRSchedule(self.type, self.step_size * k, tuple(m * k for m in self.milestones), self.gamma,
                         self.total_steps * k, self.min_factor, self.warmup_steps * k,
                         self.warmup_start_factor, "step")
 
@@ -121,19 +121,26 @@ class Schedule:
         return f
 
 
+# Parsers of the sections other modules own (``init``, ``stages``): name -> parse(value, data).
+SECTION_PARSERS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {}
+
+
 @dataclass(frozen=True)
 class Recipe:
     spec: Spec
     optimizer: OptimizerSpec | None = None
-    schedule: Schedule | None = None
+    schedule: LRSchedule | None = None
+    sections: Mapping[str, Any] = field(default_factory=dict)  # parsed by SECTION_PARSERS
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
         spec = Spec.from_dict(data)
         opt = data.get("optimizer")
         sched = data.get("schedule")
+        sections = {k: parse(data[k], data) for k, parse in SECTION_PARSERS.items()
+                    if data.get(k) is not None}
         return cls(spec, None if opt is None else OptimizerSpec.from_dict(opt),
-                   None if sched is None else Schedule.from_dict(sched))
+                   None if sched is None else LRSchedule.from_dict(sched), sections)
 
 
 def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Recipe:

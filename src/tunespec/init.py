@@ -1,0 +1,225 @@
+"""The ``init`` recipe section: re-initialise selected parameters (a new head) the same way everywhere.
+
+```yaml
+init:
+  seed: 0
+  rules:
+    - {match: 'fc\\.weight', method: normal, std: 0.01}
+    - {match: 'fc\\.bias', method: zeros}
+    - {layer: conv, match: '.*\\.weight', method: kaiming_normal, mode: fan_out, nonlinearity: relu}
+```
+
+Values are drawn here, in float64, from a generator seeded by the seed and the tensor's canonical
+name, then written by the backend: torch and Gluon get identical values (not just the same
+distribution), and a tensor's values do not depend on which other tensors a recipe selects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .cards import card_for
+from .dispatch import backend_for
+from .errors import SpecError
+from .listing import TensorInfo
+from .matching import Matcher
+from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
+from .spec import _check_regex, _close
+
+METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defaults
+    "zeros": {}, "ones": {}, "constant": {"value": None},
+    "normal": {"mean": 0.0, "std": 1.0}, "uniform": {"low": 0.0, "high": 1.0},
+    "xavier_uniform": {"gain": 1.0}, "xavier_normal": {"gain": 1.0},
+    "kaiming_uniform": {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu"},
+    "kaiming_normal": {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu"},
+}
+NONLINEARITIES = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
+# Framework-neutral layer kinds; any other ``layer`` value is a layer class name (Conv2d, Dense ...).
+LAYER_KINDS = {
+    "conv": lambda t: re.fullmatch(r"Conv(Transpose)?\d[dD](Transpose)?", t.layer_type) is not None,
+    "linear": lambda t: t.layer_type in ("Linear", "LazyLinear", "Dense"),
+    "norm": lambda t: t.is_norm,
+    "embedding": lambda t: t.layer_type == "Embedding",
+}
+RULE_KEYS = ("match", "layer", "method")
+RECIPE_SECTIONS["init"] = "re-initialise parameters: seed and rules {match/layer, method, arguments}"
+
+
+@dataclass(frozen=True)
+class InitRule:
+    match: str | None
+    layer: str | None
+    method: str
+    args: Mapping[str, Any]
+    origin: str
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str) -> "InitRule":
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{origin}: an init rule is a mapping like {{match: 'fc\\..*', method: zeros}}, "
+                            f"got {data!r}")
+        method = data.get("method")
+        if method not in METHODS:
+            raise SpecError(f"{origin}: method {method!r}{_close(str(method), METHODS)}; "
+                            f"use one of {', '.join(METHODS)}")
+        allowed = RULE_KEYS + tuple(METHODS[method])
+        for key in data:
+            if key not in allowed:
+                raise SpecError(f"{origin}: {method} takes no {key!r}{_close(str(key), allowed)}; "
+                                f"its keys are {', '.join(allowed)}")
+        if data.get("match") is None and data.get("layer") is None:
+            raise SpecError(f"{origin}: give match (a regex or '@group') and/or layer "
+                            f"({', '.join(LAYER_KINDS)} or a layer class name)")
+        match = None if data.get("match") is None else _check_regex(data["match"], origin)
+        layer = data.get("layer")
+        if layer is not None and not isinstance(layer, str):
+            raise SpecError(f"{origin}: layer must be a string, got {layer!r}")
+        args = {k: data.get(k, default) for k, default in METHODS[method].items()}
+        for key, value in args.items():
+            if key in ("mode", "nonlinearity"):
+                choices = ("fan_in", "fan_out") if key == "mode" else NONLINEARITIES
+                if value not in choices:
+                    raise SpecError(f"{origin}: {key} {value!r}; use one of {', '.join(choices)}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SpecError(f"{origin}: {method} needs a finite number for {key}, got {value!r}")
+        if method == "normal" and args["std"] < 0 or method == "uniform" and args["low"] > args["high"]:
+            raise SpecError(f"{origin}: {method} with {dict(args)} is not a distribution")
+        return cls(match, layer, method, args, origin)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return f"{self.method}({args})"
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    rules: tuple[InitRule, ...]
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any, recipe: Mapping[str, Any] | None = None) -> "InitSpec":
+        if isinstance(data, (list, tuple)):
+            data = {"rules": data}
+        if not isinstance(data, Mapping):
+            raise SpecError(f"init: expected {{seed: 0, rules: [...]}} or a list of rules, got {data!r}")
+        for key in data:
+            if key not in ("seed", "rules"):
+                raise SpecError(f"init: unknown key {key!r}{_close(str(key), ('seed', 'rules'))}; "
+                                f"keys are seed, rules")
+        seed = data.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SpecError(f"init.seed: expected an integer >= 0, got {seed!r}")
+        rules = data.get("rules")
+        if not isinstance(rules, (list, tuple)) or not rules:
+            raise SpecError("init.rules: expected a non-empty list of rules")
+        return cls(tuple(InitRule.from_dict(r, f"init.rules[{i}]") for i, r in enumerate(rules)), seed)
+
+
+SECTION_PARSERS["init"] = InitSpec.from_dict
+
+
+@dataclass
+class InitReport:
+    """Which initialisation each re-initialised tensor got (canonical name -> description)."""
+
+    initialised: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "\n".join([f"init: {len(self.initialised)} tensors"] +
+                         [f"  {n}: {d}" for n, d in self.initialised.items()])
+
+
+def _fans(t: TensorInfo, origin: str) -> tuple[int, int]:
+    if t.shape is None or len(t.shape) < 2 or 0 in t.shape:
+        raise SpecError(f"{origin}: {t.canonical!r} has shape {t.shape}; fan-based methods need a "
+                        f"weight of 2 or more known dimensions (use normal, uniform or constant)")
+    receptive = math.prod(t.shape[2:])
+    return t.shape[1] * receptive, t.shape[0] * receptive
+
+
+def _gain(nonlinearity: str, a: float) -> float:
+    return {"relu": math.sqrt(2.0), "tanh": 5.0 / 3, "selu": 0.75,
+            "leaky_relu": math.sqrt(2.0 / (1 + a * a))}.get(nonlinearity, 1.0)
+
+
+def distribution(rule: InitRule, t: TensorInfo) -> tuple[str, float, float]:
+    """('normal', mean, std), ('uniform', low, high) or ('constant', value, 0) for one tensor."""
+    m, a = rule.method, rule.args
+    if m in ("zeros", "ones", "constant"):
+        return "constant", {"zeros": 0.0, "ones": 1.0}.get(m, a.get("value")), 0.0
+    if m == "normal":
+        return "normal", float(a["mean"]), float(a["std"])
+    if m == "uniform":
+        return "uniform", float(a["low"]), float(a["high"])
+    fan_in, fan_out = _fans(t, rule.origin)
+    if m.startswith("xavier"):
+        std = a["gain"] * math.sqrt(2.0 / (fan_in + fan_out))
+    else:
+        fan = fan_in if a["mode"] == "fan_in" else fan_out
+        std = _gain(a["nonlinearity"], a["a"]) / math.sqrt(fan)
+    if m.endswith("normal"):
+        return "normal", 0.0, std
+    bound = math.sqrt(3.0) * std  # a uniform distribution on [-b, b] has std b / sqrt(3)
+    return "uniform", -bound, bound
+
+
+def sample(kind: str, a: float, b: float, shape: tuple[int, ...], seed: int, name: str) -> Any:
+    """float64 values from a generator seeded by (seed, name): the same in every framework."""
+    import numpy as np  # only here: importing tunespec stays free of numpy
+
+    stream = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    rng = np.random.default_rng([seed, stream])
+    if kind == "normal":
+        return rng.normal(a, b, shape)
+    if kind == "uniform":
+        return rng.uniform(a, b, shape)
+    return np.full(shape, a, dtype=np.float64)
+
+
+def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | Path",
+               seed: int | None = None, backend: str | None = None, strict: bool = True) -> InitReport:
+    """Re-initialise the parameters ``init``'s rules select (the last matching rule wins)."""
+    groups: dict[str, str] = {}
+    if not isinstance(init, InitSpec):
+        recipe = load_recipe(init)
+        groups = dict(recipe.spec.groups)
+        if "init" not in recipe.sections:
+            raise SpecError("initialize: the recipe has no init section")
+        init = recipe.sections["init"]
+    be = backend_for(model, backend)
+    listing = be.listing(model)
+    card = card_for((listing.model_type, *listing.base_types), (t.canonical for t in listing.params))
+    groups = {**(card.groups if card else {}), **groups}
+    params = listing.params
+    matcher = Matcher(params)
+    chosen: dict[int, InitRule] = {}
+    for rule in init.rules:
+        hits = set(matcher.select(rule.match, groups, rule.origin)) if rule.match else set(range(len(params)))
+        if rule.layer is not None:
+            pred = LAYER_KINDS.get(rule.layer, lambda t, layer=rule.layer: t.layer_type == layer)
+            hits = {i for i in hits if pred(params[i])}
+        if not hits and strict:
+            what = " ".join(filter(None, [rule.match and f"match {rule.match!r}",
+                                          rule.layer and f"layer {rule.layer!r}"]))
+            types = sorted({t.layer_type for t in params})
+            raise SpecError(f"{rule.origin}: {what} selects no parameter of {listing.model_type} "
+                            f"(layer types: {', '.join(types[:8])}); fix the rule or pass strict=False")
+        for i in hits:
+            chosen[i] = rule
+    plans = []
+    for i in sorted(chosen):  # every distribution is checked before anything is written
+        t = params[i]
+        if t.shape is None or 0 in t.shape:
+            raise SpecError(f"init: {t.canonical!r} has no shape yet; initialise the model first")
+        plans.append((t, chosen[i], distribution(chosen[i], t)))
+    report = InitReport()
+    base = init.seed if seed is None else seed
+    for t, rule, (kind, a, b) in plans:
+        be.write(t.handle, sample(kind, a, b, tuple(t.shape), base, t.canonical))
+        report.initialised[t.canonical] = rule.describe()
+    return report

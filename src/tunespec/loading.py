@@ -1,0 +1,194 @@
+"""Partial checkpoint loading: select checkpoint keys, rename them, load what fits, report the rest.
+
+Checkpoint keys are matched onto the model's canonical names, so a torch checkpoint saved from a
+DDP- or ``torch.compile``-wrapped model loads into a bare one, and a torch ``state_dict`` loads into
+a GluonCV twin (and a Gluon ``.params`` file into a torchvision one) by the names the two share.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .dispatch import backend_for, load_backend
+from .errors import SpecError
+from .listing import NORM_LEAF_NAMES, Listing, TensorInfo
+from .naming import NameMap, Rename
+
+# Segments that framework wrappers insert into saved names (DDP/DataParallel, torch.compile, FSDP).
+_WRAPPER_SEGMENTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+# torch's BatchNorm batch counter: skipped without complaint where the model has no such tensor.
+_COUNTER = re.compile(r"(.*\.)?num_batches_tracked")
+
+
+@dataclass
+class LoadReport:
+    """What ``tunespec.load`` did: every checkpoint key and model tensor is in exactly one list."""
+
+    loaded: list[str] = field(default_factory=list)  # model canonical names written
+    missing: list[str] = field(default_factory=list)  # model tensors nothing was loaded into
+    unexpected: list[str] = field(default_factory=list)  # selected keys with no model tensor
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # name, checkpoint, model
+    skipped: list[str] = field(default_factory=list)  # keys not selected (or renamed to nothing)
+    ignored: list[str] = field(default_factory=list)  # batch counters the model has no place for
+
+    @property
+    def ok(self) -> bool:
+        """Every selected key loaded (model tensors may still be missing: see ``complete``)."""
+        return not (self.unexpected or self.mismatched)
+
+    @property
+    def complete(self) -> bool:
+        return self.ok and not self.missing
+
+    def __str__(self) -> str:
+        lines = [f"load: {len(self.loaded)} loaded, {len(self.missing)} missing, "
+                 f"{len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches, "
+                 f"{len(self.skipped)} not selected"]
+        lines += [f"  missing (left as they were): {n}" for n in self.missing[:10]]
+        lines += [f"  unexpected: {n}" for n in self.unexpected[:10]]
+        lines += [f"  shape {n}: checkpoint {c} vs model {m}" for n, c, m in self.mismatched[:10]]
+        return "\n".join(lines)
+
+
+def canonical_key(key: str) -> str:
+    """A checkpoint key spelled as a canonical name: wrapper segments gone, norm leaves torch-style."""
+    parts = [p for p in key.split(".") if p not in _WRAPPER_SEGMENTS]
+    if parts and parts[0] == "module" and len(parts) > 1:
+        parts = parts[1:]
+    if parts and parts[-1] in NORM_LEAF_NAMES:
+        parts[-1] = NORM_LEAF_NAMES[parts[-1]]
+    return ".".join(parts)
+
+
+def _index(listing: Listing) -> dict[str, TensorInfo]:
+    index: dict[str, TensorInfo] = {}
+    for t in listing.tensors:
+        for name in (t.canonical, *t.aliases):
+            index.setdefault(name, t)
+    return index
+
+
+def _reader_for(path: Path, model_backend: Any) -> Any:
+    """Which backend reads the file: its own framework's, or the model's for safetensors."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return model_backend
+    if suffix == ".params":
+        return load_backend("mxnet")
+    return load_backend("torch")  # .pt, .pth, .bin, .ckpt, .tar and anything torch.save wrote
+
+
+def pick_state(obj: Any, key: str | None, is_tensor: Any, where: str) -> dict[str, Any]:
+    """The {name: tensor} mapping inside a loaded checkpoint object.
+
+    A bare state dict is used as it is; a training checkpoint ({'state_dict': ..., 'epoch': ...})
+    gives up its one nested state dict; ``key`` names it when there are several.
+    """
+    def is_state(value: Any) -> bool:
+        return isinstance(value, Mapping) and bool(value) and all(is_tensor(v) for v in value.values())
+
+    if key is not None:
+        for part in key.split("."):
+            if not isinstance(obj, Mapping) or part not in obj:
+                have = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+                raise SpecError(f"{where}: no {key!r} in the checkpoint (it holds {have})")
+            obj = obj[part]
+        if not is_state(obj):
+            raise SpecError(f"{where}: {key!r} is not a mapping of tensors")
+        return dict(obj)
+    if is_state(obj):
+        return dict(obj)
+    nested = [k for k, v in obj.items() if is_state(v)] if isinstance(obj, Mapping) else []
+    if len(nested) == 1:
+        return dict(obj[nested[0]])
+    have = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+    raise SpecError(f"{where}: cannot tell which state dict to load (the checkpoint holds {have}); "
+                    f"pass key='state_dict' or the like")
+
+
+def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = False,
+                    key: str | None = None) -> dict[str, Any]:
+    """A checkpoint file as {key: numpy array}, read by the backend of the file's framework."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"checkpoint {str(path)!r} does not exist")
+    reader = _reader_for(path, model_backend)
+    if path.suffix.lower() == ".safetensors":
+        obj = reader.read_safetensors(str(path))
+    else:
+        obj = reader.read_checkpoint(str(path), allow_pickle)
+    state = pick_state(obj, key, reader.is_tensor, str(path))
+    return {k: reader.to_numpy(v) for k, v in state.items()}
+
+
+def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str | None = None,
+         rename: Rename = None, strict: bool = True, allow_pickle: bool = False,
+         key: str | None = None, backend: str | None = None) -> LoadReport:
+    """Load the checkpoint keys ``select`` matches, renamed by ``rename``, into ``model``.
+
+    ``checkpoint`` is a torch file (read with ``weights_only=True``; one that needs pickle is
+    refused unless ``allow_pickle=True``), a ``.safetensors`` file, a Gluon ``.params`` file or
+    an in-memory ``{name: tensor}`` mapping. ``select``/``rename`` act on the checkpoint's own keys
+    (see :class:`tunespec.NameMap`); each kept key then lands on the model tensor with that name,
+    or with its canonical spelling (wrapper prefixes dropped, Gluon ``gamma``/``beta`` as
+    ``weight``/``bias``). ``strict`` (default) refuses unexpected keys and shape mismatches and then
+    writes nothing; model tensors the checkpoint does not cover are listed as ``missing`` either way
+    (that is what partial loading is for; ``report.complete`` says whether there were any).
+    """
+    be = backend_for(model, backend)
+    names = NameMap(select, rename)
+    if isinstance(checkpoint, Mapping):
+        state = dict(checkpoint)
+    elif isinstance(checkpoint, (str, Path)):
+        state = read_checkpoint(checkpoint, be, allow_pickle, key)
+    else:
+        raise SpecError(f"load: expected a checkpoint path or a {{name: tensor}} mapping, "
+                        f"got {type(checkpoint).__name__}")
+    listing = be.listing(model)
+    index = _index(listing)
+    report = LoadReport()
+    writes: dict[int, tuple[TensorInfo, Any]] = {}
+    for raw_key, value in state.items():
+        new = names(raw_key)
+        if new is None:
+            report.skipped.append(raw_key)
+            continue
+        target = index.get(new) or index.get(canonical_key(new))
+        label = raw_key if new == raw_key else f"{raw_key} -> {new}"
+        if target is None:
+            (report.ignored if _COUNTER.fullmatch(new) else report.unexpected).append(label)
+            continue
+        if target.shape is None or 0 in target.shape:
+            raise SpecError(f"load: model tensor {target.canonical!r} has no shape yet; initialise "
+                            f"the model (one forward pass) before loading into it")
+        shape = tuple(int(d) for d in value.shape)
+        if shape != tuple(target.shape):
+            report.mismatched.append((target.canonical, shape, tuple(target.shape)))
+        elif id(target.handle) in writes:
+            raise SpecError(f"load: checkpoint keys {label!r} and another one both map onto "
+                            f"{target.canonical!r}; narrow select or fix rename")
+        else:
+            writes[id(target.handle)] = (target, value)
+    if not writes and not state:
+        raise SpecError("load: the checkpoint holds no tensors")
+    if select is not None and not writes and not report.unexpected and not report.mismatched:
+        raise SpecError(f"load: select={select!r} matches none of the checkpoint's keys "
+                        f"(they look like {', '.join(list(state)[:3])})")
+    if strict and not report.ok:
+        raise SpecError(f"{report}\nnothing was loaded; fix select/rename, or pass strict=False to "
+                        f"load what fits")
+    backup = [(t, be.read(t.handle)) for t, _ in writes.values()]
+    try:
+        for t, value in writes.values():
+            be.write(t.handle, value)
+            report.loaded.append(t.canonical)
+    except Exception:
+        for t, array in backup:
+            be.write(t.handle, array)
+        raise
+    report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
+                      and not _COUNTER.fullmatch(t.canonical)]
+    return report

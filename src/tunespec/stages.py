@@ -1,0 +1,296 @@
+"""Staged unfreezing: the ``stages`` recipe section and :class:`Schedule`, which applies it live.
+
+```yaml
+preset: heads                      # stage 0: the recipe's own spec
+optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
+stages:
+  mode: min                        # the metric given to step() improves downwards (a loss)
+  then:
+    - {at_epoch: 3, preset: '4+', lr_factor: 0.1, restore_best: true}
+    - {on_plateau: 2, preset: all, restore_best: true}
+```
+
+A stage switches to its own spec (the spec keys in its entry; ``lr_mult``, ``wd_mult``,
+``groups``, ``bn`` and ``strict`` carry over from the recipe unless given), optionally after
+restoring the weights of the best epoch of the stage that ends, and gives parameters it newly
+unfreezes ``lr_factor`` times their lr.
+The optimizer is changed in place where the framework allows: in torch newly trainable parameters
+join as new param groups (existing groups and their momentum/Adam state stay, parameters whose
+multipliers change move between groups with their state, newly frozen ones leave with theirs),
+and the lr scheduler covers the new groups; a Gluon Trainer gets the new parameters appended
+(indices, optimizer and kvstore state of the others unchanged; newly frozen ones stay listed but
+are skipped, as Gluon skips every ``grad_req='null'`` parameter). A DDP-wrapped model is
+re-wrapped, because DDP fixes the parameters it all-reduces when it is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .backend_api import Group
+from .dispatch import backend_for
+from .errors import SpecError
+from .plan import Plan
+from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
+from .spec import SPEC_KEYS, Spec, _close
+
+TRIGGERS = ("at_epoch", "at_step", "on_plateau")
+STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
+# Spec keys a stage takes from the recipe unless it gives its own: what trains changes between
+# stages, how multipliers, groups and BatchNorm are set up usually does not.
+INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict")
+RECIPE_SECTIONS["stages"] = "staged unfreezing: later specs switched to at an epoch, step or plateau"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its spec, when it starts, and what happens when it does."""
+
+    name: str
+    spec: Spec
+    trigger: str | None = None  # None for stage 0; else one of TRIGGERS
+    at: int = 0  # the epoch, step or patience (epochs without improvement)
+    min_delta: float = 0.0
+    restore_best: bool = False
+    lr_factor: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str, base: Mapping[str, Any]) -> "Stage":
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{origin}: a stage is a mapping like {{at_epoch: 5, preset: '4+'}}, "
+                            f"got {data!r}")
+        known = STAGE_KEYS + SPEC_KEYS
+        for key in data:
+            if key not in known:
+                raise SpecError(f"{origin}: unknown stage key {key!r}{_close(str(key), known)}; stage keys "
+                                f"are {', '.join(STAGE_KEYS)} plus the spec's {', '.join(SPEC_KEYS)}")
+        triggers = [k for k in TRIGGERS if k in data]
+        if len(triggers) != 1:
+            raise SpecError(f"{origin}: give exactly one of {', '.join(TRIGGERS)} (when the stage starts), "
+                            f"got {triggers or 'none'}")
+        trigger = triggers[0]
+        at = data[trigger]
+        if isinstance(at, bool) or not isinstance(at, int) or at < (1 if trigger == "on_plateau" else 0):
+            raise SpecError(f"{origin}: {trigger} must be a whole number"
+                            f"{' >= 1' if trigger == 'on_plateau' else ' >= 0'}, got {at!r}")
+        spec_part = {k: v for k, v in data.items() if k in SPEC_KEYS}
+        if not set(spec_part) - set(INHERITED):
+            raise SpecError(f"{origin}: the stage sets no spec; give preset, freeze, train or rules")
+        for key in INHERITED:
+            if key not in spec_part and key in base:
+                spec_part[key] = base[key]
+        try:
+            spec = Spec.from_dict(spec_part)
+        except SpecError as exc:
+            raise SpecError(f"{origin}: {exc}") from None
+        factor = data.get("lr_factor", 1.0)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
+                math.isfinite(factor) and factor > 0):
+            raise SpecError(f"{origin}: lr_factor must be a number > 0, got {factor!r}")
+        restore = data.get("restore_best", False)
+        if not isinstance(restore, bool):
+            raise SpecError(f"{origin}: restore_best must be true or false, got {restore!r}")
+        delta = data.get("min_delta", 0.0)
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
+            raise SpecError(f"{origin}: min_delta must be a number >= 0, got {delta!r}")
+        name = str(data.get("name", spec.preset_name or origin))
+        return cls(name, spec, trigger, at, float(delta), restore, float(factor))
+
+
+@dataclass(frozen=True)
+class StagesSpec:
+    stages: tuple[Stage, ...]  # the later stages, in order
+    mode: str = "min"
+
+    @classmethod
+    def from_dict(cls, data: Any, recipe: Mapping[str, Any] | None = None) -> "StagesSpec":
+        if isinstance(data, (list, tuple)):
+            data = {"then": data}
+        if not isinstance(data, Mapping):
+            raise SpecError(f"stages: expected {{mode: min, then: [...]}} or a list of stages, got {data!r}")
+        for key in data:
+            if key not in ("mode", "then"):
+                raise SpecError(f"stages: unknown key {key!r}{_close(str(key), ('mode', 'then'))}; "
+                                f"keys are mode, then")
+        mode = data.get("mode", "min")
+        if mode not in ("min", "max"):
+            raise SpecError(f"stages.mode: {mode!r}; use min (a loss) or max (an accuracy)")
+        then = data.get("then")
+        if not isinstance(then, (list, tuple)) or not then:
+            raise SpecError("stages.then: expected a non-empty list of stages")
+        stages = tuple(Stage.from_dict(s, f"stages.then[{i}]", recipe or {}) for i, s in enumerate(then))
+        return cls(stages, mode)
+
+
+SECTION_PARSERS["stages"] = StagesSpec.from_dict
+
+
+class Schedule:
+    """Applies a recipe's stages to a live model and optimizer, in a hand-written loop::
+
+        schedule = tunespec.Schedule("two_phase.yaml")
+        model, opt = schedule.start(model)           # stage 0 applied, optimizer (+ lr scheduler)
+        for epoch in range(epochs):
+            ...train, with schedule.lr_scheduler.step() after each opt.step() in torch...
+            model, opt = schedule.step(epoch, model, opt, metric=val_loss)
+
+    ``step`` is called after each epoch (``epoch`` counts from 0) with that epoch's metric, or
+    after each optimizer step with ``step=`` for ``at_step`` stages. It returns the model and
+    optimizer to go on with: the same objects, except a re-wrapped DDP model.
+    """
+
+    def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
+        self.recipe = load_recipe(recipe)
+        section = self.recipe.sections.get("stages")
+        later = section.stages if section else ()
+        self.mode = section.mode if section else "min"
+        self.stages: tuple[Stage, ...] = (Stage("start", self.recipe.spec), *later)
+        self.steps_per_epoch = steps_per_epoch
+        self.index = 0
+        self.plan: Plan | None = None
+        self.lr_scheduler: Any = None
+        self.history: list[tuple[int, str]] = []  # (epoch, stage name) of each change
+        self._reset_best()
+        self._factors: dict[int, float] = {}  # id(parameter) -> lr factor it joined with
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.index]
+
+    def _reset_best(self) -> None:
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.best_state: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs besides weights and optimizer state (JSON-serialisable)."""
+        return {"index": self.index, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "history": [list(h) for h in self.history]}
+
+    # --- starting -----------------------------------------------------------------------------
+    def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
+        """Apply stage 0 and build the optimizer (and lr scheduler) the recipe describes.
+
+        An ``optimizer`` built elsewhere is checked against stage 0 and used instead.
+        """
+        from .api import scheduler
+
+        be = backend_for(model, backend)
+        self.index = 0
+        self.history = []
+        self._reset_best()
+        self.plan = Plan(model, self.stages[0].spec, be, be.listing(model)).apply()
+        self._factors = {id(d.tensor.handle): 1.0 for d in self.plan.trainable}
+        if optimizer is None:
+            o = self.recipe.optimizer
+            if o is None or o.lr is None:
+                raise SpecError("Schedule.start: the recipe has no optimizer section with an lr; add "
+                                "one, or pass optimizer= built with tunespec.optimizer(model, ...)")
+            optimizer = self.plan.optimizer(o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                            semantics=o.semantics, **dict(o.options))
+        else:
+            self.plan.check(optimizer)
+        if self.recipe.schedule is not None:
+            self.lr_scheduler = scheduler(optimizer, self.recipe.schedule, self.steps_per_epoch)
+        return model, optimizer
+
+    # --- stepping -----------------------------------------------------------------------------
+    def _improved(self, metric: float, delta: float) -> bool:
+        if self.best is None:
+            return True
+        return metric < self.best - delta if self.mode == "min" else metric > self.best + delta
+
+    def _due(self, nxt: Stage, epoch: int, step: int | None) -> bool:
+        if nxt.trigger == "at_epoch":
+            return epoch + 1 >= nxt.at
+        if nxt.trigger == "at_step":
+            return step is not None and step >= nxt.at
+        return self.bad_epochs >= nxt.at
+
+    def step(self, epoch: int, model: Any, optimizer: Any, metric: float | None = None,
+             step: int | None = None, lr_scheduler: Any = None) -> tuple[Any, Any]:
+        """Record ``metric`` for the epoch that ended, and start the next stage when it is due."""
+        if self.plan is None:
+            raise SpecError("Schedule.step: call schedule.start(model) first")
+        nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
+        if metric is not None:
+            metric = float(metric)
+            if not math.isfinite(metric):
+                raise SpecError(f"Schedule.step: metric {metric!r} is not a finite number")
+            if self._improved(metric, nxt.min_delta if nxt else 0.0):
+                self.best, self.best_epoch, self.bad_epochs = metric, epoch, 0
+                if nxt is not None and nxt.restore_best:
+                    self.best_state = self._weights(model)
+            else:
+                self.bad_epochs += 1
+        if nxt is None or not self._due(nxt, epoch, step):
+            return model, optimizer
+        if nxt.restore_best:
+            if self.best_state is None:
+                raise SpecError(f"stage {nxt.name!r} restores the best weights, but step() was never "
+                                f"given a metric: pass metric= (e.g. the validation loss) every epoch")
+            self._put_weights(model, self.best_state)
+        self.history.append((epoch, nxt.name))
+        return self.advance(model, optimizer, lr_scheduler)
+
+    def advance(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> tuple[Any, Any]:
+        """Switch to the next stage now (``step`` calls this when it is due; resuming replays it)."""
+        if self.plan is None or self.index + 1 >= len(self.stages):
+            raise SpecError("Schedule.advance: no later stage to switch to")
+        nxt = self.stages[self.index + 1]
+        be = self.plan.backend
+        before = {id(d.tensor.handle): d.tensor.handle for d in self.plan.trainable}
+        plan = Plan(model, nxt.spec, be, be.listing(model)).apply()
+        after = {id(d.tensor.handle): d for d in plan.trainable}
+        for key in [k for k in self._factors if k not in after]:
+            del self._factors[key]
+        for key in after:
+            self._factors.setdefault(key, nxt.lr_factor)
+        for key, d in after.items():  # Gluon reads multipliers from the Parameter (torch ignores them)
+            be.set_param(d.tensor.handle, True, d.lr_mult * self._factors[key], d.wd_mult)
+        layout = self._layout(be.optimizer_groups(optimizer), plan)
+        added = [d.tensor.handle for k, d in after.items() if k not in before]
+        removed = [h for k, h in before.items() if k not in after]
+        be.restage_optimizer(optimizer, layout, added, removed, lr_scheduler or self.lr_scheduler)
+        if (added or removed) and be.is_distributed_wrapper(model):
+            model = be.rewrap(model)
+        self.plan = plan
+        self.index += 1
+        self._reset_best()
+        return model, optimizer
+
+    def _layout(self, current: list[Group], plan: Plan) -> list[Group]:
+        """Every trainable parameter's group: existing groups keep their place, new ones follow."""
+        key_of = [(g["lr_mult"], g["wd_mult"], g["lr_factor"]) for g in current]
+        layout = [Group(params=[], param_names=[], lr_mult=k[0], wd_mult=k[1], lr_factor=k[2])
+                  for k in key_of]
+        for d in plan.trainable:
+            key = (d.lr_mult, d.wd_mult, self._factors[id(d.tensor.handle)])
+            if key not in key_of:
+                key_of.append(key)
+                layout.append(Group(params=[], param_names=[], lr_mult=key[0], wd_mult=key[1],
+                                    lr_factor=key[2]))
+            group = layout[key_of.index(key)]
+            group["params"].append(d.tensor.handle)
+            group["param_names"].append(d.name)
+        return layout
+
+    def rebaseline(self) -> None:
+        """Take the frozen tensors' checksums again (after weights were loaded into the model)."""
+        self.plan._checksums = self.plan._take_checksums()
+
+    # --- best weights -------------------------------------------------------------------------
+    def _weights(self, model: Any) -> dict[str, Any]:
+        be = self.plan.backend
+        return {t.canonical: be.read(t.handle) for t in be.listing(model).tensors}
+
+    def _put_weights(self, model: Any, state: Mapping[str, Any]) -> None:
+        be = self.plan.backend
+        for t in be.listing(model).tensors:
+            if t.canonical in state:
+                be.write(t.handle, state[t.canonical])
