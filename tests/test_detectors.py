@@ -22,11 +22,12 @@ def values(plan, tensors) -> dict[str, np.ndarray]:
     return {t.canonical: plan.backend.read(t.handle) for t in tensors}
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("family,hybridize", [("ssd", True), ("ssd", False), ("yolo", True), ("frcnn", True)])
+CASES = [(family, True, preset) for family in ("ssd", "yolo", "frcnn") for preset in PRESETS]
+CASES += [("ssd", False, "heads"), ("ssd", False, "4+")]  # a plain (not hybridized) Block too
+
+
+@pytest.mark.parametrize("family,hybridize,preset", CASES)
 def test_two_detection_steps_keep_frozen_tensors_and_train_the_rest(family, hybridize, preset):
-    if not hybridize and preset not in ("heads", "4+"):
-        pytest.skip("the plain-Block SSD runs two presets; hybridized runs cover all")
     np.random.seed(0)  # GluonCV's augmentations draw from numpy's global generator
     mx.random.seed(0)
     net = build(family, hybridize)
