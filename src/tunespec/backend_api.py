@@ -59,3 +59,49 @@ class Backend(Protocol):
 
     def attach_schedule(self, optimizer: Any, factor: Any) -> Any:
         """Make ``optimizer`` use lr = base lr * factor(t) at optimizer step t (0-based)."""
+
+    # --- the fine-tuning lifecycle (tunespec.loading, init, stages, checkpoint) -------------
+    def read_checkpoint(self, path: str, allow_pickle: bool) -> Any:
+        """A checkpoint file's named tensors (torch: weights_only unless ``allow_pickle``)."""
+
+    def read_safetensors(self, path: str) -> dict[str, Any]:
+        ...
+
+    def is_tensor(self, value: Any) -> bool:
+        ...
+
+    def to_numpy(self, value: Any) -> Any:
+        """A checkpoint value as numpy (other values unchanged)."""
+
+    def optimizer_groups(self, optimizer: Any) -> list[dict]:
+        """The optimizer's param groups (a Gluon Trainer has none)."""
+
+    def restage_optimizer(self, optimizer: Any, layout: Sequence[dict], added: Sequence[Any],
+                          removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Regroup the optimizer as ``layout`` after a stage change, keeping kept parameters' state."""
+
+    def is_distributed_wrapper(self, model: Any) -> bool:
+        ...
+
+    def rewrap(self, model: Any) -> Any:
+        """A distributed wrapper rebuilt so that it reduces the newly trainable parameters."""
+
+    def save_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
+                 best: dict[str, Any] | None) -> None:
+        ...
+
+    def load_run(self, path: str) -> dict[str, Any]:
+        ...
+
+    def load_run_state(self, run: dict[str, Any], model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        ...
+
+    # --- cached frozen prefix (tunespec.cache) ----------------------------------------------
+    def trace_split(self, model: Any, split: str) -> tuple[list[Any], Any]:
+        """The forward graph as GraphNodes (the split module's nodes marked) and a traced handle."""
+
+    def cut_at(self, traced: Any, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
+        """The prefix up to node ``entry`` and the rest (fed that node's value), sharing parameters."""
+
+    def run_frozen(self, prefix: Any, x: Any) -> Any:
+        """The prefix's output with no gradient recorded."""
