@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from tunespec.errors import SpecError
-from tunespec.listing import Listing, ListingBuilder, NormInfo, RawName, class_names
+from tunespec.listing import Listing, ListingBuilder, class_names
 
 _TRAINER_OPTIONS = ("kvstore", "compression_params", "update_on_kvstore")
 _NORM_CLASSES = tuple(c for c in (getattr(gluon.nn, n, None) for n in (
@@ -83,9 +84,21 @@ def _token_prefix(names: Sequence[str]) -> str:
     return prefix[: prefix.rfind("_") + 1]
 
 
+_Constant = gluon.Constant
+_KINDS: dict[type, tuple[str, bool, bool]] = {}
+
+
+def _block_kind(cls: type) -> tuple[str, bool, bool]:
+    """(layer type, is a norm layer, is a SymbolBlock), cached per class."""
+    name = cls.__name__
+    kind = _KINDS[cls] = (name, issubclass(cls, _NORM_CLASSES) or name.endswith("Norm"),
+                          issubclass(cls, gluon.SymbolBlock))
+    return kind
+
+
 def _shape(p: gluon.Parameter) -> tuple[int, ...] | None:
     shape = p._shape  # the property re-checks numpy-shape mode on every read: slow on big models
-    return None if shape is None else tuple(map(int, shape))
+    return shape if shape is None or type(shape) is tuple else tuple(map(int, shape))
 
 
 class MXNetBackend:
@@ -106,48 +119,47 @@ class MXNetBackend:
 
     def listing(self, model: gluon.Block) -> Listing:
         found = ListingBuilder()
-        owner_of: list[tuple[str, tuple[str, ...]]] = []  # (block prefix, path), for strays
-        param_dicts: list[gluon.ParameterDict] = []  # what collect_params() merges, without its checks
-
-        def add(p: gluon.Parameter, raw: RawName, layer: str, is_norm: bool, aux: bool = False) -> None:
-            found.add(p, raw, p.name, _shape(p), layer, is_norm,  # positional: 100,000 calls
-                      aux or not p._differentiable or isinstance(p, gluon.Constant),
-                      p.grad_req != "null", float(p.lr_mult), float(p.wd_mult))
-
-        def walk(block: gluon.Block, segments: tuple[str, ...]) -> None:
-            owner_of.append((block.prefix, segments))
-            param_dicts.append(block._params)
-            if isinstance(block, gluon.SymbolBlock):
-                self._list_symbol_block(block, segments, add, found)
-                return
-            is_norm = isinstance(block, _NORM_CLASSES) or type(block).__name__.endswith("Norm")
-            for leaf, p in block._reg_params.items():
-                add(p, RawName(segments, leaf), type(block).__name__, is_norm)
-            kwargs = getattr(block, "_kwargs", None) or {}
-            if "use_global_stats" in kwargs and "running_mean" in block._reg_params:
-                regs = block._reg_params
-                found.add_norm(NormInfo(
-                    block, RawName(segments, ""),
-                    tuple(regs[k] for k in ("gamma", "beta") if k in regs),
-                    tuple(regs[k] for k in ("running_mean", "running_var") if k in regs),
-                    bool(kwargs["use_global_stats"]), type(block).__name__))
-            for name, child in block._children.items():
-                walk(child, segments + (name,))
-
-        walk(model, ())
-        # Parameters made with self.params.get() but never assigned to an attribute: name
-        # them under the deepest block whose prefix they carry (still counter-free).
-        for full, p in found.unknown(itertools.chain.from_iterable(d._params.items() for d in param_dicts)):
-            if not found.knows(p):
-                prefix, path = max((o for o in owner_of if full.startswith(o[0])),
-                                   key=lambda o: len(o[0]), default=("", ()))
-                add(p, RawName(path, full[len(prefix):]), "Parameter", False)
-        cls = type(model)
-        types = class_names(cls)
+        add, layer = found.add, found.layer  # called per tensor / per block on 100,000-tensor models
+        visited: list[tuple[gluon.Block, tuple[str, ...]]] = []
+        stack: list[tuple[gluon.Block, tuple[str, ...]]] = [(model, ())]  # pre-order, as recursion
+        while stack:
+            block, path = entry = stack.pop()
+            visited.append(entry)
+            layer_type, is_norm, is_symbol = _KINDS.get(type(block)) or _block_kind(type(block))
+            if is_symbol:
+                self._list_symbol_block(block, path, found)
+                continue
+            layer(path, layer_type, is_norm)
+            regs = block._reg_params
+            for leaf, p in regs.items():  # _grad_req: the grad_req property's own storage
+                add(p, leaf, p.name, _shape(p), not p._differentiable or isinstance(p, _Constant),
+                    p._grad_req != "null", p.lr_mult, p.wd_mult)
+            if is_norm and "running_mean" in regs:
+                kwargs = getattr(block, "_kwargs", None) or {}
+                if "use_global_stats" in kwargs:
+                    found.add_norm(block, tuple(regs[k] for k in ("gamma", "beta") if k in regs),
+                                   tuple(regs[k] for k in ("running_mean", "running_var") if k in regs),
+                                   bool(kwargs["use_global_stats"]), layer_type)
+            children = block._children
+            if children:
+                stack.extend([(child, path + (name,)) for name, child in reversed(children.items())])
+        # Parameters made with self.params.get() but never assigned to an attribute (what
+        # collect_params() adds): name them under the deepest block whose prefix they carry
+        # (still counter-free).
+        dicts = [b._params._params for b, _ in visited]  # OrderedDicts: mapped over at C speed
+        strays = found.unknown(itertools.chain.from_iterable(map(OrderedDict.items, dicts))) \
+            if found.missing(itertools.chain.from_iterable(map(OrderedDict.values, dicts))) else []
+        owners = [(b.prefix, path) for b, path in visited] if strays else []
+        for full, p in strays:
+            prefix, path = max((o for o in owners if full.startswith(o[0])), key=lambda o: len(o[0]),
+                               default=("", ()))
+            layer(path, "Parameter")
+            add(p, full[len(prefix):], p.name, _shape(p), not p._differentiable or isinstance(p, _Constant),
+                p.grad_req != "null", p.lr_mult, p.wd_mult)
+        types = class_names(type(model))
         return found.build(types[0], types[1:])
 
-    def _list_symbol_block(self, block: gluon.SymbolBlock, segments: tuple[str, ...],
-                           add: Any, found: ListingBuilder) -> None:
+    def _list_symbol_block(self, block: gluon.SymbolBlock, path: tuple[str, ...], found: ListingBuilder) -> None:
         params = block.params
         full_names = list(params.keys())
         strip = len(_token_prefix(full_names))
@@ -164,15 +176,17 @@ class MXNetBackend:
         # expansion layers), marking running statistics only by grad_req: the graph knows.
         aux = set(block._cached_graph[1].list_auxiliary_states())
         for full in full_names:
-            add(params[full], RawName(segments, full[strip:]), "SymbolBlock", full in in_norm, full in aux)
+            p = params[full]
+            found.layer(path, "SymbolBlock", full in in_norm)
+            found.add(p, full[strip:], p.name, _shape(p),
+                      full in aux or not p._differentiable or isinstance(p, _Constant),
+                      p.grad_req != "null", p.lr_mult, p.wd_mult)
         for node, (global_stats, (gamma, beta, mean, var)) in norm_inputs.items():
             layer = node[strip:]
-            layer = layer[: -len("_fwd")] if layer.endswith("_fwd") else layer
-            found.add_norm(NormInfo(
-                SymbolNorm(block, node), RawName(segments + (layer,), ""),
-                tuple(params[n] for n in (gamma, beta) if n in full_names),
-                tuple(params[n] for n in (mean, var) if n in full_names),
-                global_stats == "True", "BatchNorm"))
+            found.layer(path + (layer[: -len("_fwd")] if layer.endswith("_fwd") else layer,), "BatchNorm", True)
+            found.add_norm(SymbolNorm(block, node), tuple(params[n] for n in (gamma, beta) if n in full_names),
+                           tuple(params[n] for n in (mean, var) if n in full_names),
+                           global_stats == "True", "BatchNorm")
 
     # --- trainability ---------------------------------------------------------------------
     def snapshot(self, handle: gluon.Parameter) -> tuple[str, float, float]:

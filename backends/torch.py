@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from tunespec.errors import SpecError
-from tunespec.listing import Listing, ListingBuilder, NormInfo, RawName, class_names
+from tunespec.listing import Listing, ListingBuilder, class_names
 
 # Wrapper classes and the attribute under which they hold the wrapped model.
 _WRAPPERS = {
@@ -91,34 +91,33 @@ class TorchBackend:
 
     def listing(self, model: nn.Module) -> Listing:
         found = ListingBuilder()
+        add, layer = found.add, found.layer  # bound once: called per tensor on 100,000-tensor models
         seen_modules: set[int] = set()
         # An explicit stack (children pushed in reverse) lists in the same pre-order as recursion
         # without a self-referencing closure, whose reference cycle only the GC could free.
         stack: list[tuple[nn.Module, tuple[str, ...], frozenset[int]]] = [(model, (), frozenset())]
         while stack:
-            module, segments, wrappers = stack.pop()
+            module, path, wrappers = stack.pop()
             first_visit = id(module) not in seen_modules
             seen_modules.add(id(module))
-            cls = type(module)
-            kind = _module_kind(cls)
-            is_norm, layer_type = kind[0], cls.__name__
-            prefix = ".".join(segments) + "." if segments else ""
-            for is_state, table in ((False, module._parameters), (True, module._buffers)):
-                for leaf, tensor in table.items():
-                    if tensor is not None:
-                        shape = tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor)
-                        found.add(tensor, RawName(segments, leaf, wrappers), prefix + leaf, shape,
-                                  layer_type, is_norm, is_state, not is_state and tensor.requires_grad)
-            if first_visit and kind[1] and module.running_mean is not None:
-                stats = tuple(b for b in (module.running_mean, module.running_var) if b is not None)
-                affine = tuple(p for p in (module.weight, module.bias) if p is not None)
-                found.add_norm(NormInfo(module, RawName(segments, "", wrappers), affine, stats,
-                                        self.norm_stats_frozen(module), layer_type))
-            wrapped = kind[2]
-            children = [(child, segments + (name,),
-                         wrappers | {len(segments)} if name == wrapped else wrappers)
-                        for name, child in module._modules.items() if child is not None]
-            stack.extend(reversed(children))
+            is_norm, has_stats, wrapped = _module_kind(type(module))
+            layer(path, type(module).__name__, is_norm, wrappers)
+            for leaf, tensor in module._parameters.items():
+                if tensor is not None:
+                    shape = tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor)
+                    add(tensor, leaf, None, shape, False, tensor.requires_grad)
+            for leaf, tensor in module._buffers.items():
+                if tensor is not None:
+                    add(tensor, leaf, None, tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor),
+                        True, False)
+            if first_visit and has_stats and module.running_mean is not None:
+                found.add_norm(module, tuple(p for p in (module.weight, module.bias) if p is not None),
+                               tuple(b for b in (module.running_mean, module.running_var) if b is not None),
+                               self.norm_stats_frozen(module), type(module).__name__)
+            children = module._modules
+            if children:
+                stack.extend([(child, path + (name,), wrappers | {len(path)} if name == wrapped else wrappers)
+                              for name, child in reversed(children.items()) if child is not None])
         types = class_names(type(_unwrap(model)))
         return found.build(types[0], types[1:])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from tunespec.listing import Listing, ListingBuilder, NormInfo, RawName
+from tunespec.listing import Listing, ListingBuilder
 from tunespec.plan import Plan
 from tunespec.spec import Spec
 
@@ -72,15 +72,14 @@ class FakeBackend:
         found = ListingBuilder()
 
         def walk(layer: FakeLayer, path: tuple[str, ...], wrappers: frozenset[int]) -> None:
+            found.layer(path, layer.kind, layer.kind == "norm", wrappers)
             for table, state in ((layer.params, False), (layer.stats, True)):
                 for leaf, t in table.items():
-                    found.add(t, RawName(path, leaf, wrappers), native="_".join(path + (leaf,)),
-                              shape=t.shape, layer_type=layer.kind, is_norm=layer.kind == "norm",
-                              is_state=state, trainable=t.trainable, lr_mult=t.lr_mult,
-                              wd_mult=t.wd_mult)
+                    found.add(t, leaf, native="_".join(path + (leaf,)), shape=t.shape, is_state=state,
+                              trainable=t.trainable, lr_mult=t.lr_mult, wd_mult=t.wd_mult)
             if layer.kind == "norm":
-                found.add_norm(NormInfo(layer, RawName(path, "", wrappers), tuple(layer.params.values()),
-                                        tuple(layer.stats.values()), layer.stats_frozen))
+                found.add_norm(layer, tuple(layer.params.values()), tuple(layer.stats.values()),
+                               layer.stats_frozen)
             for name, child in layer.children.items():
                 pos = frozenset({len(path)}) if layer.kind == "wrapper" else frozenset()
                 walk(child, path + (name,), wrappers | pos)

@@ -9,7 +9,7 @@ import pytest
 
 from fake_backend import FakeBackend, FakeLayer, FakeTensor, fake_plan, linear, norm, small_net
 from tunespec import Card, SpecError, StalePlanError, TuneSpecWarning, register_card
-from tunespec.listing import RawName, canonical_name
+from tunespec.listing import ListingBuilder, norm_leaf
 
 
 def settings(plan):
@@ -104,11 +104,16 @@ def test_wrapper_segments_are_stripped_and_norm_leaves_renamed():
     wrapped = FakeLayer("wrapper", children={"module": small_net()})
     plan = fake_plan(wrapped, {"freeze": ["stem\\..*"]})
     assert plan.decisions[0].name == "stem.conv.weight"
-    raw = RawName(("features", "bn"), "gamma")
-    assert canonical_name(raw, is_norm=True) == "features.bn.weight"
-    assert canonical_name(RawName(("features",), "mobilenet0_batchnorm0_beta"), True) == \
-        "features.mobilenet0_batchnorm0_bias"
-    assert canonical_name(raw, is_norm=False) == "features.bn.gamma"
+    assert norm_leaf("gamma") == "weight" and norm_leaf("mobilenet0_batchnorm0_beta") == \
+        "mobilenet0_batchnorm0_bias" and norm_leaf("weight") == "weight"
+    found = ListingBuilder()
+    found.layer(("ddp", "module", "features", "bn"), "BatchNorm", True, wrappers={1})
+    found.add("g", "gamma")
+    found.layer(("features", "conv"), "Conv2D")
+    found.add("c", "gamma")  # only norm layers' leaves are respelled
+    listing = found.build("fake.Net")
+    assert listing.names == ["ddp.features.bn.weight", "features.conv.gamma"]
+    assert listing.natives == ["ddp.module.features.bn.gamma", "features.conv.gamma"]
 
 
 def test_state_tensors_are_reported_never_planned():
@@ -264,11 +269,12 @@ def test_indexed_matching_equals_brute_force(regex):
 
     net = small_net()
     net.children["head2"] = FakeLayer("linear", {"weight": net.children["fc"].params["weight"]})
-    params = FakeBackend().listing(net).params
+    listing = FakeBackend().listing(net)
+    params = listing.params
     pattern = re.compile(regex)
     brute = [i for i, t in enumerate(params)
              if any(pattern.fullmatch(n) for n in (t.canonical, *t.aliases))]
-    assert Matcher(params).select(regex, {}, "rules[0]") == brute
+    assert Matcher(listing).select(regex, {}, "rules[0]") == brute
     assert all(n.startswith(literal_prefix(regex)) for t in params for n in (t.canonical,)
                if pattern.fullmatch(n))
 

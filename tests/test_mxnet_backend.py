@@ -163,3 +163,26 @@ def test_shared_gluon_parameters_listed_once_matched_by_alias():
     assert [d.name for d in plan.decisions] == ["0.weight", "0.bias"]
     assert plan["0.weight"].tensor.aliases == ("1.weight",)
     assert first.weight.grad_req == "null" and first.bias.grad_req == "write"
+
+
+def test_parameters_never_assigned_to_an_attribute_are_listed_under_their_block():
+    """params.get() without an attribute (what collect_params() still returns) is planned too,
+    named under the deepest block whose prefix it carries; get_constant() is state."""
+
+    class Head(mx.gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.fc = mx.gluon.nn.Dense(2, in_units=3)
+                self.params.get("scale", shape=(2,))
+                self.params.get_constant("anchors", mx.nd.ones((4,)))
+
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Dense(3, in_units=3), Head())
+    net.initialize()
+    plan = tunespec.plan(net, {"freeze": [r"1\.scale"]})
+    listing = plan.listing
+    assert [d.name for d in plan.decisions] == ["0.weight", "0.bias", "1.fc.weight", "1.fc.bias", "1.scale"]
+    assert [t.canonical for t in listing.state] == ["1.anchors"]
+    assert not plan["1.scale"].trainable and plan["1.fc.weight"].trainable
+    assert len(listing) == len(list(net.collect_params().keys()))

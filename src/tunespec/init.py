@@ -193,10 +193,10 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
         init = recipe.sections["init"]
     be = backend_for(model, backend)
     listing = be.listing(model)
-    card = card_for((listing.model_type, *listing.base_types), (t.canonical for t in listing.params))
+    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
     groups = {**(card.groups if card else {}), **groups}
     params = listing.params
-    matcher = Matcher(params)
+    matcher = Matcher(listing)
     chosen: dict[int, InitRule] = {}
     for rule in init.rules:
         hits = set(matcher.select(rule.match, groups, rule.origin)) if rule.match else set(range(len(params)))

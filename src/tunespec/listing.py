@@ -6,37 +6,35 @@ the core turns that into one framework-neutral name per tensor:
 * wrapper segments (DDP ``module``, ``torch.compile``'s ``_orig_mod``, FSDP) are dropped;
 * norm layers' Gluon spellings ``gamma``/``beta``/``moving_*`` become ``weight``/``bias``/``running_*``;
 so ``layer1.0.bn1.weight`` names the same tensor in torchvision and GluonCV.
+
+A listing is a column store (one list per field): mixture-of-experts models have 100,000
+tensors, and an object per tensor made listing them cost more than the framework's own walk.
+:class:`TensorInfo` views are built only when something asks for them.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
+import operator
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, NamedTuple
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Collection, Iterable, Iterator
 
 NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                    "moving_var": "running_var"}
 _FLAT_NORM_LEAF = re.compile(r"(.*_)(gamma|beta|moving_mean|moving_var)$")
 
 
-class RawName(NamedTuple):
-    """A tensor's structural path as the backend found it (a tuple: cheap to make 100,000 times)."""
-
-    segments: tuple[str, ...]  # child names from the root to the owning layer
-    leaf: str  # the attribute name inside that layer
-    wrappers: frozenset[int] = frozenset()  # positions in segments that are wrapper attributes
-
-
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic collector while a listing or plan is built.
 
-    Listing a model allocates a few objects per tensor in one burst; the collector counts
-    allocations and would run full collections over the whole heap (the model included) in the
-    middle of it, which cost more than the listing itself on a 10,000-tensor model. Nothing
-    built here forms reference cycles, so plain reference counting frees it all.
+    Listing a model allocates small objects (shape tuples) in one burst; the collector counts
+    allocations and would run collections over the whole heap (the model included) in the
+    middle of it. Nothing built here forms reference cycles, so reference counting frees it all.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -47,22 +45,13 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def canonical_name(raw: RawName, is_norm: bool) -> str:
-    """The name rules match on: wrappers stripped, norm leaves spelled as in torch."""
-    if not raw.wrappers and not is_norm:  # the common case, kept fast for huge models
-        return ".".join(raw.segments + (raw.leaf,))
-    parts = list(raw.segments)
-    for i in sorted(raw.wrappers, reverse=True):
-        del parts[i]
-    leaf = raw.leaf
-    if is_norm:
-        if leaf in NORM_LEAF_NAMES:
-            leaf = NORM_LEAF_NAMES[leaf]
-        else:  # flat names inside Gluon SymbolBlocks: ..._batchnorm0_gamma
-            m = _FLAT_NORM_LEAF.match(leaf)
-            if m:
-                leaf = m.group(1) + NORM_LEAF_NAMES[m.group(2)]
-    return ".".join(parts + [leaf])
+def norm_leaf(leaf: str) -> str:
+    """A norm layer's tensor name spelled as in torch ('gamma' -> 'weight', also inside the flat
+    names of Gluon SymbolBlocks: 'mobilenet0_batchnorm0_beta' -> 'mobilenet0_batchnorm0_bias')."""
+    if leaf in NORM_LEAF_NAMES:
+        return NORM_LEAF_NAMES[leaf]
+    m = _FLAT_NORM_LEAF.match(leaf)
+    return m.group(1) + NORM_LEAF_NAMES[m.group(2)] if m else leaf
 
 
 def module_of(name: str) -> str:
@@ -72,31 +61,19 @@ def module_of(name: str) -> str:
 
 @dataclass(slots=True)
 class TensorInfo:
-    """One distinct tensor (parameter or state) of the model, as a backend found it."""
+    """One distinct tensor (parameter or state) of the model: a view of one row of a listing."""
 
     handle: Any  # the framework's parameter / buffer object (identity matters)
-    names: tuple[RawName, ...]  # every alias; the first is the primary name
+    canonical: str  # the name rules match
     native: str  # the framework's own name (torch dotted path, Gluon prefixed name)
     shape: tuple[int, ...] | None  # Gluon deferred dims are 0; None when unknown
     layer_type: str  # class of the owning layer, e.g. 'Conv2d', 'BatchNorm'
-    is_norm: bool = False  # belongs to a normalisation layer
-    is_state: bool = False  # buffers / non-differentiable (running stats, anchors)
-    trainable: bool = True  # current settings, to flag what a plan changes
-    lr_mult: float = 1.0
-    wd_mult: float = 1.0
-    canonical: str = ""  # derived from names[0] when not given (ListingBuilder gives it)
-    aliases: tuple[str, ...] = field(default=(), init=False)
-
-    def __post_init__(self) -> None:
-        if not self.canonical:
-            self.canonical = canonical_name(self.names[0], self.is_norm)
-
-    def add_alias(self, raw: RawName) -> None:
-        """Another path to this same tensor (tied weights, shared Gluon parameters)."""
-        self.names += (raw,)
-        alias = canonical_name(raw, self.is_norm)
-        if alias != self.canonical and alias not in self.aliases:
-            self.aliases += (alias,)
+    is_norm: bool  # belongs to a normalisation layer
+    is_state: bool  # buffers / non-differentiable (running stats, anchors)
+    trainable: bool  # current settings, to flag what a plan changes
+    lr_mult: float
+    wd_mult: float
+    aliases: tuple[str, ...] = ()  # other canonical names of the same tensor (tied weights)
 
     @property
     def ndim(self) -> int | None:
@@ -104,12 +81,17 @@ class TensorInfo:
 
     @property
     def numel(self) -> int | None:
-        if self.shape is None or any(d == 0 for d in self.shape):
-            return None
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
+
+
+def numel(shape: tuple[int, ...] | None) -> int | None:
+    """Elements of a tensor of ``shape``; None while unknown (or a Gluon dim is still deferred)."""
+    if shape is None or 0 in shape:
+        return None
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 @dataclass
@@ -117,78 +99,180 @@ class NormInfo:
     """A normalisation layer with running statistics whose updates can be frozen."""
 
     handle: Any  # what the backend needs to switch its statistics
-    path: RawName  # leaf '' ; the layer's own structural path
+    name: str  # the layer's canonical path
     affine: tuple[Any, ...]  # handles of its affine parameters (may be empty)
     stats: tuple[Any, ...]  # handles of its running statistics
     stats_frozen: bool  # current state
     layer_type: str = "BatchNorm"
-    name: str = field(default="", init=False)
-
-    def __post_init__(self) -> None:
-        self.name = canonical_name(self.path, False).rstrip(".")
 
 
-@dataclass
+@dataclass(eq=False)
 class Listing:
-    """Everything a plan needs to know about a model."""
+    """Everything a plan needs to know about a model: one entry per distinct tensor in each list,
+    in the model's order (aliases of a tensor met again are in ``aliases``, by row)."""
 
     model_type: str  # 'package.module.Class', for model cards
-    tensors: list[TensorInfo]
+    handles: list[Any]
+    names: list[str]  # canonical
+    natives: list[str]
+    shapes: list[tuple[int, ...] | None]
+    layers: list[int]  # row -> index into layer_types / layer_norms
+    layer_types: list[str]
+    layer_norms: list[bool]
+    is_state: list[bool]
+    trainable: list[bool]
+    lr_mults: list[float]
+    wd_mults: list[float]
+    aliases: dict[int, tuple[str, ...]]
     norms: list[NormInfo]
     base_types: tuple[str, ...] = ()  # its base classes, nearest first: subclasses share cards
 
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def info(self, row: int) -> TensorInfo:
+        layer = self.layers[row]
+        return TensorInfo(self.handles[row], self.names[row], self.natives[row], self.shapes[row],
+                          self.layer_types[layer], self.layer_norms[layer], self.is_state[row],
+                          self.trainable[row], self.lr_mults[row], self.wd_mults[row],
+                          self.aliases.get(row, ()))
+
+    def is_norm(self, row: int) -> bool:
+        return self.layer_norms[self.layers[row]]
+
+    @cached_property
+    def param_rows(self) -> list[int]:
+        """Rows of the parameters (what rules decide about), in model order."""
+        return list(itertools.compress(range(len(self)), map(operator.not_, self.is_state)))
+
+    @cached_property
+    def tensors(self) -> list[TensorInfo]:
+        return [self.info(row) for row in range(len(self))]
+
     @property
     def params(self) -> list[TensorInfo]:
-        return [t for t in self.tensors if not t.is_state]
+        tensors = self.tensors
+        return [tensors[row] for row in self.param_rows]
 
     @property
     def state(self) -> list[TensorInfo]:
         return [t for t in self.tensors if t.is_state]
 
+    def param_names(self) -> Iterator[str]:
+        names = self.names
+        return (names[row] for row in self.param_rows)
+
 
 class ListingBuilder:
-    """Collects what a backend finds while walking a model; a tensor met again is an alias."""
+    """Collects what a backend finds while walking a model, straight into a listing's columns.
+
+    The backend announces each layer with ``layer(path, layer_type, is_norm, wrappers)``, then
+    adds its tensors with ``add(handle, leaf, native, shape, is_state, trainable, lr_mult,
+    wd_mult)``; a tensor met again (tied weights, shared Gluon parameters) becomes an alias.
+    Both are closures over the columns, not methods: ``add`` runs once per tensor, 100,000 times
+    on a mixture-of-experts model, and attribute lookups on ``self`` doubled its cost.
+    """
 
     def __init__(self) -> None:
-        self.tensors: list[TensorInfo] = []
-        self.norms: list[NormInfo] = []
-        self._seen: dict[int, TensorInfo] = {}
-        self._prefix: tuple[tuple[str, ...], str] = ((), "")  # last segments and their dotted prefix
+        handles: list[Any] = []
+        names: list[str] = []
+        natives: list[str] = []
+        shapes: list[tuple[int, ...] | None] = []
+        layers: list[int] = []
+        layer_types: list[str] = []
+        layer_norms: list[bool] = []
+        states: list[bool] = []
+        trainables: list[bool] = []
+        lr_mults: list[float] = []
+        wd_mults: list[float] = []
+        # The current layer: index, canonical 'a.b.', native 'a.module.b.', renames leaves.
+        layer_index, prefix, native_prefix, renames, norm = -1, "", "", False, False
 
-    def knows(self, handle: Any) -> bool:
-        return id(handle) in self._seen
+        def layer(path: tuple[str, ...], layer_type: str, is_norm: bool = False,
+                  wrappers: Collection[int] = ()) -> None:
+            """Start a layer at ``path`` (``wrappers``: positions in it that are wrapper attributes)."""
+            nonlocal layer_index, prefix, native_prefix, renames, norm
+            layer_index = len(layer_types)
+            layer_types.append(layer_type)
+            layer_norms.append(is_norm)
+            native_prefix = ".".join(path) + "." if path else ""
+            if wrappers:
+                kept = [s for i, s in enumerate(path) if i not in wrappers]
+                prefix = ".".join(kept) + "." if kept else ""
+            else:
+                prefix = native_prefix
+            renames, norm = bool(wrappers) or is_norm, is_norm
+
+        def add(handle: Any, leaf: str, native: str | None = None, shape: tuple[int, ...] | None = None,
+                is_state: bool = False, trainable: bool = True, lr_mult: float = 1.0,
+                wd_mult: float = 1.0) -> None:
+            """Record a tensor of the current layer; ``native`` defaults to its structural path."""
+            if renames:
+                name = prefix + (norm_leaf(leaf) if norm else leaf)
+                if native is None:
+                    native = native_prefix + leaf
+            else:
+                name = prefix + leaf
+                if native is None:
+                    native = name
+            handles.append(handle)
+            names.append(name)
+            natives.append(native)
+            shapes.append(shape)
+            layers.append(layer_index)
+            states.append(is_state)
+            trainables.append(trainable)
+            lr_mults.append(lr_mult)
+            wd_mults.append(wd_mult)
+
+        def current() -> str:
+            return prefix[:-1]
+
+        self.layer, self.add, self._current = layer, add, current
+        self._columns = (handles, names, natives, shapes, layers, layer_types, layer_norms, states,
+                         trainables, lr_mults, wd_mults)
+        self.norms: list[NormInfo] = []
+
+    def missing(self, handles: Iterable[Any]) -> bool:
+        """Whether any of ``handles`` is not recorded yet (a set difference, at C speed)."""
+        return bool(set(map(id, handles)).difference(map(id, self._columns[0])))
 
     def unknown(self, named: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """The (name, handle) pairs not recorded yet, in order (one pass, for huge models)."""
-        seen = self._seen
-        return [(name, h) for name, h in named if id(h) not in seen]
+        """The (name, handle) pairs whose handle is not recorded yet, each handle once, in order."""
+        taken = set(map(id, self._columns[0]))
+        out = []
+        for name, h in [(name, h) for name, h in named if id(h) not in taken]:  # usually none
+            if id(h) not in taken:
+                taken.add(id(h))
+                out.append((name, h))
+        return out
 
-    def add(self, handle: Any, raw: RawName, native: str, shape: tuple[int, ...] | None, layer_type: str,
-            is_norm: bool = False, is_state: bool = False, trainable: bool = True, lr_mult: float = 1.0,
-            wd_mult: float = 1.0) -> None:
-        """Record a tensor under ``raw`` (the other arguments are :class:`TensorInfo`'s fields)."""
-        key = id(handle)
-        known = self._seen.get(key)
-        if known is not None:
-            known.add_alias(raw)
-            return
-        if raw.wrappers or is_norm:
-            canonical = canonical_name(raw, is_norm)
-        else:  # the common case, with the layer's dotted path built once per layer
-            segments = raw.segments
-            if segments is not self._prefix[0]:
-                self._prefix = (segments, ".".join(segments) + "." if segments else "")
-            canonical = self._prefix[1] + raw.leaf
-        info = TensorInfo(handle, (raw,), native, shape, layer_type, is_norm, is_state, trainable,
-                          lr_mult, wd_mult, canonical)
-        self._seen[key] = info
-        self.tensors.append(info)
-
-    def add_norm(self, norm: NormInfo) -> None:
-        self.norms.append(norm)
+    def add_norm(self, handle: Any, affine: tuple[Any, ...], stats: tuple[Any, ...], stats_frozen: bool,
+                 layer_type: str = "BatchNorm") -> None:
+        """Record the current layer as a norm layer whose statistics can be frozen."""
+        self.norms.append(NormInfo(handle, self._current(), affine, stats, stats_frozen, layer_type))
 
     def build(self, model_type: str, base_types: tuple[str, ...] = ()) -> Listing:
-        return Listing(model_type, self.tensors, self.norms, base_types)
+        columns = self._columns
+        handles = columns[0]
+        if len(set(map(id, handles))) == len(handles):  # no tensor met twice: the common case
+            return Listing(model_type, *columns, {}, self.norms, base_types)
+        # Keep each tensor's first row; the names of the others become its aliases.
+        names = columns[1]
+        first: dict[int, int] = {}
+        aliases: dict[int, tuple[str, ...]] = {}
+        keep = []
+        for row, handle in enumerate(handles):
+            at = first.setdefault(id(handle), row)
+            if at == row:
+                keep.append(row)
+            elif names[row] != names[at] and names[row] not in aliases.get(at, ()):
+                aliases[at] = aliases.get(at, ()) + (names[row],)
+        renumber = {row: new for new, row in enumerate(keep)}
+        handles, names, natives, shapes, layers, layer_types, layer_norms, *flags = columns
+        kept = [[column[row] for row in keep] for column in (handles, names, natives, shapes, layers, *flags)]
+        return Listing(model_type, *kept[:5], layer_types, layer_norms, *kept[5:],
+                       {renumber[row]: names for row, names in aliases.items()}, self.norms, base_types)
 
 
 def class_names(cls: type) -> tuple[str, ...]:

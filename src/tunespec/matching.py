@@ -14,18 +14,18 @@ import functools
 import re
 import re._constants as sre_constants
 import re._parser as sre_parse
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 from .errors import SpecError
-from .listing import TensorInfo
+from .listing import Listing
 
-Selector = Callable[[TensorInfo], bool]
+Selector = Callable[[Listing, int], bool]  # (listing, row) -> selected
 
 _BUILTIN: dict[str, Selector] = {
     # Canonical names spell Gluon's beta 'bias', so norm biases count as biases in both frameworks.
-    "bias": lambda t: t.canonical.rpartition(".")[2] == "bias" or t.canonical.endswith("_bias"),
-    "norm": lambda t: t.is_norm,
-    "1d": lambda t: t.ndim is not None and t.ndim <= 1,
+    "bias": lambda ls, row: ls.names[row].rpartition(".")[2] == "bias" or ls.names[row].endswith("_bias"),
+    "norm": lambda ls, row: ls.is_norm(row),
+    "1d": lambda ls, row: ls.shapes[row] is not None and len(ls.shapes[row]) <= 1,
 }
 
 
@@ -47,23 +47,29 @@ def literal_prefix(regex: str) -> str:
 
 
 class Matcher:
-    """One plan's tensors, indexed by canonical name and alias, for fast rule matching."""
+    """A listing's parameters, indexed by canonical name and alias, for fast rule matching.
 
-    def __init__(self, tensors: Sequence[TensorInfo]):
-        self.tensors = tensors
-        names = [t.canonical for t in tensors]
+    Results are positions in ``listing.param_rows`` (the order of a plan's decisions).
+    """
+
+    def __init__(self, listing: Listing):
+        self.listing = listing
+        self.rows = listing.param_rows
+        names = list(map(listing.names.__getitem__, self.rows))
         owners = list(range(len(names)))
-        for i, t in enumerate(tensors):
-            if t.aliases:
-                names += t.aliases
-                owners += [i] * len(t.aliases)
+        if listing.aliases:
+            position = {row: i for i, row in enumerate(self.rows)}
+            for row, aliases in listing.aliases.items():
+                if row in position:
+                    names += aliases
+                    owners += [position[row]] * len(aliases)
         order = sorted(range(len(names)), key=names.__getitem__)
         self._names = [names[k] for k in order]
         self._owners = [owners[k] for k in order]
         self._prefixes: dict[int, list[str]] = {}
 
     def select(self, match: str, groups: Mapping[str, str], origin: str) -> list[int]:
-        """Indices (in model order) of the tensors a rule's ``match`` selects."""
+        """Positions (in model order) of the parameters a rule's ``match`` selects."""
         if match.startswith("@"):
             name = match[1:]
             if name in groups:
@@ -71,13 +77,14 @@ class Matcher:
             if name not in _BUILTIN:
                 raise SpecError(f"{origin}: unknown group {match!r}; known: "
                                 f"{', '.join('@' + g for g in list(groups) + list(_BUILTIN))}")
+            ls = self.listing
             if name == "1d":
-                missing = next((t for t in self.tensors if t.ndim is None), None)
+                missing = next((row for row in self.rows if ls.shapes[row] is None), None)
                 if missing is not None:
-                    raise SpecError(f"{origin}: @1d needs tensor shapes, but {missing.canonical!r} has "
+                    raise SpecError(f"{origin}: @1d needs tensor shapes, but {ls.names[missing]!r} has "
                                     f"none yet; initialise the model (one forward pass) before planning")
             pred = _BUILTIN[name]
-            return [i for i, t in enumerate(self.tensors) if pred(t)]
+            return [i for i, row in enumerate(self.rows) if pred(ls, row)]
         pattern = re.compile(match)
         prefix = literal_prefix(match)
         lo = bisect.bisect_left(self._names, prefix) if prefix else 0
@@ -92,19 +99,20 @@ class Matcher:
 
     def suggest(self, regex: str) -> str:
         """A hint for a rule that matched nothing: close names, or why it missed."""
-        if not self.tensors:
+        if not self.rows:
             return "the model has no parameters"
-        names = [t.canonical for t in self.tensors]
+        ls = self.listing
+        names = [ls.names[row] for row in self.rows]
         if not regex.startswith("@"):
             pattern = re.compile(regex)
             partial = next((n for n in names if pattern.match(n)), None)
             if partial is not None:
                 return (f"it matches the start of {partial!r} but rules must match the whole name; "
                         f"add '.*' at the end")
-            native = next((t for t in self.tensors if pattern.match(t.native)), None)
+            native = next((row for row in self.rows if pattern.match(ls.natives[row])), None)
             if native is not None:
-                return (f"it matches the framework's own name {native.native!r}, but rules fullmatch "
-                        f"canonical names; that tensor is {native.canonical!r}")
+                return (f"it matches the framework's own name {ls.natives[native]!r}, but rules "
+                        f"fullmatch canonical names; that tensor is {ls.names[native]!r}")
         literal = _literal(regex).strip(".")
         depth = max(1, literal.count(".") + 1)
         close = difflib.get_close_matches(literal, self._neighbours(literal, depth), n=3, cutoff=0.4)
@@ -120,8 +128,8 @@ class Matcher:
         """
         if depth not in self._prefixes:
             seen: set[str] = set()
-            for t in self.tensors:
-                parts = t.canonical.split(".")
+            for name in self.listing.param_names():
+                parts = name.split(".")
                 for k in range(1, min(depth, len(parts)) + 1):
                     seen.add(".".join(parts[:k]))
             self._prefixes[depth] = sorted(seen)

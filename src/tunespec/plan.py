@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Iterator, Sequence
 
 from . import report
 from .backend_api import Backend, Group
@@ -23,11 +24,11 @@ class Decision:
     """The planned setting of one parameter, and which rules produced it."""
 
     tensor: TensorInfo
-    trainable: bool = True
-    lr_mult: float = 1.0
-    wd_mult: float = 1.0
-    rules: list[str] = field(default_factory=list)  # every rule that matched, in order
-    set_by: dict[str, str] = field(default_factory=dict)  # field -> the rule that last set it
+    trainable: bool
+    lr_mult: float
+    wd_mult: float
+    rules: list[str]  # every rule that matched, in order
+    set_by: dict[str, str]  # field -> the rule that last set it
 
     @property
     def deciding_rules(self) -> list[str]:
@@ -43,6 +44,36 @@ class Decision:
     def changed(self) -> bool:
         t = self.tensor
         return (t.trainable, t.lr_mult, t.wd_mult) != (self.trainable, self.lr_mult, self.wd_mult)
+
+
+_SETTINGS = ("trainable", "lr_mult", "wd_mult")
+
+
+@dataclass
+class Decided:
+    """What the rules decided, one entry per parameter in ``listing.param_rows`` order.
+
+    Columns rather than a :class:`Decision` per tensor: planning a 100,000-tensor model must
+    stay well under a second; the per-tensor view is built when someone reads it.
+    """
+
+    rules: list[Rule]
+    hits: list[list[int]]  # per rule, the positions it matched
+    trainable: list[bool]
+    lr_mult: list[float]
+    wd_mult: list[float]
+
+    def decisions(self, params: Sequence[TensorInfo]) -> list[Decision]:
+        matched: list[list[str]] = [[] for _ in params]
+        set_by: list[dict[str, str]] = [{} for _ in params]
+        for rule, hits in zip(self.rules, self.hits, strict=True):
+            keys = [k for k in _SETTINGS if getattr(rule, k) is not None]
+            for i in hits:
+                matched[i].append(rule.origin)
+                for key in keys:
+                    set_by[i][key] = rule.origin
+        return [Decision(*row) for row in zip(params, self.trainable, self.lr_mult, self.wd_mult,
+                                              matched, set_by, strict=True)]
 
 
 @dataclass
@@ -92,7 +123,7 @@ def _digest(data: bytes | None) -> str | None:
 
 def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], str]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
-    card = card_for((listing.model_type, *listing.base_types), (t.canonical for t in listing.params))
+    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []
@@ -102,13 +133,11 @@ def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, s
     return rules + list(spec.rules), groups, card.family if card else ""
 
 
-def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecision]]:
+def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     """Run the rules in order over the parameters; each matching rule overrides what it sets."""
-    params = listing.params
     rules, groups, family = _expand_rules(spec, listing)
-    matcher = Matcher(params)
+    matcher = Matcher(listing)
     matches = [matcher.select(r.match, groups, r.origin) for r in rules]
-    decisions = [Decision(t) for t in params]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
             raise SpecError(f"{r.origin}: the {family} card's {r.match!r} matches no parameter of this "
@@ -123,40 +152,45 @@ def decide(listing: Listing, spec: Spec) -> tuple[list[Decision], list[NormDecis
             raise SpecError(first[0] + ". Fix the rule, or set strict: false to allow it")
         more = f" (and {len(missed) - 3} more rules matching nothing)" if len(missed) > 3 else ""
         warnings.warn("; ".join(first) + more, TuneSpecWarning, stacklevel=4)
+    n = len(listing.param_rows)
+    columns: dict[str, list[Any]] = {"trainable": [True] * n, "lr_mult": [1.0] * n, "wd_mult": [1.0] * n}
     for rule, hits in zip(rules, matches, strict=True):
-        for i in hits:
-            d = decisions[i]
-            for key in ("trainable", "lr_mult", "wd_mult"):
-                value = getattr(rule, key)
-                if value is not None:
-                    setattr(d, key, value)
-                    d.set_by[key] = rule.origin
-            d.rules.append(rule.origin)
-    for d in decisions:
-        if not d.trainable:  # a frozen tensor has no lr; keep its multipliers neutral
-            d.lr_mult = d.wd_mult = 1.0
+        for key, column in columns.items():
+            value = getattr(rule, key)
+            if value is not None:
+                for i in hits:
+                    column[i] = value
+    trainable, lr_mult, wd_mult = columns["trainable"], columns["lr_mult"], columns["wd_mult"]
+    for i in range(n):
+        if not trainable[i]:  # a frozen tensor has no lr; keep its multipliers neutral
+            lr_mult[i] = wd_mult[i] = 1.0
     for rule, hits in zip(rules, matches, strict=True):
         sets_mult = rule.lr_mult is not None or rule.wd_mult is not None
-        if sets_mult and hits and not any(decisions[i].trainable for i in hits):
+        if sets_mult and hits and not any(trainable[i] for i in hits):
             warnings.warn(f"{rule.origin}: the multiplier of {rule.match!r} lands only on frozen "
                           f"parameters and has no effect", TuneSpecWarning, stacklevel=4)
-    trainable = {id(d.tensor.handle): d.trainable for d in decisions} if listing.norms else {}
-    return decisions, [_norm_decision(n, spec.bn, decisions, trainable) for n in listing.norms]
+    decided = Decided(rules, matches, trainable, lr_mult, wd_mult)
+    handles = listing.handles
+    by_id = {id(handles[row]): trainable[i] for i, row in enumerate(listing.param_rows)} \
+        if listing.norms and spec.bn == "freeze_frozen" else {}
+    return decided, [_norm_decision(norm, spec.bn, listing, trainable, by_id) for norm in listing.norms]
 
 
-def _norm_decision(norm: NormInfo, policy: str, decisions: Sequence[Decision],
-                   trainable: dict[int, bool]) -> NormDecision:
+def _norm_decision(norm: NormInfo, policy: str, listing: Listing, trainable: list[bool],
+                   by_id: dict[int, bool]) -> NormDecision:
     if policy == "train":
         return NormDecision(norm, False, "bn: train")
     if policy == "freeze":
         return NormDecision(norm, True, "bn: freeze")
-    affine = [trainable[id(h)] for h in norm.affine if id(h) in trainable]
+    affine = [by_id[id(h)] for h in norm.affine if id(h) in by_id]
     if affine:
         frozen = not any(affine)
         return NormDecision(norm, frozen, "affine frozen" if frozen else "affine trains")
     # No affine parameters: follow the parameters of the enclosing module.
     parent = module_of(norm.name)
-    around = [d.trainable for d in decisions if parent == "" or d.name.startswith(parent + ".")]
+    names = listing.names
+    around = [trainable[i] for i, row in enumerate(listing.param_rows)
+              if parent == "" or names[row].startswith(parent + ".")]
     frozen = bool(around) and not any(around)
     return NormDecision(norm, frozen, f"no affine; {parent or 'model'} {'frozen' if frozen else 'trains'}")
 
@@ -169,7 +203,7 @@ class Plan:
         self.spec = spec
         self.backend = backend
         self.listing = listing
-        self.decisions, self.norms = decide(listing, spec)
+        self._decided, self.norms = decide(listing, spec)
         self._identity = self._fingerprint(listing)
         self._saved: dict[int, Any] | None = None
         self._saved_norms: list[bool] | None = None
@@ -184,6 +218,11 @@ class Plan:
     def applied(self) -> bool:
         return self._saved is not None
 
+    @cached_property
+    def decisions(self) -> list[Decision]:
+        """One :class:`Decision` per parameter, in model order."""
+        return self._decided.decisions(self.listing.params)
+
     @property
     def trainable(self) -> list[Decision]:
         return [d for d in self.decisions if d.trainable]
@@ -193,11 +232,18 @@ class Plan:
         return [d for d in self.decisions if not d.trainable]
 
     def __getitem__(self, name: str) -> Decision:
-        for d in self.decisions:
-            if d.name == name or name in d.tensor.aliases:
-                return d
+        ls = self.listing
+        for i, row in enumerate(ls.param_rows):
+            if ls.names[row] == name or name in ls.aliases.get(row, ()):
+                return self.decisions[i]
         raise KeyError(f"{name!r} is not a parameter of this plan; "
-                       f"{Matcher(self.listing.params).suggest(re.escape(name))}")
+                       f"{Matcher(ls).suggest(re.escape(name))}")
+
+    def _settings(self) -> Iterator[tuple[int, Any, bool, float, float]]:
+        """(listing row, handle, trainable, lr_mult, wd_mult) per parameter, without Decision objects."""
+        d, handles = self._decided, self.listing.handles
+        rows = self.listing.param_rows
+        return zip(rows, (handles[row] for row in rows), d.trainable, d.lr_mult, d.wd_mult, strict=True)
 
     def summary(self, lr: float | None = None) -> dict[str, Any]:
         return report.summary(self, lr)
@@ -220,14 +266,14 @@ class Plan:
     # --- binding to the model's parameter objects ------------------------------------------
     @staticmethod
     def _fingerprint(listing: Listing) -> tuple[int, ...]:
-        return tuple(id(t.handle) for t in listing.tensors)
+        return tuple(map(id, listing.handles))
 
     def _check_fresh(self, action: str) -> None:
         with gc_paused():
             now = self.backend.listing(self.model)
         if self._fingerprint(now) != self._identity:
-            before = {id(t.handle): t.canonical for t in self.listing.tensors}
-            after = {id(t.handle): t.canonical for t in now.tensors}
+            before = dict(zip(map(id, self.listing.handles), self.listing.names, strict=True))
+            after = dict(zip(map(id, now.handles), now.names, strict=True))
             gone = [n for i, n in before.items() if i not in after]
             new = [n for i, n in after.items() if i not in before]
             detail = "; ".join(filter(None, [
@@ -242,11 +288,11 @@ class Plan:
         """Set trainability, multipliers and norm policy; take checksums of what is frozen."""
         self._check_fresh("apply")
         be = self.backend
-        saved = {id(d.tensor.handle): be.snapshot(d.tensor.handle) for d in self.decisions}
+        saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
         saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
         try:
-            for d in self.decisions:
-                be.set_param(d.tensor.handle, d.trainable, d.lr_mult, d.wd_mult)
+            for _, handle, trainable, lr_mult, wd_mult in self._settings():
+                be.set_param(handle, trainable, lr_mult, wd_mult)
             for n in self.norms:
                 be.set_norm_stats_frozen(n.norm.handle, n.frozen)
             be.commit(self.model)
@@ -267,23 +313,26 @@ class Plan:
         self._checksums = {}
 
     def _put_back(self, saved: dict[int, Any], saved_norms: list[bool]) -> None:
-        for d in self.decisions:
-            self.backend.restore(d.tensor.handle, saved[id(d.tensor.handle)])
+        for _, handle, *_ in self._settings():
+            self.backend.restore(handle, saved[id(handle)])
         for n, frozen in zip(self.norms, saved_norms, strict=True):
             self.backend.set_norm_stats_frozen(n.norm.handle, frozen)
         self.backend.commit(self.model)
 
-    def _watched(self) -> list[tuple[str, TensorInfo]]:
-        watched = [("param", d.tensor) for d in self.decisions if not d.trainable]
-        by_id = {id(t.handle): t for t in self.listing.state}
+    def _watched(self) -> list[tuple[str, int]]:
+        """('param' or 'stat', listing row) of every tensor that must not change."""
+        watched = [("param", row) for row, _, trainable, *_ in self._settings() if not trainable]
+        ls = self.listing
+        state_rows = {id(ls.handles[row]): row for row, state in enumerate(ls.is_state) if state}
         for n in self.norms:
             if n.frozen:
-                watched += [("stat", by_id[id(h)]) for h in n.norm.stats if id(h) in by_id]
+                watched += [("stat", state_rows[id(h)]) for h in n.norm.stats if id(h) in state_rows]
         return watched
 
     def _take_checksums(self) -> dict[str, str | None]:
-        return {f"{kind}:{t.canonical}": _digest(self.backend.tensor_bytes(t.handle))
-                for kind, t in self._watched()}
+        ls = self.listing
+        return {f"{kind}:{ls.names[row]}": _digest(self.backend.tensor_bytes(ls.handles[row]))
+                for kind, row in self._watched()}
 
     def verify(self) -> VerifyReport:
         """Compare frozen parameters and frozen norm statistics with their bytes at apply time."""
@@ -305,20 +354,24 @@ class Plan:
     def groups(self) -> list[Group]:
         """Trainable parameters grouped by distinct (lr_mult, wd_mult), in order of first appearance."""
         by_mult: dict[tuple[float, float], Group] = {}
-        for d in self.trainable:
-            key = (d.lr_mult, d.wd_mult)
+        names = self.listing.names
+        for row, handle, trainable, lr_mult, wd_mult in self._settings():
+            if not trainable:
+                continue
+            key = (lr_mult, wd_mult)
             if key not in by_mult:
-                by_mult[key] = Group(params=[], lr_mult=d.lr_mult, wd_mult=d.wd_mult, param_names=[])
-            by_mult[key]["params"].append(d.tensor.handle)
-            by_mult[key]["param_names"].append(d.name)
+                by_mult[key] = Group(params=[], lr_mult=lr_mult, wd_mult=wd_mult, param_names=[])
+            by_mult[key]["params"].append(handle)
+            by_mult[key]["param_names"].append(names[row])
         return list(by_mult.values())
 
     def param_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """torch-style parameter groups with each group's lr and weight decay already scaled."""
-        if lr is None and any(d.lr_mult != 1.0 for d in self.trainable):
+        groups = self.groups()
+        if lr is None and any(g["lr_mult"] != 1.0 for g in groups):
             raise SpecError("param_groups: give lr, so that each group's lr_mult can scale it")
         out = []
-        for g in self.groups():
+        for g in groups:
             group = dict(g)
             if lr is not None:
                 group["lr"] = lr * g["lr_mult"]
@@ -347,8 +400,9 @@ class Plan:
         """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
         self._check_fresh("check an optimizer")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
-        frozen = [d.name for d in self.frozen if id(d.tensor.handle) in held]
-        missing = [d.name for d in self.trainable if id(d.tensor.handle) not in held]
+        names = self.listing.names
+        frozen = [names[row] for row, h, trainable, *_ in self._settings() if not trainable and id(h) in held]
+        missing = [names[row] for row, h, trainable, *_ in self._settings() if trainable and id(h) not in held]
         problems = []
         if frozen:
             problems.append(f"it updates {len(frozen)} frozen parameter(s): {_few(frozen)} "
