@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
-from tunespec.errors import SpecError
+from tunespec.cache import GraphNode
+from tunespec.errors import MissingFrameworkError, SpecError
 from tunespec.listing import Listing, ListingBuilder, class_names
 
 _TRAINER_OPTIONS = ("kvstore", "compression_params", "update_on_kvstore")
@@ -101,7 +103,271 @@ def _shape(p: gluon.Parameter) -> tuple[int, ...] | None:
     return shape if shape is None or type(shape) is tuple else tuple(map(int, shape))
 
 
-class MXNetBackend:
+# --- fine-tuning lifecycle: checkpoints, init, stages, resume, kvstore ----------------------------
+
+
+def _prepare_trainer(trainer: gluon.Trainer) -> None:
+    """Make a Trainer safe on a parameter server.
+
+    With ``update_on_kvstore=False`` on ``dist_sync``, Trainer.step puts the parameters on the
+    kvstore and pushes the first gradients in one go; with PyPI's MXNet 1.9.1 the first gradient
+    sum that came back was then wrong in 2 of 5 two-worker runs in a row here (the same wrong
+    value each time; the workers then disagree or agree on wrong weights). Putting the parameters
+    on the kvstore first, waiting for the engine and passing a barrier made 10 of 10 runs right.
+    Every worker builds its Trainer (and changes stage) at the same point of the script, so the
+    barrier is met by all. Parameters whose shapes are not known yet keep MXNet's lazy
+    initialisation.
+    """
+    _index_multipliers(trainer)
+    kvstore = trainer._kvstore_params["kvstore"]
+    kind = kvstore if isinstance(kvstore, str) else getattr(kvstore, "type", "")
+    if "dist" not in kind or trainer._kvstore_params["update_on_kvstore"] is not False:
+        return
+    if any(p._deferred_init or p._data is None for p in trainer._params):
+        return
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    mx.nd.waitall()
+    trainer._kvstore._barrier()
+
+
+def _index_multipliers(trainer: gluon.Trainer) -> None:
+    """Copy each Parameter's lr_mult/wd_mult into the optimizer's per-index tables.
+
+    Locally MXNet reads the multipliers from ``optimizer.param_dict``; but a Trainer that updates
+    on a dist kvstore pickles the optimizer to the servers without ``param_dict`` (MXNet drops it),
+    and the servers would then use 1.0 for every parameter. The per-index tables travel along.
+    """
+    optimizer = trainer._optimizer
+    optimizer.lr_mult = {i: p.lr_mult for i, p in enumerate(trainer._params)}
+    optimizer.wd_mult = {i: p.wd_mult for i, p in enumerate(trainer._params)}
+
+
+def _bytes_array(data: bytes) -> mx.nd.NDArray:
+    return mx.nd.array(np.frombuffer(data, dtype=np.uint8), dtype="uint8")
+
+
+class _MXNetLifecycle:
+    """Framework calls for the lifecycle; what to load, initialise, add to a Trainer or save is
+    decided in tunespec.loading, tunespec.init, tunespec.stages and tunespec.checkpoint."""
+
+    def read_checkpoint(self, path: str, allow_pickle: bool) -> dict[str, Any]:
+        """A Gluon ``.params`` file (save_parameters, or export's ``arg:``/``aux:`` keys)."""
+        try:
+            loaded = mx.nd.load(path)
+        except mx.MXNetError as exc:
+            raise SpecError(f"{path}: not an MXNet .params file ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise SpecError(f"{path}: holds an unnamed list of arrays; tunespec loads named parameters")
+        return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in loaded.items()}
+
+    def read_safetensors(self, path: str) -> dict[str, Any]:
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
+                                        "pip install 'tunespec[safetensors]'") from None
+        return load_file(path)
+
+    def to_numpy(self, value: Any) -> Any:
+        if isinstance(value, mx.nd.NDArray):
+            mx.nd.waitall()  # see tensor_bytes
+            return value.asnumpy()
+        return value
+
+    def optimizer_groups(self, trainer: gluon.Trainer) -> list[dict]:
+        return []  # a Trainer has no groups: multipliers live on the Parameters
+
+    def restage_optimizer(self, trainer: gluon.Trainer, layout: Sequence[dict],
+                          added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Append newly trainable parameters under new indices: the others keep their index, so their
+        updater (and kvstore) state stays theirs. Removed ones stay listed; Gluon skips grad_req='null'."""
+        new = [p for p in added if p.name not in trainer._param2idx]
+        if new and trainer._kv_initialized and trainer._update_on_kvstore:
+            raise SpecError("a stage adds parameters to a Trainer that updates on the kvstore "
+                            "(update_on_kvstore=True, the default for dist kvstores and several devices); "
+                            "MXNet cannot add them without resetting the kvstore's optimizer state. Build "
+                            "the Trainer with update_on_kvstore=False (tunespec.optimizer(..., "
+                            "update_on_kvstore=False)): the kvstore then only sums gradients")
+        for p in new:
+            index = len(trainer._params)
+            trainer._param2idx[p.name] = index
+            trainer._params.append(p)
+            trainer._optimizer.param_dict[index] = p
+            trainer._params_to_init.append(p)  # goes on the kvstore in _prepare_trainer or Trainer.step
+        trainer._contexts = trainer._check_contexts()
+        _prepare_trainer(trainer)
+
+    def save_run(self, path: str, model: gluon.Block, trainer: gluon.Trainer,
+                 lr_scheduler: Any, meta: str, best: dict[str, Any] | None) -> None:
+        """One .params file: the model's parameters, the Trainer's updater state (MXNet pickles it,
+        with the optimizer and its lr scheduler), the best weights of the stage and the JSON metadata."""
+        if trainer._update_on_kvstore:
+            raise SpecError("save_checkpoint: this Trainer keeps its optimizer state on the kvstore "
+                            "(update_on_kvstore=True); build it with update_on_kvstore=False to checkpoint it")
+        mx.nd.waitall()  # see tensor_bytes
+        arrays = {f"model:{k}": p.data(p.list_ctx()[0]) for k, p in model._collect_params_with_prefix().items()}
+        for k, v in (best or {}).items():
+            arrays[f"best:{k}"] = mx.nd.array(v, dtype=v.dtype)
+        arrays["meta"] = _bytes_array(meta.encode())
+        arrays["trainer"] = _bytes_array(trainer._updaters[0].get_states(dump_optimizer=True))
+        mx.nd.save(path, arrays)
+
+    def load_run(self, path: str) -> dict[str, Any]:
+        loaded = self.read_checkpoint(path, False)
+        if "meta" not in loaded or "trainer" not in loaded:
+            raise SpecError(f"{path}: not a tunespec run checkpoint")
+        best = {k[5:]: v.asnumpy() for k, v in loaded.items() if k.startswith("best:")}
+        return {"meta": loaded["meta"].asnumpy().tobytes().decode(), "best": best or None,
+                "model": {k[6:]: v for k, v in loaded.items() if k.startswith("model:")},
+                "trainer": loaded["trainer"].asnumpy().tobytes()}
+
+    def load_run_state(self, run: dict[str, Any], model: gluon.Block,
+                       trainer: gluon.Trainer, lr_scheduler: Any) -> None:
+        params = model._collect_params_with_prefix()
+        if set(params) != set(run["model"]):
+            odd = sorted(set(params) ^ set(run["model"]))
+            raise SpecError(f"resume: the model's parameters differ from the saved ones ({', '.join(odd[:4])})")
+        for k, v in run["model"].items():
+            params[k].set_data(v)
+        for updater in trainer._updaters:  # as Trainer.load_states does, from bytes
+            updater.set_states(run["trainer"])
+            updater.optimizer = trainer._updaters[0].optimizer
+        trainer._optimizer = trainer._updaters[0].optimizer
+        trainer._optimizer.param_dict = dict(enumerate(trainer._params))
+
+    @staticmethod
+    def is_tensor(value: Any) -> bool:
+        return isinstance(value, (mx.nd.NDArray, np.ndarray))
+
+    def is_distributed_wrapper(self, model: Any) -> bool:
+        return False
+
+    def rewrap(self, model: Any) -> Any:
+        return model
+
+
+# --- cached frozen prefix: trace a forward pass, cut it in two ------------------------------------
+
+_FEATURES = "tunespec_features"
+
+
+class _MXNetCachedPrefix:
+    """Framework calls for cache_frozen; whether the cut is clean and the prefix frozen is decided
+    in tunespec.cache."""
+
+    def trace_split(self, model: gluon.Block, split: str) -> tuple[list[GraphNode], Any]:
+        """Trace ``model`` symbolically; the nodes between ``split``'s input and output are its own."""
+        if not isinstance(model, gluon.HybridBlock):
+            raise SpecError(f"cache_frozen: {type(model).__name__} is not a HybridBlock; a Gluon model is cut "
+                            f"through its symbolic graph")
+        block = model
+        for part in split.split("."):
+            children = getattr(block, "_children", {})
+            if part not in children:
+                raise SpecError(f"cache_frozen: {type(block).__name__} has no child {part!r} (looking for "
+                                f"{split!r}); its children are {', '.join(repr(c) for c in children)}")
+            block = children[part]
+        seen: dict[str, list[Any]] = {"in": [], "out": []}
+        pre = block.register_forward_pre_hook(lambda b, args: seen["in"].extend(args))
+        post = block.register_forward_hook(lambda b, args, out: seen["out"].append(out))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = model(mx.sym.var("data"))
+        finally:
+            pre.detach()
+            post.detach()
+        out = mx.sym.Group(list(out)) if isinstance(out, (list, tuple)) else out
+        graph = json.loads(out.tojson())
+        raw = graph["nodes"]
+        params = model.collect_params()
+        for n in raw:  # a Parameter's symbol keeps the dtype/shape of its first use (stale after cast())
+            if n["op"] == "null" and n["name"] in params:
+                for key in ("__dtype__", "__shape__"):
+                    n.get("attrs", {}).pop(key, None)
+        out = mx.sym.load_json(json.dumps(graph))
+        by_name = {n["name"]: i for i, n in enumerate(raw)}
+
+        def closure(syms: list[Any]) -> set[int]:
+            """Graph indices of these symbols' nodes and everything they depend on."""
+            todo = [by_name[s.name] for s in syms if isinstance(s, mx.sym.Symbol) and s.name in by_name]
+            found: set[int] = set()
+            while todo:
+                i = todo.pop()
+                if i not in found:
+                    found.add(i)
+                    todo.extend(j for j, _, _ in raw[i]["inputs"])
+            return found
+
+        inside = closure([s for o in seen["out"] for s in (o if isinstance(o, (list, tuple)) else [o])])
+        inside -= closure(seen["in"])
+        ops = [i for i, n in enumerate(raw) if not (n["op"] == "null" and n["name"] in params)]
+        index = {g: k for k, g in enumerate(ops)}
+        nodes = []
+        for g in ops:
+            n = raw[g]
+            ins = [j for j, _, _ in n["inputs"]]
+            random = n["op"] == "Dropout" and float(n.get("attrs", {}).get("p", "0.5")) > 0
+            nodes.append(GraphNode(n["name"], tuple(index[j] for j in ins if j in index),
+                                   tuple(params[raw[j]["name"]] for j in ins if j not in index),
+                                   is_input=n["op"] == "null", in_split=g in inside, random=random))
+        heads = tuple(index[j] for j, _, _ in graph["heads"])
+        nodes.append(GraphNode("output", heads))
+        return nodes, (model, out, graph, ops)
+
+    def cut_at(self, traced: Any, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
+        """Two SymbolBlocks sharing the model's Parameters: the prefix up to node ``entry``, and the
+        rest with that node's value as its only input."""
+        model, out, graph, ops = traced
+        raw = graph["nodes"]
+        e = ops[entry]
+        used = {(j, k) for g, n in enumerate(raw) if g not in {ops[i] for i in prefix if i < len(ops)}
+                for j, k, _ in n["inputs"] if j == e}
+        used |= {(j, k) for j, k, _ in graph["heads"] if j == e}
+        if len({k for _, k in used}) != 1:
+            raise SpecError(f"cache_frozen: several outputs of {raw[e]['name']!r} cross the split")
+        out_index = used.pop()[1]
+        internals = out.get_internals()
+        names = internals.list_outputs()
+        wanted = [f"{raw[e]['name']}_output{out_index}", f"{raw[e]['name']}_output", raw[e]["name"]]
+        front_sym = internals[next(w for w in wanted if w in names)]
+        in_prefix = {ops[i] for i in prefix if i < len(ops)}
+        keep = [g for g, n in enumerate(raw) if g not in in_prefix and n["op"] != "null"]
+        needed = {j for g in keep for j, _, _ in raw[g]["inputs"] if j != e}
+        keep = sorted(set(keep) | needed)
+        new_index = {g: k + 1 for k, g in enumerate(keep)}
+        new_index[e] = 0
+
+        def entry_of(j: int, k: int, v: int) -> list[int]:
+            return [0, 0, 0] if j == e else [new_index[j], k, v]
+
+        nodes = [{"op": "null", "name": _FEATURES, "inputs": []}]
+        nodes += [{**raw[g], "inputs": [entry_of(*i) for i in raw[g]["inputs"]]} for g in keep]
+        back_json = {"nodes": nodes, "arg_nodes": [k for k, n in enumerate(nodes) if n["op"] == "null"],
+                     "heads": [entry_of(*h) for h in graph["heads"]], "attrs": graph.get("attrs", {})}
+        back_sym = mx.sym.load_json(json.dumps(back_json))
+        params = model.collect_params()
+        dtype = next(iter(params.values())).dtype  # SymbolBlock infers parameter dtypes from its inputs'
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            front = gluon.SymbolBlock(front_sym, [mx.sym.var("data", dtype=dtype)], params=params)
+            back = gluon.SymbolBlock(back_sym, [mx.sym.var(_FEATURES, dtype=dtype)], params=params)
+        return front, back
+
+    def run_frozen(self, prefix: gluon.Block, x: Any) -> Any:
+        with mx.autograd.pause():
+            return prefix(x)
+
+    def serve_kvstore(self) -> None:
+        """Run the parameter-server loop of this process's DMLC_ROLE, with tunespec's optimizers loaded."""
+        from mxnet.kvstore import kvstore_server
+
+        kvstore_server._init_kvstore_server_module()
+
+class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
     name = "mxnet"
 
     def owns(self, model: Any) -> bool:
@@ -412,296 +678,3 @@ def build_model(zoo: str, name: str, input_size: int | None = None) -> gluon.Blo
 
 
 BACKEND = MXNetBackend()
-
-
-# ==== fine-tuning lifecycle (issue 6): checkpoints, init, stages, resume, kvstore =================
-# Framework calls only; what to load, initialise, add to a Trainer or save is decided in
-# tunespec.loading, tunespec.init, tunespec.stages and tunespec.checkpoint. The methods are
-# attached to MXNetBackend below, so this section stays apart from the rest of the file.
-
-import numpy as np  # noqa: E402
-
-from tunespec.errors import MissingFrameworkError  # noqa: E402
-
-
-def _read_checkpoint(self: MXNetBackend, path: str, allow_pickle: bool) -> dict[str, Any]:
-    """A Gluon ``.params`` file (save_parameters, or export's ``arg:``/``aux:`` keys)."""
-    try:
-        loaded = mx.nd.load(path)
-    except mx.MXNetError as exc:
-        raise SpecError(f"{path}: not an MXNet .params file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(loaded, dict):
-        raise SpecError(f"{path}: holds an unnamed list of arrays; tunespec loads named parameters")
-    return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in loaded.items()}
-
-
-def _read_safetensors(self: MXNetBackend, path: str) -> dict[str, Any]:
-    try:
-        from safetensors.numpy import load_file
-    except ImportError:
-        raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
-                                    "pip install 'tunespec[safetensors]'") from None
-    return load_file(path)
-
-
-def _to_numpy(self: MXNetBackend, value: Any) -> Any:
-    if isinstance(value, mx.nd.NDArray):
-        mx.nd.waitall()  # see tensor_bytes
-        return value.asnumpy()
-    return value
-
-
-MXNetBackend.read_checkpoint = _read_checkpoint
-MXNetBackend.read_safetensors = _read_safetensors
-MXNetBackend.is_tensor = staticmethod(lambda value: isinstance(value, (mx.nd.NDArray, np.ndarray)))
-MXNetBackend.to_numpy = _to_numpy
-
-
-def _optimizer_groups(self: MXNetBackend, trainer: gluon.Trainer) -> list[dict]:
-    return []  # a Trainer has no groups: multipliers live on the Parameters
-
-
-def _restage_optimizer(self: MXNetBackend, trainer: gluon.Trainer, layout: Sequence[dict],
-                       added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
-    """Append newly trainable parameters under new indices: the others keep their index, so their
-    updater (and kvstore) state stays theirs. Removed ones stay listed; Gluon skips grad_req='null'."""
-    new = [p for p in added if p.name not in trainer._param2idx]
-    if new and trainer._kv_initialized and trainer._update_on_kvstore:
-        raise SpecError("a stage adds parameters to a Trainer that updates on the kvstore "
-                        "(update_on_kvstore=True, the default for dist kvstores and several devices); "
-                        "MXNet cannot add them without resetting the kvstore's optimizer state. Build "
-                        "the Trainer with update_on_kvstore=False (tunespec.optimizer(..., "
-                        "update_on_kvstore=False)): the kvstore then only sums gradients")
-    for p in new:
-        index = len(trainer._params)
-        trainer._param2idx[p.name] = index
-        trainer._params.append(p)
-        trainer._optimizer.param_dict[index] = p
-        trainer._params_to_init.append(p)  # goes on the kvstore in _prepare_trainer or Trainer.step
-    trainer._contexts = trainer._check_contexts()
-    _prepare_trainer(trainer)
-
-
-def _prepare_trainer(trainer: gluon.Trainer) -> None:
-    """Make a Trainer safe on a parameter server.
-
-    With ``update_on_kvstore=False`` on ``dist_sync``, Trainer.step puts the parameters on the
-    kvstore and pushes the first gradients in one go; with PyPI's MXNet 1.9.1 the first gradient
-    sum that came back was then wrong in 2 of 5 two-worker runs in a row here (the same wrong
-    value each time; the workers then disagree or agree on wrong weights). Putting the parameters
-    on the kvstore first, waiting for the engine and passing a barrier made 10 of 10 runs right.
-    Every worker builds its Trainer (and changes stage) at the same point of the script, so the
-    barrier is met by all. Parameters whose shapes are not known yet keep MXNet's lazy
-    initialisation.
-    """
-    _index_multipliers(trainer)
-    kvstore = trainer._kvstore_params["kvstore"]
-    kind = kvstore if isinstance(kvstore, str) else getattr(kvstore, "type", "")
-    if "dist" not in kind or trainer._kvstore_params["update_on_kvstore"] is not False:
-        return
-    if any(p._deferred_init or p._data is None for p in trainer._params):
-        return
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
-    if trainer._params_to_init:
-        trainer._init_params()
-    mx.nd.waitall()
-    trainer._kvstore._barrier()
-
-
-def _index_multipliers(trainer: gluon.Trainer) -> None:
-    """Copy each Parameter's lr_mult/wd_mult into the optimizer's per-index tables.
-
-    Locally MXNet reads the multipliers from ``optimizer.param_dict``; but a Trainer that updates
-    on a dist kvstore pickles the optimizer to the servers without ``param_dict`` (MXNet drops it),
-    and the servers would then use 1.0 for every parameter. The per-index tables travel along.
-    """
-    optimizer = trainer._optimizer
-    optimizer.lr_mult = {i: p.lr_mult for i, p in enumerate(trainer._params)}
-    optimizer.wd_mult = {i: p.wd_mult for i, p in enumerate(trainer._params)}
-
-
-MXNetBackend.optimizer_groups = _optimizer_groups
-MXNetBackend.restage_optimizer = _restage_optimizer
-MXNetBackend.is_distributed_wrapper = lambda self, model: False
-MXNetBackend.rewrap = lambda self, model: model
-
-
-def _bytes_array(data: bytes) -> mx.nd.NDArray:
-    return mx.nd.array(np.frombuffer(data, dtype=np.uint8), dtype="uint8")
-
-
-def _save_run(self: MXNetBackend, path: str, model: gluon.Block, trainer: gluon.Trainer,
-              lr_scheduler: Any, meta: str, best: dict[str, Any] | None) -> None:
-    """One .params file: the model's parameters, the Trainer's updater state (MXNet pickles it,
-    with the optimizer and its lr scheduler), the best weights of the stage and the JSON metadata."""
-    if trainer._update_on_kvstore:
-        raise SpecError("save_checkpoint: this Trainer keeps its optimizer state on the kvstore "
-                        "(update_on_kvstore=True); build it with update_on_kvstore=False to checkpoint it")
-    mx.nd.waitall()  # see tensor_bytes
-    arrays = {f"model:{k}": p.data(p.list_ctx()[0]) for k, p in model._collect_params_with_prefix().items()}
-    for k, v in (best or {}).items():
-        arrays[f"best:{k}"] = mx.nd.array(v, dtype=v.dtype)
-    arrays["meta"] = _bytes_array(meta.encode())
-    arrays["trainer"] = _bytes_array(trainer._updaters[0].get_states(dump_optimizer=True))
-    mx.nd.save(path, arrays)
-
-
-def _load_run(self: MXNetBackend, path: str) -> dict[str, Any]:
-    loaded = _read_checkpoint(self, path, False)
-    if "meta" not in loaded or "trainer" not in loaded:
-        raise SpecError(f"{path}: not a tunespec run checkpoint")
-    best = {k[5:]: v.asnumpy() for k, v in loaded.items() if k.startswith("best:")}
-    return {"meta": loaded["meta"].asnumpy().tobytes().decode(), "best": best or None,
-            "model": {k[6:]: v for k, v in loaded.items() if k.startswith("model:")},
-            "trainer": loaded["trainer"].asnumpy().tobytes()}
-
-
-def _load_run_state(self: MXNetBackend, run: dict[str, Any], model: gluon.Block,
-                    trainer: gluon.Trainer, lr_scheduler: Any) -> None:
-    params = model._collect_params_with_prefix()
-    if set(params) != set(run["model"]):
-        odd = sorted(set(params) ^ set(run["model"]))
-        raise SpecError(f"resume: the model's parameters differ from the saved ones ({', '.join(odd[:4])})")
-    for k, v in run["model"].items():
-        params[k].set_data(v)
-    for updater in trainer._updaters:  # as Trainer.load_states does, from bytes
-        updater.set_states(run["trainer"])
-        updater.optimizer = trainer._updaters[0].optimizer
-    trainer._optimizer = trainer._updaters[0].optimizer
-    trainer._optimizer.param_dict = dict(enumerate(trainer._params))
-
-
-MXNetBackend.save_run = _save_run
-MXNetBackend.load_run = _load_run
-MXNetBackend.load_run_state = _load_run_state
-
-
-# ==== cached frozen prefix (issue 5): trace a forward pass, cut it in two ======================
-# Framework calls only; whether the cut is clean and the prefix frozen is decided in tunespec.cache.
-# The methods are attached to MXNetBackend below, so this section stays apart from the rest.
-
-from tunespec.cache import GraphNode  # noqa: E402
-
-_FEATURES = "tunespec_features"
-
-
-def _trace_split(self: MXNetBackend, model: gluon.Block, split: str) -> tuple[list[GraphNode], Any]:
-    """Trace ``model`` symbolically; the nodes between ``split``'s input and output are its own."""
-    if not isinstance(model, gluon.HybridBlock):
-        raise SpecError(f"cache_frozen: {type(model).__name__} is not a HybridBlock; a Gluon model is cut "
-                        f"through its symbolic graph")
-    block = model
-    for part in split.split("."):
-        children = getattr(block, "_children", {})
-        if part not in children:
-            raise SpecError(f"cache_frozen: {type(block).__name__} has no child {part!r} (looking for "
-                            f"{split!r}); its children are {', '.join(repr(c) for c in children)}")
-        block = children[part]
-    seen: dict[str, list[Any]] = {"in": [], "out": []}
-    pre = block.register_forward_pre_hook(lambda b, args: seen["in"].extend(args))
-    post = block.register_forward_hook(lambda b, args, out: seen["out"].append(out))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = model(mx.sym.var("data"))
-    finally:
-        pre.detach()
-        post.detach()
-    out = mx.sym.Group(list(out)) if isinstance(out, (list, tuple)) else out
-    graph = json.loads(out.tojson())
-    raw = graph["nodes"]
-    params = model.collect_params()
-    for n in raw:  # a Parameter's symbol keeps the dtype/shape of its first use (stale after cast())
-        if n["op"] == "null" and n["name"] in params:
-            for key in ("__dtype__", "__shape__"):
-                n.get("attrs", {}).pop(key, None)
-    out = mx.sym.load_json(json.dumps(graph))
-    by_name = {n["name"]: i for i, n in enumerate(raw)}
-
-    def closure(syms: list[Any]) -> set[int]:
-        """Graph indices of these symbols' nodes and everything they depend on."""
-        todo = [by_name[s.name] for s in syms if isinstance(s, mx.sym.Symbol) and s.name in by_name]
-        found: set[int] = set()
-        while todo:
-            i = todo.pop()
-            if i not in found:
-                found.add(i)
-                todo.extend(j for j, _, _ in raw[i]["inputs"])
-        return found
-
-    inside = closure([s for o in seen["out"] for s in (o if isinstance(o, (list, tuple)) else [o])])
-    inside -= closure(seen["in"])
-    ops = [i for i, n in enumerate(raw) if not (n["op"] == "null" and n["name"] in params)]
-    index = {g: k for k, g in enumerate(ops)}
-    nodes = []
-    for g in ops:
-        n = raw[g]
-        ins = [j for j, _, _ in n["inputs"]]
-        random = n["op"] == "Dropout" and float(n.get("attrs", {}).get("p", "0.5")) > 0
-        nodes.append(GraphNode(n["name"], tuple(index[j] for j in ins if j in index),
-                               tuple(params[raw[j]["name"]] for j in ins if j not in index),
-                               is_input=n["op"] == "null", in_split=g in inside, random=random))
-    heads = tuple(index[j] for j, _, _ in graph["heads"])
-    nodes.append(GraphNode("output", heads))
-    return nodes, (model, out, graph, ops)
-
-
-def _cut_at(self: MXNetBackend, traced: Any, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
-    """Two SymbolBlocks sharing the model's Parameters: the prefix up to node ``entry``, and the
-    rest with that node's value as its only input."""
-    model, out, graph, ops = traced
-    raw = graph["nodes"]
-    e = ops[entry]
-    used = {(j, k) for g, n in enumerate(raw) if g not in {ops[i] for i in prefix if i < len(ops)}
-            for j, k, _ in n["inputs"] if j == e}
-    used |= {(j, k) for j, k, _ in graph["heads"] if j == e}
-    if len({k for _, k in used}) != 1:
-        raise SpecError(f"cache_frozen: several outputs of {raw[e]['name']!r} cross the split")
-    out_index = used.pop()[1]
-    internals = out.get_internals()
-    names = internals.list_outputs()
-    wanted = [f"{raw[e]['name']}_output{out_index}", f"{raw[e]['name']}_output", raw[e]["name"]]
-    front_sym = internals[next(w for w in wanted if w in names)]
-    in_prefix = {ops[i] for i in prefix if i < len(ops)}
-    keep = [g for g, n in enumerate(raw) if g not in in_prefix and n["op"] != "null"]
-    needed = {j for g in keep for j, _, _ in raw[g]["inputs"] if j != e}
-    keep = sorted(set(keep) | needed)
-    new_index = {g: k + 1 for k, g in enumerate(keep)}
-    new_index[e] = 0
-
-    def entry_of(j: int, k: int, v: int) -> list[int]:
-        return [0, 0, 0] if j == e else [new_index[j], k, v]
-
-    nodes = [{"op": "null", "name": _FEATURES, "inputs": []}]
-    nodes += [{**raw[g], "inputs": [entry_of(*i) for i in raw[g]["inputs"]]} for g in keep]
-    back_json = {"nodes": nodes, "arg_nodes": [k for k, n in enumerate(nodes) if n["op"] == "null"],
-                 "heads": [entry_of(*h) for h in graph["heads"]], "attrs": graph.get("attrs", {})}
-    back_sym = mx.sym.load_json(json.dumps(back_json))
-    params = model.collect_params()
-    dtype = next(iter(params.values())).dtype  # SymbolBlock infers parameter dtypes from its inputs'
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        front = gluon.SymbolBlock(front_sym, [mx.sym.var("data", dtype=dtype)], params=params)
-        back = gluon.SymbolBlock(back_sym, [mx.sym.var(_FEATURES, dtype=dtype)], params=params)
-    return front, back
-
-
-def _run_frozen(self: MXNetBackend, prefix: gluon.Block, x: Any) -> Any:
-    with mx.autograd.pause():
-        return prefix(x)
-
-
-MXNetBackend.trace_split = _trace_split
-MXNetBackend.cut_at = _cut_at
-MXNetBackend.run_frozen = _run_frozen
-
-
-def _serve_kvstore(self: MXNetBackend) -> None:
-    """Run the parameter-server loop of this process's DMLC_ROLE, with tunespec's optimizers loaded."""
-    from mxnet.kvstore import kvstore_server
-
-    kvstore_server._init_kvstore_server_module()
-
-
-MXNetBackend.serve_kvstore = _serve_kvstore

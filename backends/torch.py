@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from tunespec.errors import SpecError
+from tunespec.cache import GraphNode
+from tunespec.errors import MissingFrameworkError, SpecError
 from tunespec.listing import Listing, ListingBuilder, class_names
 
 # Wrapper classes and the attribute under which they hold the wrapped model.
@@ -70,7 +71,198 @@ class FrozenStats:
         module.training = False
 
 
-class TorchBackend:
+# --- fine-tuning lifecycle: checkpoints, init, stages, resume, DDP --------------------------------
+
+
+class _TorchLifecycle:
+    """Framework calls for the lifecycle; what to load, initialise, move or re-wrap is decided in
+    tunespec.loading, tunespec.init, tunespec.stages and tunespec.checkpoint."""
+
+    def read_checkpoint(self, path: str, allow_pickle: bool) -> Any:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        except Exception as exc:
+            if not allow_pickle and "weights_only" in str(exc).lower():
+                first = str(exc).strip().splitlines()[0]
+                raise SpecError(f"{path}: this checkpoint needs pickle to load ({first}); unpickling can "
+                                f"run arbitrary code, so tunespec refuses it. If you trust the file, pass "
+                                f"allow_pickle=True") from None
+            raise SpecError(f"{path}: not a torch checkpoint ({exc})") from None
+        return obj.state_dict() if isinstance(obj, nn.Module) else obj
+
+    def read_safetensors(self, path: str) -> dict[str, torch.Tensor]:
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
+                                        "pip install 'tunespec[safetensors]'") from None
+        return load_file(path, device="cpu")
+
+    def to_numpy(self, value: Any) -> Any:
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        return value.numpy()
+
+    def optimizer_groups(self, optimizer: torch.optim.Optimizer) -> list[dict]:
+        return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
+                 "lr_factor": g.get("lr_factor", 1.0)} for g in optimizer.param_groups]
+
+    def restage_optimizer(self, optimizer: torch.optim.Optimizer, layout: Sequence[dict],
+                          added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Give the existing groups their new parameter lists (state is per parameter, so it follows
+        them), drop the state of parameters that left, and append the new groups; an lr scheduler
+        gets a base lr for each new group and the new group starts at the current schedule factor."""
+        kept = len(optimizer.param_groups)
+        for group, new in zip(optimizer.param_groups, layout[:kept], strict=True):
+            group["params"] = list(new["params"])
+            if "param_names" in group:
+                group["param_names"] = list(new["param_names"])
+        for p in removed:
+            optimizer.state.pop(p, None)
+        base_lr = optimizer.defaults["lr"]
+        base_wd = optimizer.defaults.get("weight_decay")
+        scale = 1.0
+        if lr_scheduler is not None and lr_scheduler.base_lrs[0]:
+            scale = optimizer.param_groups[0]["lr"] / lr_scheduler.base_lrs[0]
+        for new in layout[kept:]:
+            lr = base_lr * new["lr_mult"] * new["lr_factor"]
+            group = {"params": list(new["params"]), "lr": lr * scale, "lr_mult": new["lr_mult"],
+                     "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"],
+                     "param_names": list(new["param_names"])}
+            if base_wd is not None:
+                group["weight_decay"] = base_wd * new["wd_mult"]
+            optimizer.add_param_group(group)
+            if lr_scheduler is not None:
+                optimizer.param_groups[-1]["initial_lr"] = lr
+                lr_scheduler.base_lrs.append(lr)
+                if hasattr(lr_scheduler, "lr_lambdas"):
+                    lr_scheduler.lr_lambdas.append(lr_scheduler.lr_lambdas[0])
+                lr_scheduler._last_lr.append(lr * scale)
+
+    def is_distributed_wrapper(self, model: nn.Module) -> bool:
+        return isinstance(model, nn.parallel.DistributedDataParallel)
+
+    def rewrap(self, model: nn.Module) -> nn.Module:
+        """A new DDP wrapper with the old one's settings: DDP fixes at construction which parameters
+        it all-reduces (those with requires_grad), so a changed set needs a new wrapper."""
+        return nn.parallel.DistributedDataParallel(
+            model.module, device_ids=model.device_ids, output_device=model.output_device,
+            broadcast_buffers=model.broadcast_buffers, process_group=model.process_group,
+            bucket_cap_mb=model.bucket_bytes_cap / (1024 * 1024),
+            find_unused_parameters=model.find_unused_parameters,
+            gradient_as_bucket_view=model.gradient_as_bucket_view, static_graph=model.static_graph)
+
+    def save_run(self, path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 lr_scheduler: Any, meta: str, best: dict[str, Any] | None) -> None:
+        torch.save({"meta": meta, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": None if lr_scheduler is None else lr_scheduler.state_dict(),
+                    "best": None if best is None else {k: torch.from_numpy(v) for k, v in best.items()}}, path)
+
+    def load_run(self, path: str) -> dict[str, Any]:
+        try:
+            run = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise SpecError(f"{path}: not a tunespec run checkpoint ({str(exc).splitlines()[0]})") from None
+        if not isinstance(run, dict) or "meta" not in run:
+            raise SpecError(f"{path}: not a tunespec run checkpoint")
+        if run["best"] is not None:
+            run["best"] = {k: v.numpy() for k, v in run["best"].items()}
+        return run
+
+    def load_run_state(self, run: dict[str, Any], model: nn.Module,
+                       optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> None:
+        try:
+            optimizer.load_state_dict(run["optimizer"])
+        except ValueError as exc:
+            raise SpecError(f"resume: the optimizer does not match the saved one ({exc}); build it from the "
+                            f"run's recipe (pass the run's Schedule)") from None
+        _unwrap(model).load_state_dict(run["model"])
+        if lr_scheduler is not None and run["lr_scheduler"] is not None:
+            lr_scheduler.load_state_dict(run["lr_scheduler"])
+
+    @staticmethod
+    def is_tensor(value: Any) -> bool:
+        return isinstance(value, torch.Tensor)
+
+# --- cached frozen prefix: trace a forward pass, cut it in two ------------------------------------
+
+_F = torch.nn.functional
+_RANDOM_FUNCTIONS = {_F.dropout, _F.dropout1d, _F.dropout2d, _F.dropout3d, _F.alpha_dropout,
+                     _F.feature_alpha_dropout, torch.dropout, torch.bernoulli, torch.rand, torch.rand_like,
+                     torch.randn, torch.randn_like, torch.randint}
+
+
+class _TorchCachedPrefix:
+    """Framework calls for cache_frozen; whether the cut is clean and the prefix frozen is decided
+    in tunespec.cache."""
+
+    def trace_split(self, model: nn.Module, split: str) -> tuple[list[GraphNode], Any]:
+        """Trace ``model`` with torch.fx, keeping module ``split`` as one call, into core graph nodes."""
+        import torch.fx
+
+        root = _unwrap(model)
+        try:
+            root.get_submodule(split)
+        except AttributeError:
+            children = ", ".join(repr(n) for n, _ in root.named_children())
+            raise SpecError(f"cache_frozen: {type(root).__name__} has no module {split!r}; its children "
+                            f"are {children}") from None
+
+        class SplitTracer(torch.fx.Tracer):
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return qualname == split or super().is_leaf_module(m, qualname)
+
+        try:
+            graph = SplitTracer().trace(root)
+        except Exception as exc:
+            raise SpecError(f"cache_frozen: torch.fx cannot trace {type(root).__name__} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); the cut needs a traceable "
+                            f"forward") from None
+        index = {node: i for i, node in enumerate(graph.nodes)}
+        nodes = []
+        for node in graph.nodes:
+            tensors: tuple[Any, ...] = ()
+            random = False
+            if node.op == "call_module":
+                module = root.get_submodule(node.target)
+                tensors = (*module.parameters(), *module.buffers())
+                random = isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+            elif node.op == "get_attr":
+                value = root
+                for part in node.target.split("."):
+                    value = getattr(value, part)
+                tensors = (value,) if isinstance(value, torch.Tensor) else ()
+            elif node.op == "call_function":
+                random = node.target in _RANDOM_FUNCTIONS
+            nodes.append(GraphNode(node.name, tuple(index[n] for n in node.all_input_nodes), tensors,
+                                   is_input=node.op == "placeholder",
+                                   in_split=node.op == "call_module" and node.target == split, random=random))
+        return nodes, (root, graph)
+
+    def cut_at(self, traced: Any, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
+        """Two GraphModules sharing the model's modules: the prefix up to node ``entry``, and the rest
+        with that node's value as its only input."""
+        import torch.fx
+
+        root, graph = traced
+        order = list(graph.nodes)
+        front, back = torch.fx.Graph(), torch.fx.Graph()
+        env_front: dict[Any, Any] = {}
+        env_back = {order[entry]: back.placeholder("features")}
+        for i, node in enumerate(order):
+            if i in prefix:
+                env_front[node] = front.node_copy(node, env_front.__getitem__)
+            elif node.op != "placeholder":
+                env_back[node] = back.node_copy(node, env_back.__getitem__)
+        front.output(env_front[order[entry]])
+        return torch.fx.GraphModule(root, front), torch.fx.GraphModule(root, back)
+
+    def run_frozen(self, prefix: nn.Module, x: Any) -> Any:
+        with torch.no_grad():
+            return prefix(x)
+
+class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
     name = "torch"
 
     def owns(self, model: Any) -> bool:
@@ -218,225 +410,3 @@ def build_model(zoo: str, name: str) -> nn.Module:
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs["weights_backbone"] = None
     return builder(**kwargs)
-
-
-# ==== fine-tuning lifecycle (issue 6): checkpoints, init, stages, resume, DDP =====================
-# Framework calls only; what to load, initialise, move or re-wrap is decided in tunespec.loading,
-# tunespec.init, tunespec.stages and tunespec.checkpoint. The methods are attached to TorchBackend
-# below, so this section stays apart from the rest of the file.
-
-from tunespec.errors import MissingFrameworkError  # noqa: E402
-
-def _read_checkpoint(self: TorchBackend, path: str, allow_pickle: bool) -> Any:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as exc:
-        if not allow_pickle and "weights_only" in str(exc).lower():
-            first = str(exc).strip().splitlines()[0]
-            raise SpecError(f"{path}: this checkpoint needs pickle to load ({first}); unpickling can "
-                            f"run arbitrary code, so tunespec refuses it. If you trust the file, pass "
-                            f"allow_pickle=True") from None
-        raise SpecError(f"{path}: not a torch checkpoint ({exc})") from None
-    return obj.state_dict() if isinstance(obj, nn.Module) else obj
-
-
-def _read_safetensors(self: TorchBackend, path: str) -> dict[str, torch.Tensor]:
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
-                                    "pip install 'tunespec[safetensors]'") from None
-    return load_file(path, device="cpu")
-
-
-def _to_numpy(self: TorchBackend, value: Any) -> Any:
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-        value = value.float()
-    return value.numpy()
-
-
-TorchBackend.read_checkpoint = _read_checkpoint
-TorchBackend.read_safetensors = _read_safetensors
-TorchBackend.is_tensor = staticmethod(lambda value: isinstance(value, torch.Tensor))
-TorchBackend.to_numpy = _to_numpy
-
-
-def _optimizer_groups(self: TorchBackend, optimizer: torch.optim.Optimizer) -> list[dict]:
-    return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
-             "lr_factor": g.get("lr_factor", 1.0)} for g in optimizer.param_groups]
-
-
-def _restage_optimizer(self: TorchBackend, optimizer: torch.optim.Optimizer, layout: Sequence[dict],
-                       added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
-    """Give the existing groups their new parameter lists (state is per parameter, so it follows
-    them), drop the state of parameters that left, and append the new groups; an lr scheduler
-    gets a base lr for each new group and the new group starts at the current schedule factor."""
-    kept = len(optimizer.param_groups)
-    for group, new in zip(optimizer.param_groups, layout[:kept], strict=True):
-        group["params"] = list(new["params"])
-        if "param_names" in group:
-            group["param_names"] = list(new["param_names"])
-    for p in removed:
-        optimizer.state.pop(p, None)
-    base_lr = optimizer.defaults["lr"]
-    base_wd = optimizer.defaults.get("weight_decay")
-    scale = 1.0
-    if lr_scheduler is not None and lr_scheduler.base_lrs[0]:
-        scale = optimizer.param_groups[0]["lr"] / lr_scheduler.base_lrs[0]
-    for new in layout[kept:]:
-        lr = base_lr * new["lr_mult"] * new["lr_factor"]
-        group = {"params": list(new["params"]), "lr": lr * scale, "lr_mult": new["lr_mult"],
-                 "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"],
-                 "param_names": list(new["param_names"])}
-        if base_wd is not None:
-            group["weight_decay"] = base_wd * new["wd_mult"]
-        optimizer.add_param_group(group)
-        if lr_scheduler is not None:
-            optimizer.param_groups[-1]["initial_lr"] = lr
-            lr_scheduler.base_lrs.append(lr)
-            if hasattr(lr_scheduler, "lr_lambdas"):
-                lr_scheduler.lr_lambdas.append(lr_scheduler.lr_lambdas[0])
-            lr_scheduler._last_lr.append(lr * scale)
-
-
-def _is_distributed_wrapper(self: TorchBackend, model: nn.Module) -> bool:
-    return isinstance(model, nn.parallel.DistributedDataParallel)
-
-
-def _rewrap(self: TorchBackend, model: nn.Module) -> nn.Module:
-    """A new DDP wrapper with the old one's settings: DDP fixes at construction which parameters
-    it all-reduces (those with requires_grad), so a changed set needs a new wrapper."""
-    return nn.parallel.DistributedDataParallel(
-        model.module, device_ids=model.device_ids, output_device=model.output_device,
-        broadcast_buffers=model.broadcast_buffers, process_group=model.process_group,
-        bucket_cap_mb=model.bucket_bytes_cap / (1024 * 1024),
-        find_unused_parameters=model.find_unused_parameters,
-        gradient_as_bucket_view=model.gradient_as_bucket_view, static_graph=model.static_graph)
-
-
-TorchBackend.optimizer_groups = _optimizer_groups
-TorchBackend.restage_optimizer = _restage_optimizer
-TorchBackend.is_distributed_wrapper = _is_distributed_wrapper
-TorchBackend.rewrap = _rewrap
-
-
-def _save_run(self: TorchBackend, path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-              lr_scheduler: Any, meta: str, best: dict[str, Any] | None) -> None:
-    torch.save({"meta": meta, "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": None if lr_scheduler is None else lr_scheduler.state_dict(),
-                "best": None if best is None else {k: torch.from_numpy(v) for k, v in best.items()}}, path)
-
-
-def _load_run(self: TorchBackend, path: str) -> dict[str, Any]:
-    try:
-        run = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SpecError(f"{path}: not a tunespec run checkpoint ({str(exc).splitlines()[0]})") from None
-    if not isinstance(run, dict) or "meta" not in run:
-        raise SpecError(f"{path}: not a tunespec run checkpoint")
-    if run["best"] is not None:
-        run["best"] = {k: v.numpy() for k, v in run["best"].items()}
-    return run
-
-
-def _load_run_state(self: TorchBackend, run: dict[str, Any], model: nn.Module,
-                    optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> None:
-    try:
-        optimizer.load_state_dict(run["optimizer"])
-    except ValueError as exc:
-        raise SpecError(f"resume: the optimizer does not match the saved one ({exc}); build it from the "
-                        f"run's recipe (pass the run's Schedule)") from None
-    _unwrap(model).load_state_dict(run["model"])
-    if lr_scheduler is not None and run["lr_scheduler"] is not None:
-        lr_scheduler.load_state_dict(run["lr_scheduler"])
-
-
-TorchBackend.save_run = _save_run
-TorchBackend.load_run = _load_run
-TorchBackend.load_run_state = _load_run_state
-
-
-# ==== cached frozen prefix (issue 5): trace a forward pass, cut it in two ======================
-# Framework calls only; whether the cut is clean and the prefix frozen is decided in tunespec.cache.
-# The methods are attached to TorchBackend below, so this section stays apart from the rest.
-
-from tunespec.cache import GraphNode  # noqa: E402
-
-_F = torch.nn.functional
-_RANDOM_FUNCTIONS = {_F.dropout, _F.dropout1d, _F.dropout2d, _F.dropout3d, _F.alpha_dropout,
-                     _F.feature_alpha_dropout, torch.dropout, torch.bernoulli, torch.rand, torch.rand_like,
-                     torch.randn, torch.randn_like, torch.randint}
-
-
-def _trace_split(self: TorchBackend, model: nn.Module, split: str) -> tuple[list[GraphNode], Any]:
-    """Trace ``model`` with torch.fx, keeping module ``split`` as one call, into core graph nodes."""
-    import torch.fx
-
-    root = _unwrap(model)
-    try:
-        root.get_submodule(split)
-    except AttributeError:
-        children = ", ".join(repr(n) for n, _ in root.named_children())
-        raise SpecError(f"cache_frozen: {type(root).__name__} has no module {split!r}; its children "
-                        f"are {children}") from None
-
-    class SplitTracer(torch.fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return qualname == split or super().is_leaf_module(m, qualname)
-
-    try:
-        graph = SplitTracer().trace(root)
-    except Exception as exc:
-        raise SpecError(f"cache_frozen: torch.fx cannot trace {type(root).__name__} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0]}); the cut needs a traceable "
-                        f"forward") from None
-    index = {node: i for i, node in enumerate(graph.nodes)}
-    nodes = []
-    for node in graph.nodes:
-        tensors: tuple[Any, ...] = ()
-        random = False
-        if node.op == "call_module":
-            module = root.get_submodule(node.target)
-            tensors = (*module.parameters(), *module.buffers())
-            random = isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
-        elif node.op == "get_attr":
-            value = root
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            tensors = (value,) if isinstance(value, torch.Tensor) else ()
-        elif node.op == "call_function":
-            random = node.target in _RANDOM_FUNCTIONS
-        nodes.append(GraphNode(node.name, tuple(index[n] for n in node.all_input_nodes), tensors,
-                               is_input=node.op == "placeholder",
-                               in_split=node.op == "call_module" and node.target == split, random=random))
-    return nodes, (root, graph)
-
-
-def _cut_at(self: TorchBackend, traced: Any, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
-    """Two GraphModules sharing the model's modules: the prefix up to node ``entry``, and the rest
-    with that node's value as its only input."""
-    import torch.fx
-
-    root, graph = traced
-    order = list(graph.nodes)
-    front, back = torch.fx.Graph(), torch.fx.Graph()
-    env_front: dict[Any, Any] = {}
-    env_back = {order[entry]: back.placeholder("features")}
-    for i, node in enumerate(order):
-        if i in prefix:
-            env_front[node] = front.node_copy(node, env_front.__getitem__)
-        elif node.op != "placeholder":
-            env_back[node] = back.node_copy(node, env_back.__getitem__)
-    front.output(env_front[order[entry]])
-    return torch.fx.GraphModule(root, front), torch.fx.GraphModule(root, back)
-
-
-def _run_frozen(self: TorchBackend, prefix: nn.Module, x: Any) -> Any:
-    with torch.no_grad():
-        return prefix(x)
-
-
-TorchBackend.trace_split = _trace_split
-TorchBackend.cut_at = _cut_at
-TorchBackend.run_frozen = _run_frozen
