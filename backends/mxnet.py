@@ -387,10 +387,12 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
         found = ListingBuilder()
         add, layer = found.add, found.layer  # called per tensor / per block on 100,000-tensor models
         visited: list[tuple[gluon.Block, tuple[str, ...]]] = []
+        dicts: list[OrderedDict] = []  # each block's own ParameterDict storage, read while it is hot
         stack: list[tuple[gluon.Block, tuple[str, ...]]] = [(model, ())]  # pre-order, as recursion
         while stack:
             block, path = entry = stack.pop()
             visited.append(entry)
+            dicts.append(block._params._params)
             layer_type, is_norm, is_symbol = _KINDS.get(type(block)) or _block_kind(type(block))
             if is_symbol:
                 self._list_symbol_block(block, path, found)
@@ -412,9 +414,8 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
         # Parameters made with self.params.get() but never assigned to an attribute (what
         # collect_params() adds): name them under the deepest block whose prefix they carry
         # (still counter-free).
-        dicts = [b._params._params for b, _ in visited]  # OrderedDicts: mapped over at C speed
         strays = found.unknown(itertools.chain.from_iterable(map(OrderedDict.items, dicts))) \
-            if found.missing(itertools.chain.from_iterable(map(OrderedDict.values, dicts))) else []
+            if found.missing(itertools.chain.from_iterable(map(dict.values, dicts))) else []
         owners = [(b.prefix, path) for b, path in visited] if strays else []
         for full, p in strays:
             prefix, path = max((o for o in owners if full.startswith(o[0])), key=lambda o: len(o[0]),

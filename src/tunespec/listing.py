@@ -18,10 +18,11 @@ import gc
 import itertools
 import operator
 import re
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator, Sequence
 
 NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                    "moving_var": "running_var"}
@@ -116,13 +117,13 @@ class Listing:
     names: list[str]  # canonical
     natives: list[str]
     shapes: list[tuple[int, ...] | None]
-    layers: list[int]  # row -> index into layer_types / layer_norms
+    layers: Sequence[int]  # row -> index into layer_types / layer_norms
     layer_types: list[str]
     layer_norms: list[bool]
-    is_state: list[bool]
-    trainable: list[bool]
-    lr_mults: list[float]
-    wd_mults: list[float]
+    is_state: Sequence[int]  # 0/1 (numeric columns are arrays: see ListingBuilder)
+    trainable: Sequence[int]  # 0/1
+    lr_mults: Sequence[float]
+    wd_mults: Sequence[float]
     aliases: dict[int, tuple[str, ...]]
     norms: list[NormInfo]
     base_types: tuple[str, ...] = ()  # its base classes, nearest first: subclasses share cards
@@ -133,8 +134,8 @@ class Listing:
     def info(self, row: int) -> TensorInfo:
         layer = self.layers[row]
         return TensorInfo(self.handles[row], self.names[row], self.natives[row], self.shapes[row],
-                          self.layer_types[layer], self.layer_norms[layer], self.is_state[row],
-                          self.trainable[row], self.lr_mults[row], self.wd_mults[row],
+                          self.layer_types[layer], self.layer_norms[layer], bool(self.is_state[row]),
+                          bool(self.trainable[row]), self.lr_mults[row], self.wd_mults[row],
                           self.aliases.get(row, ()))
 
     def is_norm(self, row: int) -> bool:
@@ -170,7 +171,9 @@ class ListingBuilder:
     adds its tensors with ``add(handle, leaf, native, shape, is_state, trainable, lr_mult,
     wd_mult)``; a tensor met again (tied weights, shared Gluon parameters) becomes an alias.
     Both are closures over the columns, not methods: ``add`` runs once per tensor, 100,000 times
-    on a mixture-of-experts model, and attribute lookups on ``self`` doubled its cost.
+    on a mixture-of-experts model, and attribute lookups on ``self`` doubled its cost. Numeric
+    columns are arrays, which the cyclic garbage collector never traverses (it walked every
+    element of the listing's lists: a tenth of a plan's time).
     """
 
     def __init__(self) -> None:
@@ -178,13 +181,11 @@ class ListingBuilder:
         names: list[str] = []
         natives: list[str] = []
         shapes: list[tuple[int, ...] | None] = []
-        layers: list[int] = []
+        layers = array("l")
         layer_types: list[str] = []
         layer_norms: list[bool] = []
-        states: list[bool] = []
-        trainables: list[bool] = []
-        lr_mults: list[float] = []
-        wd_mults: list[float] = []
+        states, trainables = array("b"), array("b")
+        lr_mults, wd_mults = array("d"), array("d")
         # The current layer: index, canonical 'a.b.', native 'a.module.b.', renames leaves.
         layer_index, prefix, native_prefix, renames, norm = -1, "", "", False, False
 
@@ -232,14 +233,22 @@ class ListingBuilder:
         self._columns = (handles, names, natives, shapes, layers, layer_types, layer_norms, states,
                          trainables, lr_mults, wd_mults)
         self.norms: list[NormInfo] = []
+        self._ids: tuple[int, set[int]] | None = None
+
+    def _recorded(self) -> set[int]:
+        """ids of the handles added so far (kept until the next add, for missing() and build())."""
+        handles = self._columns[0]
+        if self._ids is None or self._ids[0] != len(handles):
+            self._ids = (len(handles), set(map(id, handles)))
+        return self._ids[1]
 
     def missing(self, handles: Iterable[Any]) -> bool:
-        """Whether any of ``handles`` is not recorded yet (a set difference, at C speed)."""
-        return bool(set(map(id, handles)).difference(map(id, self._columns[0])))
+        """Whether any of ``handles`` is not recorded yet (one pass at C speed)."""
+        return not all(map(self._recorded().__contains__, map(id, handles)))
 
     def unknown(self, named: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
         """The (name, handle) pairs whose handle is not recorded yet, each handle once, in order."""
-        taken = set(map(id, self._columns[0]))
+        taken = set(self._recorded())
         out = []
         for name, h in [(name, h) for name, h in named if id(h) not in taken]:  # usually none
             if id(h) not in taken:
@@ -255,7 +264,7 @@ class ListingBuilder:
     def build(self, model_type: str, base_types: tuple[str, ...] = ()) -> Listing:
         columns = self._columns
         handles = columns[0]
-        if len(set(map(id, handles))) == len(handles):  # no tensor met twice: the common case
+        if len(self._recorded()) == len(handles):  # no tensor met twice: the common case
             return Listing(model_type, *columns, {}, self.norms, base_types)
         # Keep each tensor's first row; the names of the others become its aliases.
         names = columns[1]
@@ -270,7 +279,8 @@ class ListingBuilder:
                 aliases[at] = aliases.get(at, ()) + (names[row],)
         renumber = {row: new for new, row in enumerate(keep)}
         handles, names, natives, shapes, layers, layer_types, layer_norms, *flags = columns
-        kept = [[column[row] for row in keep] for column in (handles, names, natives, shapes, layers, *flags)]
+        kept: list[Any] = [[column[row] for row in keep] for column in (handles, names, natives, shapes)]
+        kept += [array(column.typecode, [column[row] for row in keep]) for column in (layers, *flags)]
         return Listing(model_type, *kept[:5], layer_types, layer_norms, *kept[5:],
                        {renumber[row]: names for row, names in aliases.items()}, self.norms, base_types)
 

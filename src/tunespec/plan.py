@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from array import array
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator, Sequence
@@ -59,9 +60,9 @@ class Decided:
 
     rules: list[Rule]
     hits: list[list[int]]  # per rule, the positions it matched
-    trainable: list[bool]
-    lr_mult: list[float]
-    wd_mult: list[float]
+    trainable: Sequence[int]  # 0/1; arrays, which the cyclic GC never traverses
+    lr_mult: Sequence[float]
+    wd_mult: Sequence[float]
 
     def decisions(self, params: Sequence[TensorInfo]) -> list[Decision]:
         matched: list[list[str]] = [[] for _ in params]
@@ -72,8 +73,9 @@ class Decided:
                 matched[i].append(rule.origin)
                 for key in keys:
                     set_by[i][key] = rule.origin
-        return [Decision(*row) for row in zip(params, self.trainable, self.lr_mult, self.wd_mult,
-                                              matched, set_by, strict=True)]
+        return [Decision(t, bool(trainable), lr, wd, rules, by)
+                for t, trainable, lr, wd, rules, by in zip(params, self.trainable, self.lr_mult, self.wd_mult,
+                                                           matched, set_by, strict=True)]
 
 
 @dataclass
@@ -153,7 +155,8 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
         more = f" (and {len(missed) - 3} more rules matching nothing)" if len(missed) > 3 else ""
         warnings.warn("; ".join(first) + more, TuneSpecWarning, stacklevel=4)
     n = len(listing.param_rows)
-    columns: dict[str, list[Any]] = {"trainable": [True] * n, "lr_mult": [1.0] * n, "wd_mult": [1.0] * n}
+    columns: dict[str, Any] = {"trainable": array("b", [1]) * n, "lr_mult": array("d", [1.0]) * n,
+                               "wd_mult": array("d", [1.0]) * n}
     for rule, hits in zip(rules, matches, strict=True):
         for key, column in columns.items():
             value = getattr(rule, key)
@@ -176,7 +179,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     return decided, [_norm_decision(norm, spec.bn, listing, trainable, by_id) for norm in listing.norms]
 
 
-def _norm_decision(norm: NormInfo, policy: str, listing: Listing, trainable: list[bool],
+def _norm_decision(norm: NormInfo, policy: str, listing: Listing, trainable: Sequence[int],
                    by_id: dict[int, bool]) -> NormDecision:
     if policy == "train":
         return NormDecision(norm, False, "bn: train")
@@ -239,7 +242,7 @@ class Plan:
         raise KeyError(f"{name!r} is not a parameter of this plan; "
                        f"{Matcher(ls).suggest(re.escape(name))}")
 
-    def _settings(self) -> Iterator[tuple[int, Any, bool, float, float]]:
+    def _settings(self) -> Iterator[tuple[int, Any, int, float, float]]:
         """(listing row, handle, trainable, lr_mult, wd_mult) per parameter, without Decision objects."""
         d, handles = self._decided, self.listing.handles
         rows = self.listing.param_rows
@@ -265,8 +268,8 @@ class Plan:
 
     # --- binding to the model's parameter objects ------------------------------------------
     @staticmethod
-    def _fingerprint(listing: Listing) -> tuple[int, ...]:
-        return tuple(map(id, listing.handles))
+    def _fingerprint(listing: Listing) -> array:
+        return array("Q", map(id, listing.handles))
 
     def _check_fresh(self, action: str) -> None:
         with gc_paused():
@@ -292,7 +295,7 @@ class Plan:
         saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
         try:
             for _, handle, trainable, lr_mult, wd_mult in self._settings():
-                be.set_param(handle, trainable, lr_mult, wd_mult)
+                be.set_param(handle, bool(trainable), lr_mult, wd_mult)
             for n in self.norms:
                 be.set_norm_stats_frozen(n.norm.handle, n.frozen)
             be.commit(self.model)
