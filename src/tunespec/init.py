@@ -29,7 +29,7 @@ from .errors import SpecError
 from .listing import TensorInfo
 from .matching import Matcher
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
-from .spec import _check_regex, _close
+from .spec import _check_regex, _close, check_keys
 
 METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defaults
     "zeros": {}, "ones": {}, "constant": {"value": None},
@@ -107,10 +107,7 @@ class InitSpec:
             data = {"rules": data}
         if not isinstance(data, Mapping):
             raise SpecError(f"init: expected {{seed: 0, rules: [...]}} or a list of rules, got {data!r}")
-        for key in data:
-            if key not in ("seed", "rules"):
-                raise SpecError(f"init: unknown key {key!r}{_close(str(key), ('seed', 'rules'))}; "
-                                f"keys are seed, rules")
+        check_keys(data, "init", ("seed", "rules"))
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise SpecError(f"init.seed: expected an integer >= 0, got {seed!r}")

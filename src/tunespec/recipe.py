@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import SpecError
-from .spec import RECIPE_SECTIONS, Spec, _close, read_recipe
+from .spec import RECIPE_SECTIONS, Spec, _close, check_keys, read_recipe
 
 SEMANTICS = ("torch", "native")
 SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine")
@@ -77,10 +77,7 @@ class LRSchedule:
     def from_dict(cls, data: Any) -> "LRSchedule":
         if not isinstance(data, Mapping):
             raise SpecError(f"schedule: expected a mapping like {{type: step, step_size: 10}}, got {data!r}")
-        for key in data:
-            if key not in cls.KEYS:
-                raise SpecError(f"schedule: unknown key {key!r}{_close(str(key), cls.KEYS)}; "
-                                f"keys are {', '.join(cls.KEYS)}")
+        check_keys(data, "schedule", cls.KEYS)
         kind = data.get("type", "constant")
         if kind not in SCHEDULE_TYPES:
             raise SpecError(f"schedule.type: {kind!r}{_close(str(kind), SCHEDULE_TYPES)}; "

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import SpecError
 
@@ -28,6 +28,14 @@ RECIPE_SECTIONS: dict[str, str] = {}
 def _close(word: str, choices: Iterable[str]) -> str:
     hits = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {hits[0]!r}?)" if hits else ""
+
+
+def check_keys(data: Mapping[str, Any], section: str, keys: Sequence[str]) -> None:
+    """Refuse a key a recipe section does not have, suggesting the closest one it does."""
+    for key in data:
+        if key not in keys:
+            raise SpecError(f"{section}: unknown key {key!r}{_close(str(key), keys)}; "
+                            f"keys are {', '.join(keys)}")
 
 
 def _check_regex(pattern: Any, where: str) -> str:

@@ -35,7 +35,7 @@ from .dispatch import backend_for
 from .errors import SpecError
 from .plan import Plan
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
-from .spec import SPEC_KEYS, Spec, _close
+from .spec import SPEC_KEYS, Spec, _close, check_keys
 
 TRIGGERS = ("at_epoch", "at_step", "on_plateau")
 STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
@@ -111,10 +111,7 @@ class StagesSpec:
             data = {"then": data}
         if not isinstance(data, Mapping):
             raise SpecError(f"stages: expected {{mode: min, then: [...]}} or a list of stages, got {data!r}")
-        for key in data:
-            if key not in ("mode", "then"):
-                raise SpecError(f"stages: unknown key {key!r}{_close(str(key), ('mode', 'then'))}; "
-                                f"keys are mode, then")
+        check_keys(data, "stages", ("mode", "then"))
         mode = data.get("mode", "min")
         if mode not in ("min", "max"):
             raise SpecError(f"stages.mode: {mode!r}; use min (a loss) or max (an accuracy)")
