@@ -1,6 +1,6 @@
 """One harness per framework, so behaviour and parity tests are written once and run over both.
 
-Loss convention (documented in the README): torch uses the batch-mean cross-entropy;
+Loss convention (documented in docs/porting.md): torch uses the batch-mean cross-entropy;
 Gluon sums per-sample losses and calls ``trainer.step(batch_size)``, which rescales the
 gradient by 1/batch_size: the same gradient.
 """

@@ -90,7 +90,7 @@ def test_mobilenet_v2_ports_through_the_name_map_hook(gcv):
 def test_refused_port_leaves_the_target_as_it_was(gcv):
     t = torchvision.models.resnet18(weights=None)
     g = gluon_model(gcv, "resnet50_v1b")
-    mx.nd.waitall()  # oneDNN reorders conv weights asynchronously after a forward (see README)
+    mx.nd.waitall()  # oneDNN reorders conv weights asynchronously after a forward (see docs/frameworks.md)
     before = {k: v.data().asnumpy().copy() for k, v in g.collect_params().items()}
     with pytest.raises(SpecError, match="(?s)24 shape mismatches.*nothing was written"):
         tunespec.port(t, g)
