@@ -117,6 +117,9 @@ class FakeBackend:
     def optimizer_handles(self, optimizer: Sequence[FakeTensor]) -> list[Any]:
         return list(optimizer)
 
+    def owns_optimizer(self, optimizer: Any) -> bool:
+        return isinstance(optimizer, list)
+
     def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
         return None  # the fake optimizer takes any option
 

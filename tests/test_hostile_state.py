@@ -456,3 +456,28 @@ def test_two_threads_applying_different_plans_end_with_one_fully_applied(h):
     frozen_norms = [h.backend.norm_stats_frozen(n.norm.handle) for n in winner.norms]
     assert frozen_norms == [n.frozen for n in winner.norms]
     assert winner.is_live()
+
+
+def test_stage_change_on_another_model_is_refused(h):
+    net, opt, schedule = started(h, recipe({"at_epoch": 1, **UNFREEZE}))
+    other = h.small_cnn(dtype="float32")
+    before, before_other = snap(net, opt, schedule), snap(other)
+    with pytest.raises(SpecError, match="does not hold the parameters"):
+        schedule.advance(other, opt)
+    with pytest.raises(SpecError, match="does not hold the parameters"):
+        schedule.step(0, other, opt)
+    assert_unchanged(before, snap(net, opt, schedule))
+    assert_unchanged(before_other, snap(other))
+
+
+def test_plan_calls_refuse_wrong_types(h):
+    net = h.small_cnn()
+    plan = tunespec.plan(net, HEAD)
+    before = snap(net)
+    for call in (lambda: plan.check("sgd"), lambda: plan.param_groups(lr="0.1"),
+                 lambda: plan.param_groups(lr=0.1, weight_decay=float("inf")),
+                 lambda: tunespec.optimizer(None, HEAD, "sgd", lr=0.1),
+                 lambda: tunespec.optimizer(net, HEAD, "sgd", lr=0.1, backend=object())):
+        with pytest.raises(SpecError):
+            call()
+    assert_unchanged(before, snap(net))

@@ -478,6 +478,9 @@ class Plan:
 
     def param_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """torch-style parameter groups with each group's lr and weight decay already scaled."""
+        if lr is not None:
+            check_number(lr, "param_groups: lr", positive=True)
+        check_number(weight_decay, "param_groups: weight_decay")
         groups = self.groups()
         if lr is None and any(g["lr_mult"] != 1.0 for g in groups):
             raise SpecError("param_groups: give lr, so that each group's lr_mult can scale it")
@@ -514,6 +517,8 @@ class Plan:
 
     def check(self, optimizer: Any) -> None:
         """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
+        if not self.backend.owns_optimizer(optimizer):
+            raise SpecError(f"check: expected a {self.backend.name} optimizer, got {type(optimizer).__name__}")
         self._check_fresh("check an optimizer")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
         names = self.listing.names

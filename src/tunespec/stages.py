@@ -226,6 +226,14 @@ class Schedule:
             raise SpecError(f"{where}: optimizer is a {type(optimizer).__name__}, not a {be.name} "
                             f"optimizer; pass the one schedule.start returned")
 
+    def _check_same_model(self, listing: Any, where: str) -> None:
+        """A stage change on another model (or one whose parameters were replaced) would move the
+        wrong tensors into the optimizer; a wrapper around the same parameters (DDP) is fine."""
+        if Plan._fingerprint(listing) != self.plan._identity:
+            raise SpecError(f"{where}: this model does not hold the parameters the schedule was started "
+                            f"on (another model, or layers replaced since); pass the model "
+                            f"schedule.start returned, or start a new Schedule")
+
     # --- starting -----------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
         """Apply stage 0 and build the optimizer (and lr scheduler) the recipe describes.
@@ -346,6 +354,7 @@ class Schedule:
             raise SpecError(f"stage {first.name!r} restores the best weights, but step() was never "
                             f"given a metric: pass metric= (e.g. the validation loss) every epoch")
         listing = be.listing(model)
+        self._check_same_model(listing, "Schedule.step")
         plans = [Plan(model, stage.spec, be, listing) for stage in due]  # every spec checked first
         # When this very epoch is the best, the weights are already the best ones.
         write_best = first.restore_best and not take_best
@@ -371,7 +380,9 @@ class Schedule:
                             f"is the last of {len(self.stages)})")
         be = self.plan.backend
         self._check_objects(be, model, optimizer, "Schedule.advance")
-        plan = Plan(model, self.stages[self.index + 1].spec, be, be.listing(model))
+        listing = be.listing(model)
+        self._check_same_model(listing, "Schedule.advance")
+        plan = Plan(model, self.stages[self.index + 1].spec, be, listing)
         return self._all_or_nothing(
             model, optimizer, lr_scheduler,
             lambda applied: self._advance(model, optimizer, lr_scheduler, applied, plan), save_weights=False)
