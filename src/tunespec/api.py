@@ -14,7 +14,7 @@ from .spec import Spec
 
 SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
 
-# The plan most recently applied to each model (by tunespec.apply, Plan.apply or a Schedule), so
+# The plan tunespec.apply (or optimizer) last applied to each model, so
 # optimizer() does not re-apply needlessly; it re-applies whenever that record is not live.
 _APPLIED = APPLIED
 
@@ -42,7 +42,9 @@ def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
     """Plan and apply; returns the applied plan (``plan.restore()`` undoes it)."""
-    return plan(model, spec, backend, strict).apply()
+    p = plan(model, spec, backend, strict).apply()
+    _remember(model, p)
+    return p
 
 
 def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = None,
@@ -77,12 +79,12 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
         fresh = plan(model, recipe.spec, be.name)  # planning changes nothing
         fresh.apply()
         try:
-            return fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
         except BaseException:
             fresh.restore()
-            if current is not None and current.applied:
-                _remember(model, current)
             raise
+        _remember(model, fresh)
+        return opt
 
 
 def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, Any]",

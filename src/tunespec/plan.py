@@ -51,7 +51,9 @@ def model_lock(model: Any) -> threading.RLock:
             return _SHARED_LOCK
 
 
-# The plan last applied to each model, by any path (tunespec.apply, Plan.apply, a Schedule).
+# The plan tunespec.apply last applied to each model. Only tunespec.apply records (a recorded
+# plan keeps its model alive, and a Schedule's models must be freed with their Trainers); whether
+# the record still describes the model is checked against the live settings (Plan.is_live).
 APPLIED: "weakref.WeakKeyDictionary[Any, Plan]" = weakref.WeakKeyDictionary()
 
 
@@ -388,7 +390,6 @@ class Plan:
                 self._saved, self._saved_norms = saved, saved_norms
             self._checksums = checksums
             self._live = self._live_settings()
-            _remember(self.model, self)
             return self
 
     def restore(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from .backend_api import Group
 from .dispatch import backend_for
 from .errors import SpecError
-from .plan import Plan, _remember, check_optimizer, short
+from .plan import Plan, check_optimizer, short
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
 from .spec import SPEC_KEYS, Spec, _close, check_keys
 
@@ -192,8 +192,6 @@ class Schedule:
     def _load(self, saved: Mapping[str, Any]) -> None:
         for key, value in saved.items():
             setattr(self, key, list(value) if key == "history" else dict(value) if key == "_factors" else value)
-        if self.plan is not None and self.plan.applied:
-            _remember(self.plan.model, self.plan)
 
     def _all_or_nothing(self, model: Any, optimizer: Any, lr_scheduler: Any,
                         change: Callable[[list[Plan]], T], save_weights: bool) -> T:
