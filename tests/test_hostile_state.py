@@ -481,3 +481,53 @@ def test_plan_calls_refuse_wrong_types(h):
         with pytest.raises(SpecError):
             call()
     assert_unchanged(before, snap(net))
+
+
+# --- property: any sequence of stage calls is a valid step or a SpecError that changes nothing ------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+STAGE_SPECS = [UNFREEZE, {"freeze": []}, {"freeze": [r"nosuch\..*"]}, {"freeze": [r"[0-1]\..*"], "bn": "freeze"}]
+stage_st = st.fixed_dictionaries({
+    "trigger": st.sampled_from(["at_epoch", "at_step", "on_plateau"]), "at": st.integers(1, 4),
+    "spec": st.sampled_from(range(len(STAGE_SPECS))), "restore_best": st.booleans()})
+call_st = st.fixed_dictionaries({
+    "epoch": st.one_of(st.integers(0, 6), st.sampled_from([-1, "2", 1.5])),
+    "metric": st.one_of(st.none(), st.floats(0, 3), st.sampled_from([float("nan"), "x"])),
+    "step": st.one_of(st.none(), st.integers(0, 6), st.just(-2)),
+    "kind": st.sampled_from(["step", "step", "step", "advance"])})
+
+
+def _stage(d):
+    return {d["trigger"]: d["at"], **STAGE_SPECS[d["spec"]], "restore_best": d["restore_best"]}
+
+
+@pytest.mark.parametrize("framework", ["torch", "mxnet"])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(stages=st.lists(stage_st, min_size=1, max_size=3), calls=st.lists(call_st, min_size=1, max_size=5))
+def test_random_stage_runs_change_state_only_on_success(framework, stages, calls):
+    pytest.importorskip(framework)
+    h = HARNESSES[framework]()
+    try:
+        schedule = tunespec.Schedule(recipe(*map(_stage, stages)))
+    except SpecError:
+        return  # a recipe the parser refuses (e.g. decreasing triggers) never reaches a model
+    net = h.small_cnn(dtype="float32")
+    net, opt = schedule.start(net)
+    for i, call in enumerate(calls):
+        train_epoch(h, net, opt, schedule, seed=i)
+        before = snap(net, opt, schedule)
+        try:
+            if call["kind"] == "advance":
+                net, opt = schedule.advance(net, opt)
+            else:
+                net, opt = schedule.step(call["epoch"], net, opt, metric=call["metric"], step=call["step"])
+        except SpecError:
+            assert_unchanged(before, snap(net, opt, schedule))
+            continue
+        trainable = trainable_names(h, net)
+        assert trainable == sorted(d.name for d in schedule.plan.trainable)
+        held = held_names(h, net, opt)
+        assert set(trainable) <= set(held) and (h.name == "mxnet" or held == trainable)
