@@ -533,6 +533,7 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
         own and tunespec's ``weight_decay``; None if some class takes arbitrary keywords."""
         opt = self._optimizer_name(name, semantics)
         names = set(_TRAINER_OPTIONS) | {"weight_decay"}
+        internal = {"param_idx2name", "param_dict", "sym"}  # the Trainer sets these itself
         for cls in mx.optimizer.Optimizer.opt_registry[opt].__mro__:
             init = cls.__dict__.get("__init__")
             if init is None:
@@ -541,7 +542,7 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
             names.update(k for k, p in params.items()
                          if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
             if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-                return frozenset(names)
+                return frozenset(names - internal)
             if cls is mx.optimizer.Optimizer:
                 break
         return None

@@ -531,3 +531,19 @@ def test_random_stage_runs_change_state_only_on_success(framework, stages, calls
         assert trainable == sorted(d.name for d in schedule.plan.trainable)
         held = held_names(h, net, opt)
         assert set(trainable) <= set(held) and (h.name == "mxnet" or held == trainable)
+
+
+VALID_OPTIONS = {
+    "torch": [("sgd", {"momentum": 0.9, "nesterov": True}, "torch"), ("adam", {"betas": (0.9, 0.99)}, "torch"),
+              ("adamw", {"eps": 1e-6, "amsgrad": True}, "torch")],
+    "mxnet": [("sgd", {"momentum": 0.9, "nesterov": True}, "torch"), ("sgd", {"lazy_update": False}, "native"),
+              ("adam", {"beta1": 0.8, "clip_gradient": 1.0}, "torch"), ("adamw", {"epsilon": 1e-6}, "native"),
+              ("sgd", {"momentum": 0.9, "update_on_kvstore": False}, "torch")],
+}
+
+
+def test_every_real_option_is_accepted(h):
+    for name, options, semantics in VALID_OPTIONS[h.name]:
+        net = h.small_cnn()
+        opt = tunespec.optimizer(net, HEAD, name, lr=0.01, semantics=semantics, **options)
+        assert held_names(h, net, opt) == ["8.bias", "8.weight"]

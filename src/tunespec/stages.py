@@ -144,7 +144,8 @@ class Schedule:
     ``step(epoch=N-1, ...)`` call; ``at_step: K`` in the first call with ``step >= K`` (a call
     without ``step=`` while an ``at_step`` stage is next is an error, not a silent no-op);
     ``on_plateau: P`` once P epochs in a row did not improve. Stages that are all due in one call
-    (epochs were skipped) start one after the other in that call. Every public call is all or
+    (epochs were skipped) start one after the other in that call; only the first of them restores
+    best weights (``restore_best``): the ones after it had no epoch of their own. Every public call is all or
     nothing: it checks what it can first and, if a later part fails, puts back the weights,
     trainability, multipliers, norm modes, optimizer groups and state, lr scheduler and this
     schedule's own state.
