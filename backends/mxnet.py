@@ -459,7 +459,7 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
     def snapshot(self, handle: gluon.Parameter) -> tuple[str, float, float]:
         return handle.grad_req, handle.lr_mult, handle.wd_mult
 
-    def restore(self, handle: gluon.Parameter, saved: tuple[str, float, float]) -> None:
+    def restore(self, handle: gluon.Parameter, saved: tuple[str, float, float], rollback: bool = False) -> None:
         handle.grad_req, handle.lr_mult, handle.wd_mult = saved
 
     def set_param(self, handle: gluon.Parameter, trainable: bool, lr_mult: float, wd_mult: float) -> None:

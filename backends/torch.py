@@ -61,6 +61,21 @@ def _module_kind(cls: type) -> tuple[bool, bool, str | None]:
     return kind
 
 
+class _Setting:
+    """A parameter's trainability, and the gradient that freezing it drops (so a rolled-back
+    apply gives it back). Equal when the trainability is: gradients come and go with training."""
+
+    __slots__ = ("requires_grad", "grad")
+
+    def __init__(self, requires_grad: bool, grad: Any):
+        self.requires_grad, self.grad = requires_grad, grad
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Setting) and other.requires_grad == self.requires_grad
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class FrozenStats:
     """Forward pre-hook that keeps a norm layer in eval mode (uses, never updates, its statistics)."""
 
@@ -314,11 +329,15 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
         return found.build(types[0], types[1:])
 
     # --- trainability ---------------------------------------------------------------------
-    def snapshot(self, handle: nn.Parameter) -> bool:
-        return bool(handle.requires_grad)
+    def snapshot(self, handle: nn.Parameter) -> "_Setting":
+        return _Setting(bool(handle.requires_grad), handle.grad)
 
-    def restore(self, handle: nn.Parameter, saved: bool) -> None:
-        handle.requires_grad_(saved)
+    def restore(self, handle: nn.Parameter, saved: "_Setting", rollback: bool = False) -> None:
+        """``rollback``: undoing a call that just failed, so the gradient freezing dropped comes
+        back; a later ``plan.restore()`` leaves gradients alone (an old one would be stale)."""
+        handle.requires_grad_(saved.requires_grad)
+        if rollback:
+            handle.grad = saved.grad
 
     def set_param(self, handle: nn.Parameter, trainable: bool, lr_mult: float, wd_mult: float) -> None:
         # torch keeps multipliers in optimizer param groups, not on tensors.

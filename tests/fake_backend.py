@@ -90,7 +90,7 @@ class FakeBackend:
     def snapshot(self, t: FakeTensor) -> tuple:
         return t.trainable, t.lr_mult, t.wd_mult
 
-    def restore(self, t: FakeTensor, saved: tuple) -> None:
+    def restore(self, t: FakeTensor, saved: tuple, rollback: bool = False) -> None:
         t.trainable, t.lr_mult, t.wd_mult = saved
 
     def set_param(self, t: FakeTensor, trainable: bool, lr_mult: float, wd_mult: float) -> None:

@@ -547,3 +547,19 @@ def test_every_real_option_is_accepted(h):
         net = h.small_cnn()
         opt = tunespec.optimizer(net, HEAD, name, lr=0.01, semantics=semantics, **options)
         assert held_names(h, net, opt) == ["8.bias", "8.weight"]
+
+
+def test_failed_stage_that_freezes_trained_tensors_gives_back_their_gradients(h, monkeypatch):
+    """Freezing drops a torch gradient; rolling the stage back must bring it back too."""
+    refreeze = {"at_epoch": 1, "freeze": [r"[0-2]\..*", r"8\..*"]}  # the head freezes, conv 3 joins
+    net, opt, schedule = started(h, recipe(refreeze))
+    before = snap(net, opt, schedule)
+    if h.name == "torch":
+        assert any(p.grad is not None for p in net[8].parameters())
+    monkeypatch.setattr(h.backend, "restage_optimizer", boom_after(h.backend.restage_optimizer))
+    with pytest.raises(Boom):
+        schedule.step(0, net, opt)
+    assert_unchanged(before, snap(net, opt, schedule))
+    monkeypatch.undo()
+    net, opt = schedule.step(0, net, opt)
+    assert trainable_names(h, net) == ["3.bias", "3.weight", "4.bias", "4.weight"]

@@ -81,7 +81,7 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
         try:
             opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
         except BaseException:
-            fresh.restore()
+            fresh._rollback()
             raise
         _remember(model, fresh)
         return opt

@@ -26,8 +26,9 @@ class Backend(Protocol):
     def snapshot(self, handle: Any) -> Any:
         """The tensor's trainability and multipliers, opaque, for ``restore``."""
 
-    def restore(self, handle: Any, saved: Any) -> None:
-        ...
+    def restore(self, handle: Any, saved: Any, rollback: bool = False) -> None:
+        """Put back a ``snapshot``; ``rollback`` (undoing a call that just failed) also gives back
+        what setting it dropped, such as a torch gradient."""
 
     def set_param(self, handle: Any, trainable: bool, lr_mult: float, wd_mult: float) -> None:
         """Set trainability (clearing the gradient of a frozen tensor) and multipliers."""

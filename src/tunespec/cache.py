@@ -148,6 +148,6 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
         front, head = plan.backend.cut_at(traced, entry, prefix)
     except BaseException:
         if applied_here:  # a refusal leaves the model as it was
-            plan.restore()
+            plan._rollback()
         raise
     return FrozenPrefix(plan, split, front, head)

@@ -384,7 +384,7 @@ class Plan:
                 be.commit(self.model)
                 checksums = self._take_checksums()
             except BaseException:
-                self._put_back(saved, saved_norms)
+                self._put_back(saved, saved_norms, rollback=True)
                 raise
             if self._saved is None:  # re-applying keeps the original settings for restore()
                 self._saved, self._saved_norms = saved, saved_norms
@@ -398,19 +398,27 @@ class Plan:
         A released torch norm layer takes the mode the model is in now (not the one it had at
         apply), so ``model.eval(); plan.restore()`` leaves an eval model.
         """
+        self._restore(rollback=False)
+
+    def _rollback(self) -> None:
+        """Undo an apply made by a call that then failed: :meth:`restore`, plus what apply dropped
+        (torch gradients of tensors it froze), so the failed call leaves everything as it was."""
+        self._restore(rollback=True)
+
+    def _restore(self, rollback: bool) -> None:
         with model_lock(self.model):
             if self._saved is None:
                 raise SpecError("restore: this plan was never applied")
-            self._put_back(self._saved, self._saved_norms or [])
+            self._put_back(self._saved, self._saved_norms or [], rollback)
             self._saved = self._saved_norms = None
             self._checksums = {}
             self._live = None
             if APPLIED.get(self.model) is self:
                 _remember(self.model, None)
 
-    def _put_back(self, saved: dict[int, Any], saved_norms: list[bool]) -> None:
+    def _put_back(self, saved: dict[int, Any], saved_norms: list[bool], rollback: bool = False) -> None:
         for _, handle, *_ in self._settings():
-            self.backend.restore(handle, saved[id(handle)])
+            self.backend.restore(handle, saved[id(handle)], rollback)
         for n, frozen in zip(self.norms, saved_norms, strict=True):
             self.backend.set_norm_stats_frozen(n.norm.handle, frozen, self.model)
         self.backend.commit(self.model)
@@ -513,7 +521,7 @@ class Plan:
                                                 weight_decay, semantics=semantics, **options)
         except BaseException:
             if applied_here:
-                self.restore()
+                self._rollback()
             raise
 
     def check(self, optimizer: Any) -> None:

@@ -210,7 +210,7 @@ class Schedule:
         except BaseException:
             for plan in reversed(applied):
                 if plan.applied:
-                    plan.restore()
+                    plan._rollback()
             be.optimizer_rollback(optimizer, sched, opt_saved)
             if weights is not None:
                 self._put_weights(model, weights)
@@ -274,7 +274,7 @@ class Schedule:
                                            semantics=o.semantics, **dict(o.options))
             lr_scheduler = None if lr_schedule is None else be.attach_schedule(optimizer, lr_schedule.factor)
         except BaseException:
-            plan.restore()
+            plan._rollback()
             if opt_saved is not None:
                 be.optimizer_rollback(optimizer, None, opt_saved)
             self._load(saved)
