@@ -562,6 +562,9 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
         """What restage_optimizer / attach_schedule change on a Trainer (local kvstores: a dist
         kvstore's server state cannot be taken back, which is why restage refuses to grow one)."""
         o = trainer._optimizer
+        if lr_scheduler is not None and lr_scheduler is not o.lr_scheduler:
+            raise SpecError(f"lr_scheduler: a Gluon Trainer steps its own lr scheduler, so another one "
+                            f"({type(lr_scheduler).__name__}) would have no effect; leave lr_scheduler out")
         return {"params": list(trainer._params), "param2idx": dict(trainer._param2idx),
                 "param_dict": dict(o.param_dict), "to_init": list(trainer._params_to_init),
                 "contexts": trainer._contexts, "lr_mult": dict(o.lr_mult), "wd_mult": dict(o.wd_mult),

@@ -414,6 +414,9 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
     def optimizer_snapshot(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> Any:
         """What restage_optimizer / attach_schedule change: the groups (the same dict objects, so
         references stay valid), the per-parameter state mapping and the lr scheduler's lists."""
+        if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise SpecError(f"lr_scheduler: expected a torch lr scheduler (schedule.lr_scheduler), got "
+                            f"{type(lr_scheduler).__name__}")
         groups = [(g, {**g, "params": list(g["params"])}) for g in optimizer.param_groups]
         sched = None
         if lr_scheduler is not None:

@@ -282,7 +282,7 @@ def test_advance_past_the_last_stage(h):
     {"epoch": -1}, {"epoch": "1"}, {"epoch": True}, {"epoch": 1.5},
     {"metric": "low"}, {"metric": float("nan")}, {"metric": float("inf")}, {"metric": [1.0]},
     {"step": -3}, {"step": "10"},
-    {"optimizer": "sgd"}, {"model": None},
+    {"optimizer": "sgd"}, {"model": None}, {"lr_scheduler": "junk"},
 ])
 def test_step_refuses_wrong_arguments_and_records_nothing(h, kwargs):
     net, opt, schedule = started(h, recipe({"on_plateau": 1, **UNFREEZE}))
