@@ -459,7 +459,7 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
     def snapshot(self, handle: gluon.Parameter) -> tuple[str, float, float]:
         return handle.grad_req, handle.lr_mult, handle.wd_mult
 
-    def restore(self, handle: gluon.Parameter, saved: tuple[str, float, float]) -> None:
+    def restore(self, handle: gluon.Parameter, saved: tuple[str, float, float], rollback: bool = False) -> None:
         handle.grad_req, handle.lr_mult, handle.wd_mult = saved
 
     def set_param(self, handle: gluon.Parameter, trainable: bool, lr_mult: float, wd_mult: float) -> None:
@@ -476,7 +476,9 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
             return norm._symbol().attr("use_global_stats") == "True"
         return bool(norm._kwargs["use_global_stats"])
 
-    def set_norm_stats_frozen(self, norm: Any, frozen: bool) -> None:
+    def set_norm_stats_frozen(self, norm: Any, frozen: bool, model: Any = None) -> None:
+        """Gluon has no per-block mode (train or predict is chosen per forward by autograd), so the
+        flag itself is the whole state: restore sets exactly the flag saved before apply."""
         if isinstance(norm, SymbolNorm):
             norm._symbol()._set_attr(use_global_stats=str(bool(frozen)))
         else:
@@ -517,19 +519,70 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
                         weight_decay: float, semantics: str = "torch", **options: Any) -> gluon.Trainer:
         params = [p for g in groups for p in g["params"]]
         trainer_options = {k: options.pop(k) for k in _TRAINER_OPTIONS if k in options}
-        if not isinstance(name, str):
-            raise SpecError(f"Gluon optimizers are named by string ('sgd', 'adam', 'adamw', ...), "
-                            f"got {name!r}")
-        opt = _GLUON_OPTIMIZERS[semantics].get(name.lower(), name.lower())
-        if opt not in mx.optimizer.Optimizer.opt_registry:
-            raise SpecError(f"unknown MXNet optimizer {name!r}; registered: "
-                            f"{', '.join(sorted(mx.optimizer.Optimizer.opt_registry))}, adamw")
+        opt = self._optimizer_name(name, semantics)
         optimizer_params = {"wd": weight_decay, **options}
         if lr is not None:
             optimizer_params["learning_rate"] = lr
         trainer = gluon.Trainer(params, opt, optimizer_params, **trainer_options)
         _prepare_trainer(trainer)  # for parameter servers (see there)
         return trainer
+
+    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+        """The options a Trainer with this optimizer takes: the registered optimizer's ``__init__``
+        keywords up its class chain (MXNet passes **kwargs on to the base Optimizer), the Trainer's
+        own and tunespec's ``weight_decay``; None if some class takes arbitrary keywords."""
+        opt = self._optimizer_name(name, semantics)
+        names = set(_TRAINER_OPTIONS) | {"weight_decay"}
+        internal = {"param_idx2name", "param_dict", "sym"}  # the Trainer sets these itself
+        for cls in mx.optimizer.Optimizer.opt_registry[opt].__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = inspect.signature(init).parameters
+            names.update(k for k, p in params.items()
+                         if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+            if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                return frozenset(names - internal)
+            if cls is mx.optimizer.Optimizer:
+                break
+        return None
+
+    @staticmethod
+    def _optimizer_name(name: Any, semantics: str) -> str:
+        if not isinstance(name, str):
+            raise SpecError(f"Gluon optimizers are named by string ('sgd', 'adam', 'adamw', ...), "
+                            f"got {type(name).__name__}")
+        opt = _GLUON_OPTIMIZERS.get(semantics, {}).get(name.lower(), name.lower())
+        if opt not in mx.optimizer.Optimizer.opt_registry:
+            raise SpecError(f"unknown MXNet optimizer {name[:40]!r}; registered: "
+                            f"{', '.join(sorted(mx.optimizer.Optimizer.opt_registry))}, adamw")
+        return opt
+
+    def optimizer_snapshot(self, trainer: gluon.Trainer, lr_scheduler: Any) -> Any:
+        """What restage_optimizer / attach_schedule change on a Trainer (local kvstores: a dist
+        kvstore's server state cannot be taken back, which is why restage refuses to grow one)."""
+        o = trainer._optimizer
+        if lr_scheduler is not None and lr_scheduler is not o.lr_scheduler:
+            raise SpecError(f"lr_scheduler: a Gluon Trainer steps its own lr scheduler, so another one "
+                            f"({type(lr_scheduler).__name__}) would have no effect; leave lr_scheduler out")
+        return {"params": list(trainer._params), "param2idx": dict(trainer._param2idx),
+                "param_dict": dict(o.param_dict), "to_init": list(trainer._params_to_init),
+                "contexts": trainer._contexts, "lr_mult": dict(o.lr_mult), "wd_mult": dict(o.wd_mult),
+                "lr_scheduler": o.lr_scheduler, "states": [dict(u.states) for u in trainer._updaters]}
+
+    def optimizer_rollback(self, trainer: gluon.Trainer, lr_scheduler: Any, saved: Any) -> None:
+        o = trainer._optimizer
+        trainer._params[:] = saved["params"]
+        trainer._param2idx.clear()
+        trainer._param2idx.update(saved["param2idx"])
+        o.param_dict.clear()
+        o.param_dict.update(saved["param_dict"])
+        trainer._params_to_init[:] = saved["to_init"]
+        trainer._contexts = saved["contexts"]
+        o.lr_mult, o.wd_mult, o.lr_scheduler = saved["lr_mult"], saved["wd_mult"], saved["lr_scheduler"]
+        for updater, states in zip(trainer._updaters, saved["states"], strict=True):
+            updater.states.clear()
+            updater.states.update(states)
 
     def attach_schedule(self, trainer: gluon.Trainer, factor: Any) -> ScheduleAdapter:
         optimizer = trainer._optimizer

@@ -61,6 +61,21 @@ def _module_kind(cls: type) -> tuple[bool, bool, str | None]:
     return kind
 
 
+class _Setting:
+    """A parameter's trainability, and the gradient that freezing it drops (so a rolled-back
+    apply gives it back). Equal when the trainability is: gradients come and go with training."""
+
+    __slots__ = ("requires_grad", "grad")
+
+    def __init__(self, requires_grad: bool, grad: Any):
+        self.requires_grad, self.grad = requires_grad, grad
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Setting) and other.requires_grad == self.requires_grad
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class FrozenStats:
     """Forward pre-hook that keeps a norm layer in eval mode (uses, never updates, its statistics)."""
 
@@ -314,11 +329,15 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
         return found.build(types[0], types[1:])
 
     # --- trainability ---------------------------------------------------------------------
-    def snapshot(self, handle: nn.Parameter) -> bool:
-        return bool(handle.requires_grad)
+    def snapshot(self, handle: nn.Parameter) -> "_Setting":
+        return _Setting(bool(handle.requires_grad), handle.grad)
 
-    def restore(self, handle: nn.Parameter, saved: bool) -> None:
-        handle.requires_grad_(saved)
+    def restore(self, handle: nn.Parameter, saved: "_Setting", rollback: bool = False) -> None:
+        """``rollback``: undoing a call that just failed, so the gradient freezing dropped comes
+        back; a later ``plan.restore()`` leaves gradients alone (an old one would be stale)."""
+        handle.requires_grad_(saved.requires_grad)
+        if rollback:
+            handle.grad = saved.grad
 
     def set_param(self, handle: nn.Parameter, trainable: bool, lr_mult: float, wd_mult: float) -> None:
         # torch keeps multipliers in optimizer param groups, not on tensors.
@@ -330,7 +349,9 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
     def norm_stats_frozen(self, norm: nn.Module) -> bool:
         return any(isinstance(h, FrozenStats) for h in norm._forward_pre_hooks.values())
 
-    def set_norm_stats_frozen(self, norm: nn.Module, frozen: bool) -> None:
+    def set_norm_stats_frozen(self, norm: nn.Module, frozen: bool, model: Any = None) -> None:
+        """A released layer takes the mode ``model`` is in now (``model.eval()`` after apply must
+        leave no BatchNorm training); without a model, the mode it had when it was frozen."""
         hooks = [(k, h) for k, h in norm._forward_pre_hooks.items() if isinstance(h, FrozenStats)]
         if frozen and not hooks:
             norm.register_forward_pre_hook(FrozenStats(norm.training))
@@ -338,7 +359,7 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
         elif not frozen and hooks:
             for key, _hook in hooks:
                 del norm._forward_pre_hooks[key]
-            norm.training = hooks[0][1].was_training
+            norm.training = bool(model.training) if isinstance(model, nn.Module) else hooks[0][1].was_training
 
     def commit(self, model: nn.Module) -> None:
         """Nothing to do: torch.compile's guards see requires_grad and hook changes."""
@@ -378,8 +399,42 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
             defaults["weight_decay"] = weight_decay
         return cls(groups, **defaults)
 
+    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+        """The keyword options the optimizer class takes (None: it takes any, through **kwargs)."""
+        params = inspect.signature(_optimizer_class(name).__init__).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return None
+        return frozenset(k for k, p in params.items()
+                         if k not in ("self", "params") and p.kind != p.VAR_POSITIONAL)
+
     def attach_schedule(self, optimizer: torch.optim.Optimizer, factor: Any) -> Any:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # --- rolling back a stage change --------------------------------------------------------
+    def optimizer_snapshot(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> Any:
+        """What restage_optimizer / attach_schedule change: the groups (the same dict objects, so
+        references stay valid), the per-parameter state mapping and the lr scheduler's lists."""
+        if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise SpecError(f"lr_scheduler: expected a torch lr scheduler (schedule.lr_scheduler), got "
+                            f"{type(lr_scheduler).__name__}")
+        groups = [(g, {**g, "params": list(g["params"])}) for g in optimizer.param_groups]
+        sched = None
+        if lr_scheduler is not None:
+            sched = {k: list(v) if isinstance(v, list) else v for k, v in vars(lr_scheduler).items()
+                     if k in ("base_lrs", "lr_lambdas", "_last_lr", "last_epoch", "_step_count")}
+        return groups, dict(optimizer.state), sched
+
+    def optimizer_rollback(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, saved: Any) -> None:
+        groups, state, sched = saved
+        for group, content in groups:
+            group.clear()
+            group.update(content)
+        optimizer.param_groups[:] = [g for g, _ in groups]
+        optimizer.state.clear()
+        optimizer.state.update(state)
+        if lr_scheduler is not None and sched is not None:
+            for key, value in sched.items():
+                setattr(lr_scheduler, key, list(value) if isinstance(value, list) else value)
 
 
 def _optimizer_class(name: Any) -> type:
@@ -390,9 +445,10 @@ def _optimizer_class(name: Any) -> type:
                  if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)}
         if name.lower() in table:
             return table[name.lower()]
-        raise SpecError(f"unknown torch optimizer {name!r}; use a torch.optim class or one of "
+        raise SpecError(f"unknown torch optimizer {name[:40]!r}; use a torch.optim class or one of "
                         f"{', '.join(sorted(table))}")
-    raise SpecError(f"optimizer must be a name like 'sgd' or a torch.optim.Optimizer class, got {name!r}")
+    raise SpecError(f"optimizer must be a name like 'sgd' or a torch.optim.Optimizer class, got "
+                    f"{type(name).__name__}")
 
 
 BACKEND = TorchBackend()

@@ -90,7 +90,7 @@ class FakeBackend:
     def snapshot(self, t: FakeTensor) -> tuple:
         return t.trainable, t.lr_mult, t.wd_mult
 
-    def restore(self, t: FakeTensor, saved: tuple) -> None:
+    def restore(self, t: FakeTensor, saved: tuple, rollback: bool = False) -> None:
         t.trainable, t.lr_mult, t.wd_mult = saved
 
     def set_param(self, t: FakeTensor, trainable: bool, lr_mult: float, wd_mult: float) -> None:
@@ -103,7 +103,7 @@ class FakeBackend:
     def norm_stats_frozen(self, layer: FakeLayer) -> bool:
         return layer.stats_frozen
 
-    def set_norm_stats_frozen(self, layer: FakeLayer, frozen: bool) -> None:
+    def set_norm_stats_frozen(self, layer: FakeLayer, frozen: bool, model: Any = None) -> None:
         if self.fail_on == "norm":
             raise RuntimeError("norm boom")
         layer.stats_frozen = frozen
@@ -116,6 +116,12 @@ class FakeBackend:
 
     def optimizer_handles(self, optimizer: Sequence[FakeTensor]) -> list[Any]:
         return list(optimizer)
+
+    def owns_optimizer(self, optimizer: Any) -> bool:
+        return isinstance(optimizer, list)
+
+    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+        return None  # the fake optimizer takes any option
 
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
                         weight_decay: float, **options: Any) -> list[dict]:

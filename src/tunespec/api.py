@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from typing import Any, Mapping
 
 from .dispatch import backend_for, backend_for_optimizer
 from .errors import SpecError
 from .listing import gc_paused
-from .plan import Plan
+from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock, short
 from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import Spec
 
 SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
 
-# The plan most recently applied to each model, so optimizer() does not re-apply needlessly.
-_APPLIED: "weakref.WeakKeyDictionary[Any, Plan]" = weakref.WeakKeyDictionary()
+# The plan tunespec.apply (or optimizer) last applied to each model, so
+# optimizer() does not re-apply needlessly; it re-applies whenever that record is not live.
+_APPLIED = APPLIED
 
 
 def as_spec(spec: SpecLike) -> Spec:
     return load_recipe(spec).spec
 
 
+def _check_call(backend: Any, strict: Any) -> None:
+    """Wrong-type arguments are SpecErrors, never an AttributeError or TypeError from deep inside."""
+    if backend is not None and not isinstance(backend, str):
+        raise SpecError(f"backend: expected 'torch', 'mxnet' or None, got {short(backend)}")
+    if strict is not None and not isinstance(strict, bool):
+        raise SpecError(f"strict: expected True, False or None (the spec's own), got {short(strict)}")
+
+
 def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
     """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
+    _check_call(backend, strict)
     be = backend_for(model, backend)
     s = as_spec(spec).with_strict(strict)
     with gc_paused():  # see gc_paused: a burst of small objects, none in cycles
@@ -34,10 +43,7 @@ def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
     """Plan and apply; returns the applied plan (``plan.restore()`` undoes it)."""
     p = plan(model, spec, backend, strict).apply()
-    try:
-        _APPLIED[model] = p
-    except TypeError:  # a model that cannot be weakly referenced is simply not remembered
-        pass
+    _remember(model, p)
     return p
 
 
@@ -48,28 +54,48 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
 
     Arguments left out come from the recipe's ``optimizer`` section. ``semantics='torch'``
     (default) makes Gluon follow torch's update rules; ``'native'`` keeps MXNet's own.
+    Everything is checked before the model changes; if building still fails, an apply made here
+    is undone. The spec is (re-)applied unless the model has exactly its settings now: another
+    plan applied since, or a hand-made change, never leaves a stale optimizer.
     """
+    _check_call(backend, None)
     recipe = load_recipe(spec)
     o = recipe.optimizer
     name = name if name is not None else (o.name if o else "sgd")
     lr = lr if lr is not None else (o.lr if o else None)
     weight_decay = weight_decay if weight_decay is not None else (o.weight_decay if o else 0.0)
-    semantics = semantics or (o.semantics if o else "torch")  # checked by Plan.optimizer
+    semantics = semantics or (o.semantics if o else "torch")
     options = {**(dict(o.options) if o else {}), **options}
-    try:
-        current = _APPLIED.get(model)
-    except TypeError:
-        current = None
-    if current is None or not current.applied or current.spec != recipe.spec or (
-            backend is not None and backend != current.backend.name):
-        current = apply(model, recipe.spec, backend)
-    return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+    be = backend_for(model, backend)
+    check_optimizer(be, name, lr, weight_decay, semantics, options)
+    with model_lock(model):
+        try:
+            current = _APPLIED.get(model)
+        except TypeError:
+            current = None
+        if current is not None and current.spec == recipe.spec and current.backend.name == be.name \
+                and current.is_live():
+            return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+        fresh = plan(model, recipe.spec, be.name)  # planning changes nothing
+        fresh.apply()
+        try:
+            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+        except BaseException:
+            fresh._rollback()
+            raise
+        _remember(model, fresh)
+        return opt
 
 
 def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, Any]",
               steps_per_epoch: int | None = None) -> Any:
     """An lr scheduler for a torch optimizer (step it once per optimizer step) or, for a Gluon
-    Trainer, the MXNet scheduler it now uses; both give the same lr at every step."""
+    Trainer, the MXNet scheduler it now uses; both give the same lr at every step.
+    The optimizer and the schedule are checked before the optimizer is touched."""
+    be = backend_for_optimizer(optimizer)
+    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
+            steps_per_epoch, int) or steps_per_epoch <= 0):
+        raise SpecError(f"scheduler: steps_per_epoch must be a positive integer, got {short(steps_per_epoch)}")
     if isinstance(schedule, LRSchedule):
         sched = schedule
     elif isinstance(schedule, Mapping) and "type" in schedule:
@@ -79,4 +105,4 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
         if sched is None:
             raise SpecError("scheduler: the recipe has no schedule section")
     sched = sched.in_steps(steps_per_epoch)
-    return backend_for_optimizer(optimizer).attach_schedule(optimizer, sched.factor)
+    return be.attach_schedule(optimizer, sched.factor)

@@ -26,8 +26,9 @@ class Backend(Protocol):
     def snapshot(self, handle: Any) -> Any:
         """The tensor's trainability and multipliers, opaque, for ``restore``."""
 
-    def restore(self, handle: Any, saved: Any) -> None:
-        ...
+    def restore(self, handle: Any, saved: Any, rollback: bool = False) -> None:
+        """Put back a ``snapshot``; ``rollback`` (undoing a call that just failed) also gives back
+        what setting it dropped, such as a torch gradient."""
 
     def set_param(self, handle: Any, trainable: bool, lr_mult: float, wd_mult: float) -> None:
         """Set trainability (clearing the gradient of a frozen tensor) and multipliers."""
@@ -35,8 +36,9 @@ class Backend(Protocol):
     def norm_stats_frozen(self, norm: Any) -> bool:
         ...
 
-    def set_norm_stats_frozen(self, norm: Any, frozen: bool) -> None:
-        """Freeze or release a norm layer's running statistics without replacing the layer."""
+    def set_norm_stats_frozen(self, norm: Any, frozen: bool, model: Any = None) -> None:
+        """Freeze or release a norm layer's running statistics without replacing the layer; a
+        released layer takes the train/eval mode ``model`` is in now, where layers have modes."""
 
     def commit(self, model: Any) -> None:
         """Make changed settings visible to compiled / hybridized graphs."""
@@ -57,8 +59,18 @@ class Backend(Protocol):
                         weight_decay: float, semantics: str = "torch", **options: Any) -> Any:
         """A torch optimizer over ``groups`` or a ``gluon.Trainer`` over their parameters."""
 
+    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+        """The option names ``build_optimizer`` accepts for optimizer ``name`` (None: any), so
+        that a misspelt option is refused before the model is touched; raises for an unknown name."""
+
     def attach_schedule(self, optimizer: Any, factor: Any) -> Any:
         """Make ``optimizer`` use lr = base lr * factor(t) at optimizer step t (0-based)."""
+
+    def optimizer_snapshot(self, optimizer: Any, lr_scheduler: Any) -> Any:
+        """Opaque copy of what ``restage_optimizer`` and ``attach_schedule`` change."""
+
+    def optimizer_rollback(self, optimizer: Any, lr_scheduler: Any, saved: Any) -> None:
+        """Put back an ``optimizer_snapshot``: groups, per-parameter state, lr scheduler lists."""
 
     # --- the fine-tuning lifecycle (tunespec.loading, init, stages, checkpoint) -------------
     def read_checkpoint(self, path: str, allow_pickle: bool) -> Any:

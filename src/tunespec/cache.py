@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import SpecError
-from .plan import Plan
+from .plan import Plan, short
 
 if TYPE_CHECKING:
     from .api import SpecLike
@@ -124,6 +124,11 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
     Raises :class:`SpecError` when the prefix is not all frozen, its BatchNorm statistics still
     update, it contains dropout, or the split is not a clean sequential cut.
     """
+    if not isinstance(split, str) or not split:
+        raise SpecError(f"cache_frozen: split must be a module's canonical path like 'layer4', got "
+                        f"{short(split)}")
+    if backend is not None and not isinstance(backend, str):
+        raise SpecError(f"cache_frozen: backend must be 'torch', 'mxnet' or None, got {short(backend)}")
     if isinstance(spec, Plan):
         plan = spec
         if plan.model is not model:
@@ -132,17 +137,17 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
         from .api import plan as make_plan
 
         plan = make_plan(model, spec, backend)
+    plan._check_fresh("cache a frozen prefix")
     applied_here = not plan.applied
     if applied_here:
         plan.apply()  # the trace must see frozen BatchNorm layers as frozen
     try:
-        plan._check_fresh("cache a frozen prefix")
         nodes, traced = plan.backend.trace_split(model, split)
         entry, prefix = find_cut(nodes, split)
         check_prefix_frozen(plan, nodes, prefix, split)
         front, head = plan.backend.cut_at(traced, entry, prefix)
-    except Exception:
+    except BaseException:
         if applied_here:  # a refusal leaves the model as it was
-            plan.restore()
+            plan._rollback()
         raise
     return FrozenPrefix(plan, split, front, head)

@@ -28,6 +28,7 @@ from .dispatch import backend_for
 from .errors import SpecError
 from .listing import TensorInfo
 from .matching import Matcher
+from .plan import short
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
 from .spec import _check_regex, _close, check_keys
 
@@ -180,7 +181,17 @@ def sample(kind: str, a: float, b: float, shape: tuple[int, ...], seed: int, nam
 
 def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | Path",
                seed: int | None = None, backend: str | None = None, strict: bool = True) -> InitReport:
-    """Re-initialise the parameters ``init``'s rules select (the last matching rule wins)."""
+    """Re-initialise the parameters ``init``'s rules select (the last matching rule wins).
+
+    All or nothing: every rule, shape and distribution is checked and every value drawn before
+    the first write, and a write that still fails puts back the tensors already written.
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise SpecError(f"initialize: seed must be an integer >= 0, got {short(seed)}")
+    if not isinstance(strict, bool):
+        raise SpecError(f"initialize: strict must be True or False, got {short(strict)}")
+    if backend is not None and not isinstance(backend, str):
+        raise SpecError(f"initialize: backend must be 'torch', 'mxnet' or None, got {short(backend)}")
     groups: dict[str, str] = {}
     if not isinstance(init, InitSpec):
         recipe = load_recipe(init)
@@ -216,7 +227,22 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
         plans.append((t, chosen[i], distribution(chosen[i], t)))
     report = InitReport()
     base = init.seed if seed is None else seed
-    for t, rule, (kind, a, b) in plans:
-        be.write(t.handle, sample(kind, a, b, tuple(t.shape), base, t.canonical))
+    values = [(t, sample(kind, a, b, tuple(t.shape), base, t.canonical)) for t, _, (kind, a, b) in plans]
+    _write_all(be, values)
+    for t, rule, _ in plans:
         report.initialised[t.canonical] = rule.describe()
     return report
+
+
+def _write_all(be: Any, values: list[tuple[TensorInfo, Any]]) -> None:
+    """Write every tensor, or (if one write fails) none: the written ones get their old values back."""
+    old = [(t, be.read(t.handle)) for t, _ in values]
+    done = 0
+    try:
+        for t, value in values:
+            be.write(t.handle, value)
+            done += 1
+    except BaseException:
+        for t, value in old[:done]:
+            be.write(t.handle, value)
+        raise

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+import threading
 import warnings
+import weakref
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import report
 from .backend_api import Backend, Group
@@ -17,7 +20,81 @@ from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .matching import Matcher
 from .recipe import check_semantics
-from .spec import Rule, Spec
+from .spec import Rule, Spec, _close
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never prints a huge value."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not turn a SpecError into another error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 5] + " ...>"
+
+
+# --- one model, one change at a time ----------------------------------------------------------
+# Plan.apply / restore on one model hold that model's lock, so two threads applying different
+# plans end with one of them fully applied (the later one), never a mix of both.
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_SHARED_LOCK = threading.RLock()  # for models that cannot be weakly referenced
+
+
+def model_lock(model: Any) -> threading.RLock:
+    with _LOCKS_GUARD:
+        try:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+            return lock
+        except TypeError:
+            return _SHARED_LOCK
+
+
+# The plan tunespec.apply last applied to each model. Only tunespec.apply records (a recorded
+# plan keeps its model alive, and a Schedule's models must be freed with their Trainers); whether
+# the record still describes the model is checked against the live settings (Plan.is_live).
+APPLIED: "weakref.WeakKeyDictionary[Any, Plan]" = weakref.WeakKeyDictionary()
+
+
+def _remember(model: Any, plan: "Plan | None") -> None:
+    try:
+        if plan is None:
+            APPLIED.pop(model, None)
+        else:
+            APPLIED[model] = plan
+    except TypeError:  # a model that cannot be weakly referenced is simply not remembered
+        pass
+
+
+def check_number(value: Any, where: str, positive: bool = False) -> float:
+    """A finite number (> 0 with ``positive``, else >= 0), or a SpecError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            value <= 0 if positive else value < 0):
+        raise SpecError(f"{where}: expected a finite number {'> 0' if positive else '>= 0'}, got {short(value)}")
+    return float(value)
+
+
+def check_optimizer(backend: Backend, name: Any, lr: Any, weight_decay: Any, semantics: Any,
+                    options: Mapping[str, Any]) -> None:
+    """Everything about an optimizer that can be checked before the model is touched: the name,
+    lr and weight decay, the semantics, and each option against what the optimizer takes."""
+    check_semantics(semantics)
+    if lr is None:
+        raise SpecError("optimizer: give lr (the base learning rate that lr_mult scales)")
+    check_number(lr, "optimizer.lr", positive=True)
+    check_number(weight_decay, "optimizer.weight_decay")
+    accepted = backend.optimizer_options(name, semantics)  # raises for an unknown name
+    if accepted is None:
+        return
+    label = name if isinstance(name, str) else getattr(name, "__name__", type(name).__name__)
+    for key in options:
+        if not isinstance(key, str) or key not in accepted:
+            raise SpecError(f"optimizer: unknown option {short(key, 40)} for {label}"
+                            f"{_close(str(key), sorted(accepted))}; it takes {', '.join(sorted(accepted))}")
+    if weight_decay and "weight_decay" not in accepted:
+        raise SpecError(f"optimizer: {label} takes no weight_decay; pass weight_decay=0 or pick an "
+                        f"optimizer that has it")
 
 
 @dataclass(slots=True)
@@ -211,6 +288,7 @@ class Plan:
         self._saved: dict[int, Any] | None = None
         self._saved_norms: list[bool] | None = None
         self._checksums: dict[str, str | None] = {}
+        self._live: tuple[list[Any], list[bool]] | None = None  # settings right after apply
 
     # --- inspection -------------------------------------------------------------------------
     @property
@@ -288,39 +366,78 @@ class Plan:
 
     # --- changing the model ----------------------------------------------------------------
     def apply(self) -> "Plan":
-        """Set trainability, multipliers and norm policy; take checksums of what is frozen."""
-        self._check_fresh("apply")
-        be = self.backend
-        saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
-        saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
-        try:
-            for _, handle, trainable, lr_mult, wd_mult in self._settings():
-                be.set_param(handle, bool(trainable), lr_mult, wd_mult)
-            for n in self.norms:
-                be.set_norm_stats_frozen(n.norm.handle, n.frozen)
-            be.commit(self.model)
-        except Exception:
-            self._put_back(saved, saved_norms)
-            raise
-        if self._saved is None:  # re-applying keeps the original settings for restore()
-            self._saved, self._saved_norms = saved, saved_norms
-        self._checksums = self._take_checksums()
-        return self
+        """Set trainability, multipliers and norm policy; take checksums of what is frozen.
+
+        All or nothing: a failure part-way puts every setting back. Holds the model's lock, so
+        concurrent applies to one model happen one after the other.
+        """
+        with model_lock(self.model):
+            self._check_fresh("apply")
+            be = self.backend
+            saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
+            saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
+            try:
+                for _, handle, trainable, lr_mult, wd_mult in self._settings():
+                    be.set_param(handle, bool(trainable), lr_mult, wd_mult)
+                for n in self.norms:
+                    be.set_norm_stats_frozen(n.norm.handle, n.frozen, self.model)
+                be.commit(self.model)
+                checksums = self._take_checksums()
+            except BaseException:
+                self._put_back(saved, saved_norms, rollback=True)
+                raise
+            if self._saved is None:  # re-applying keeps the original settings for restore()
+                self._saved, self._saved_norms = saved, saved_norms
+            self._checksums = checksums
+            self._live = self._live_settings()
+            return self
 
     def restore(self) -> None:
-        """Undo :meth:`apply`: trainability, multipliers and norm policy as they were before."""
-        if self._saved is None:
-            raise SpecError("restore: this plan was never applied")
-        self._put_back(self._saved, self._saved_norms or [])
-        self._saved = self._saved_norms = None
-        self._checksums = {}
+        """Undo :meth:`apply`: trainability, multipliers and norm policy as they were before.
 
-    def _put_back(self, saved: dict[int, Any], saved_norms: list[bool]) -> None:
+        A released torch norm layer takes the mode the model is in now (not the one it had at
+        apply), so ``model.eval(); plan.restore()`` leaves an eval model.
+        """
+        self._restore(rollback=False)
+
+    def _rollback(self) -> None:
+        """Undo an apply made by a call that then failed: :meth:`restore`, plus what apply dropped
+        (torch gradients of tensors it froze), so the failed call leaves everything as it was."""
+        self._restore(rollback=True)
+
+    def _restore(self, rollback: bool) -> None:
+        with model_lock(self.model):
+            if self._saved is None:
+                raise SpecError("restore: this plan was never applied")
+            self._put_back(self._saved, self._saved_norms or [], rollback)
+            self._saved = self._saved_norms = None
+            self._checksums = {}
+            self._live = None
+            if APPLIED.get(self.model) is self:
+                _remember(self.model, None)
+
+    def _put_back(self, saved: dict[int, Any], saved_norms: list[bool], rollback: bool = False) -> None:
         for _, handle, *_ in self._settings():
-            self.backend.restore(handle, saved[id(handle)])
+            self.backend.restore(handle, saved[id(handle)], rollback)
         for n, frozen in zip(self.norms, saved_norms, strict=True):
-            self.backend.set_norm_stats_frozen(n.norm.handle, frozen)
+            self.backend.set_norm_stats_frozen(n.norm.handle, frozen, self.model)
         self.backend.commit(self.model)
+
+    def _live_settings(self) -> tuple[list[Any], list[bool]]:
+        be = self.backend
+        return ([be.snapshot(h) for _, h, *_ in self._settings()],
+                [be.norm_stats_frozen(n.norm.handle) for n in self.norms])
+
+    def is_live(self) -> bool:
+        """Whether the model still has exactly the settings this plan applied (no other plan, and
+        no hand-made change, altered trainability, multipliers or norm policy since)."""
+        if self._saved is None or self._live is None:
+            return False
+        try:
+            self._check_fresh("compare")
+        except StalePlanError:
+            return False
+        return self._live_settings() == self._live
 
     def _watched(self) -> list[tuple[str, int]]:
         """('param' or 'stat', listing row) of every tensor that must not change."""
@@ -370,6 +487,9 @@ class Plan:
 
     def param_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """torch-style parameter groups with each group's lr and weight decay already scaled."""
+        if lr is not None:
+            check_number(lr, "param_groups: lr", positive=True)
+        check_number(weight_decay, "param_groups: weight_decay")
         groups = self.groups()
         if lr is None and any(g["lr_mult"] != 1.0 for g in groups):
             raise SpecError("param_groups: give lr, so that each group's lr_mult can scale it")
@@ -388,19 +508,26 @@ class Plan:
 
         ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
         Adam epsilon); ``'native'`` keeps MXNet's own. torch optimizers are always torch's.
+        Name, lr, weight decay and options are checked before the model is touched, and an apply
+        made here is undone if building still fails.
         """
-        check_semantics(semantics)
-        if lr is None:
-            raise SpecError("optimizer: give lr (the base learning rate that lr_mult scales)")
-        if not self.applied:
+        check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
+        self._check_fresh("build an optimizer")
+        applied_here = not self.applied
+        if applied_here:
             self.apply()
-        else:
-            self._check_fresh("build an optimizer")
-        return self.backend.build_optimizer(self.param_groups(lr, weight_decay), name, lr,
-                                            weight_decay, semantics=semantics, **options)
+        try:
+            return self.backend.build_optimizer(self.param_groups(lr, weight_decay), name, lr,
+                                                weight_decay, semantics=semantics, **options)
+        except BaseException:
+            if applied_here:
+                self._rollback()
+            raise
 
     def check(self, optimizer: Any) -> None:
         """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
+        if not self.backend.owns_optimizer(optimizer):
+            raise SpecError(f"check: expected a {self.backend.name} optimizer, got {type(optimizer).__name__}")
         self._check_fresh("check an optimizer")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
         names = self.listing.names

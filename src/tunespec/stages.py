@@ -28,12 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from .backend_api import Group
 from .dispatch import backend_for
 from .errors import SpecError
-from .plan import Plan
+from .plan import Plan, check_optimizer, short
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
 from .spec import SPEC_KEYS, Spec, _close, check_keys
 
@@ -124,6 +124,8 @@ class StagesSpec:
 
 SECTION_PARSERS["stages"] = StagesSpec.from_dict
 
+T = TypeVar("T")
+
 
 class Schedule:
     """Applies a recipe's stages to a live model and optimizer, in a hand-written loop::
@@ -137,9 +139,22 @@ class Schedule:
     ``step`` is called after each epoch (``epoch`` counts from 0) with that epoch's metric, or
     after each optimizer step with ``step=`` for ``at_step`` stages. It returns the model and
     optimizer to go on with: the same objects, except a re-wrapped DDP model.
+
+    Triggers: ``at_epoch: N`` starts the stage at the beginning of epoch N, i.e. in the
+    ``step(epoch=N-1, ...)`` call; ``at_step: K`` in the first call with ``step >= K`` (a call
+    without ``step=`` while an ``at_step`` stage is next is an error, not a silent no-op);
+    ``on_plateau: P`` once P epochs in a row did not improve. Stages that are all due in one call
+    (epochs were skipped) start one after the other in that call; only the first of them restores
+    best weights (``restore_best``): the ones after it had no epoch of their own. Every public call is all or
+    nothing: it checks what it can first and, if a later part fails, puts back the weights,
+    trainability, multipliers, norm modes, optimizer groups and state, lr scheduler and this
+    schedule's own state.
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
+                steps_per_epoch, int) or steps_per_epoch <= 0):
+            raise SpecError(f"Schedule: steps_per_epoch must be a positive integer, got {short(steps_per_epoch)}")
         self.recipe = load_recipe(recipe)
         section = self.recipe.sections.get("stages")
         later = section.stages if section else ()
@@ -169,31 +184,104 @@ class Schedule:
         return {"index": self.index, "best": self.best, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "history": [list(h) for h in self.history]}
 
+    _FIELDS = ("index", "plan", "lr_scheduler", "best", "best_epoch", "bad_epochs", "best_state")
+
+    def _save(self) -> dict[str, Any]:
+        saved = {k: getattr(self, k) for k in self._FIELDS}
+        return {**saved, "history": list(self.history), "_factors": dict(self._factors)}
+
+    def _load(self, saved: Mapping[str, Any]) -> None:
+        for key, value in saved.items():
+            setattr(self, key, list(value) if key == "history" else dict(value) if key == "_factors" else value)
+
+    def _all_or_nothing(self, model: Any, optimizer: Any, lr_scheduler: Any,
+                        change: Callable[[list[Plan]], T], save_weights: bool) -> T:
+        """Run ``change`` (which appends every plan it applies to the list it is given); if it
+        fails, undo those plans, the optimizer's groups and state, the lr scheduler, the weights
+        (when ``save_weights``) and this schedule's state, then re-raise."""
+        be = self.plan.backend
+        sched = lr_scheduler if lr_scheduler is not None else self.lr_scheduler
+        saved = self._save()
+        opt_saved = be.optimizer_snapshot(optimizer, sched)
+        weights = self._weights(model) if save_weights else None
+        applied: list[Plan] = []
+        try:
+            return change(applied)
+        except BaseException:
+            for plan in reversed(applied):
+                if plan.applied:
+                    plan._rollback()
+            be.optimizer_rollback(optimizer, sched, opt_saved)
+            if weights is not None:
+                self._put_weights(model, weights)
+            self._load(saved)
+            raise
+
+    def _check_objects(self, be: Any, model: Any, optimizer: Any, where: str) -> None:
+        if not be.owns(model):
+            raise SpecError(f"{where}: the model is a {type(model).__name__}, not a {be.name} model "
+                            f"(the schedule started on one)")
+        if not be.owns_optimizer(optimizer):
+            raise SpecError(f"{where}: optimizer is a {type(optimizer).__name__}, not a {be.name} "
+                            f"optimizer; pass the one schedule.start returned")
+
+    def _check_same_model(self, listing: Any, where: str) -> None:
+        """A stage change on another model (or one whose parameters were replaced) would move the
+        wrong tensors into the optimizer; a wrapper around the same parameters (DDP) is fine."""
+        if Plan._fingerprint(listing) != self.plan._identity:
+            raise SpecError(f"{where}: this model does not hold the parameters the schedule was started "
+                            f"on (another model, or layers replaced since); pass the model "
+                            f"schedule.start returned, or start a new Schedule")
+
     # --- starting -----------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
         """Apply stage 0 and build the optimizer (and lr scheduler) the recipe describes.
 
-        An ``optimizer`` built elsewhere is checked against stage 0 and used instead.
+        An ``optimizer`` built elsewhere is checked against stage 0 and used instead. Everything
+        (optimizer section and options, lr schedule, a given optimizer) is checked before the
+        model changes. Starting again is allowed only while still in stage 0 on the same,
+        unchanged model (it re-applies stage 0); otherwise build a new Schedule.
         """
-        from .api import scheduler
-
+        if backend is not None and not isinstance(backend, str):
+            raise SpecError(f"Schedule.start: backend must be 'torch', 'mxnet' or None, got {short(backend)}")
+        if self.plan is not None:
+            if self.index > 0 or self.plan.model is not model:
+                raise SpecError(f"Schedule.start: this schedule already started (now in stage "
+                                f"{self.stage.name!r}); build a new tunespec.Schedule(recipe) for a new run")
+            self.plan._check_fresh("start the schedule again")
         be = backend_for(model, backend)
-        self.index = 0
-        self.history = []
-        self._reset_best()
-        self.plan = Plan(model, self.stages[0].spec, be, be.listing(model)).apply()
-        self._factors = {id(d.tensor.handle): 1.0 for d in self.plan.trainable}
+        plan = Plan(model, self.stages[0].spec, be, be.listing(model))  # planning changes nothing
+        o = self.recipe.optimizer
         if optimizer is None:
-            o = self.recipe.optimizer
             if o is None or o.lr is None:
                 raise SpecError("Schedule.start: the recipe has no optimizer section with an lr; add "
                                 "one, or pass optimizer= built with tunespec.optimizer(model, ...)")
-            optimizer = self.plan.optimizer(o.name, lr=o.lr, weight_decay=o.weight_decay,
-                                            semantics=o.semantics, **dict(o.options))
+            check_optimizer(be, o.name, o.lr, o.weight_decay, o.semantics, o.options)
         else:
-            self.plan.check(optimizer)
+            if not be.owns_optimizer(optimizer):
+                raise SpecError(f"Schedule.start: optimizer is a {type(optimizer).__name__}, not a "
+                                f"{be.name} optimizer")
+            plan.check(optimizer)
+        lr_schedule = None
         if self.recipe.schedule is not None:
-            self.lr_scheduler = scheduler(optimizer, self.recipe.schedule, self.steps_per_epoch)
+            lr_schedule = self.recipe.schedule.in_steps(self.steps_per_epoch)
+        saved = self._save()
+        opt_saved = None if optimizer is None else be.optimizer_snapshot(optimizer, None)
+        plan.apply()
+        try:
+            if optimizer is None:
+                optimizer = plan.optimizer(o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                           semantics=o.semantics, **dict(o.options))
+            lr_scheduler = None if lr_schedule is None else be.attach_schedule(optimizer, lr_schedule.factor)
+        except BaseException:
+            plan._rollback()
+            if opt_saved is not None:
+                be.optimizer_rollback(optimizer, None, opt_saved)
+            self._load(saved)
+            raise
+        self.plan, self.index, self.history, self.lr_scheduler = plan, 0, [], lr_scheduler
+        self._reset_best()
+        self._factors = {id(d.tensor.handle): 1.0 for d in plan.trainable}
         return model, optimizer
 
     # --- stepping -----------------------------------------------------------------------------
@@ -202,47 +290,109 @@ class Schedule:
             return True
         return metric < self.best - delta if self.mode == "min" else metric > self.best + delta
 
-    def _due(self, nxt: Stage, epoch: int, step: int | None) -> bool:
+    def _due(self, nxt: Stage, epoch: int, step: int | None, bad_epochs: int | None = None) -> bool:
         if nxt.trigger == "at_epoch":
-            return epoch + 1 >= nxt.at
+            return epoch + 1 >= nxt.at  # epoch N begins once epoch N-1 has ended
         if nxt.trigger == "at_step":
             return step is not None and step >= nxt.at
-        return self.bad_epochs >= nxt.at
+        return (self.bad_epochs if bad_epochs is None else bad_epochs) >= nxt.at
+
+    def _due_stages(self, epoch: int, step: int | None, bad_epochs: int) -> list[Stage]:
+        """The stages due now, in order: several when a caller skipped epochs. A plateau counts the
+        epochs of its own stage, so a stage that starts here has none yet."""
+        due: list[Stage] = []
+        for stage in self.stages[self.index + 1:]:
+            if not self._due(stage, epoch, step, 0 if due else bad_epochs):
+                break
+            due.append(stage)
+        return due
 
     def step(self, epoch: int, model: Any, optimizer: Any, metric: float | None = None,
              step: int | None = None, lr_scheduler: Any = None) -> tuple[Any, Any]:
-        """Record ``metric`` for the epoch that ended, and start the next stage when it is due."""
+        """Record ``metric`` for the epoch that ended, and start the next stage(s) when due.
+
+        Checks come first (arguments, the next stages' plans, best weights for ``restore_best``);
+        the best weights are written only after every plan is built, and any failure after that
+        puts everything back (see the class docstring).
+        """
         if self.plan is None:
             raise SpecError("Schedule.step: call schedule.start(model) first")
-        nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
+        _check_count(epoch, "Schedule.step: epoch")
+        if step is not None:
+            _check_count(step, "Schedule.step: step")
         if metric is not None:
-            metric = float(metric)
+            if isinstance(metric, bool) or not isinstance(metric, (int, float)) and not hasattr(metric, "__float__"):
+                raise SpecError(f"Schedule.step: metric must be a number, got {short(metric)}")
+            try:
+                metric = float(metric)
+            except (TypeError, ValueError, OverflowError):
+                raise SpecError(f"Schedule.step: metric must be a number, got {short(metric)}") from None
             if not math.isfinite(metric):
                 raise SpecError(f"Schedule.step: metric {metric!r} is not a finite number")
+        be = self.plan.backend
+        self._check_objects(be, model, optimizer, "Schedule.step")
+        nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
+        if nxt is not None and nxt.trigger == "at_step" and step is None:
+            raise SpecError(f"Schedule.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
+                            f"step= (the optimizer steps so far) to schedule.step; without it the stage "
+                            f"would never start")
+        best, best_epoch, bad, take_best = self.best, self.best_epoch, self.bad_epochs, False
+        if metric is not None:
             if self._improved(metric, nxt.min_delta if nxt else 0.0):
-                self.best, self.best_epoch, self.bad_epochs = metric, epoch, 0
-                if nxt is not None and nxt.restore_best:
-                    self.best_state = self._weights(model)
+                best, best_epoch, bad = metric, epoch, 0
+                take_best = nxt is not None and nxt.restore_best
             else:
-                self.bad_epochs += 1
-        if nxt is None or not self._due(nxt, epoch, step):
+                bad += 1
+        due = self._due_stages(epoch, step, bad)
+        if not due:
+            best_state = self._weights(model) if take_best else self.best_state
+            self.best, self.best_epoch, self.bad_epochs, self.best_state = best, best_epoch, bad, best_state
             return model, optimizer
-        if nxt.restore_best:
-            if self.best_state is None:
-                raise SpecError(f"stage {nxt.name!r} restores the best weights, but step() was never "
-                                f"given a metric: pass metric= (e.g. the validation loss) every epoch")
-            self._put_weights(model, self.best_state)
-        self.history.append((epoch, nxt.name))
-        return self.advance(model, optimizer, lr_scheduler)
+        first = due[0]
+        if first.restore_best and not take_best and self.best_state is None:
+            raise SpecError(f"stage {first.name!r} restores the best weights, but step() was never "
+                            f"given a metric: pass metric= (e.g. the validation loss) every epoch")
+        listing = be.listing(model)
+        self._check_same_model(listing, "Schedule.step")
+        plans = [Plan(model, stage.spec, be, listing) for stage in due]  # every spec checked first
+        # When this very epoch is the best, the weights are already the best ones.
+        write_best = first.restore_best and not take_best
+        best_state = self.best_state
+
+        def change(applied: list[Plan]) -> tuple[Any, Any]:
+            if write_best:
+                self._put_weights(model, best_state)
+            m, o = model, optimizer
+            for stage, plan in zip(due, plans, strict=True):
+                self.history.append((epoch, stage.name))
+                m, o = self._advance(m, o, lr_scheduler, applied, plan)
+            return m, o
+
+        return self._all_or_nothing(model, optimizer, lr_scheduler, change, save_weights=write_best)
 
     def advance(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> tuple[Any, Any]:
         """Switch to the next stage now (``step`` calls this when it is due; resuming replays it)."""
-        if self.plan is None or self.index + 1 >= len(self.stages):
-            raise SpecError("Schedule.advance: no later stage to switch to")
+        if self.plan is None:
+            raise SpecError("Schedule.advance: call schedule.start(model) first")
+        if self.index + 1 >= len(self.stages):
+            raise SpecError(f"Schedule.advance: no later stage to switch to (stage {self.stage.name!r} "
+                            f"is the last of {len(self.stages)})")
+        be = self.plan.backend
+        self._check_objects(be, model, optimizer, "Schedule.advance")
+        listing = be.listing(model)
+        self._check_same_model(listing, "Schedule.advance")
+        plan = Plan(model, self.stages[self.index + 1].spec, be, listing)
+        return self._all_or_nothing(
+            model, optimizer, lr_scheduler,
+            lambda applied: self._advance(model, optimizer, lr_scheduler, applied, plan), save_weights=False)
+
+    def _advance(self, model: Any, optimizer: Any, lr_scheduler: Any, applied: list[Plan],
+                 plan: Plan) -> tuple[Any, Any]:
+        """One stage change; the caller undoes it (and the plans in ``applied``) if it fails."""
         nxt = self.stages[self.index + 1]
         be = self.plan.backend
         before = {id(d.tensor.handle): d.tensor.handle for d in self.plan.trainable}
-        plan = Plan(model, nxt.spec, be, be.listing(model)).apply()
+        applied.append(plan.apply())
         after = {id(d.tensor.handle): d for d in plan.trainable}
         for key in [k for k in self._factors if k not in after]:
             del self._factors[key]
@@ -291,3 +441,9 @@ class Schedule:
         for t in be.listing(model).tensors:
             if t.canonical in state:
                 be.write(t.handle, state[t.canonical])
+
+
+def _check_count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SpecError(f"{where}: expected a whole number >= 0, got {short(value)}")
+    return value
