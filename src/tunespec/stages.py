@@ -112,7 +112,8 @@ class StagesSpec:
         data = V.mapping(data, "stages", "{mode: min, then: [...]} or a list of stages")
         V.tree(data, "stages")
         check_keys(data, "stages", ("mode", "then"))
-        mode = V.choice(data.get("mode", "min"), "stages.mode", ("min", "max"))
+        mode = V.choice(data.get("mode", "min"), "stages.mode", ("min", "max"),
+                        "use min (a loss) or max (an accuracy)")
         then = V.sequence(data.get("then"), "stages.then", what="a list of stages", max_length=1000,
                           nonempty=True)
         stages = tuple(Stage.from_dict(s, f"stages.then[{i}]", recipe or {}) for i, s in enumerate(then))

@@ -89,6 +89,8 @@ def fail(path: str, expected: str, value: Any) -> SpecError:
 # --- scalars ----------------------------------------------------------------------------------
 def _bounds_text(minimum: float | None, maximum: float | None, min_exclusive: bool,
                  max_exclusive: bool) -> str:
+    if maximum in (MAX_FACTOR, MAX_COUNT) and minimum is not None:  # a sanity cap, not a range
+        return f"{_bounds_text(minimum, None, min_exclusive, False)} (at most {_num(maximum)})"
     if minimum is not None and maximum is not None:
         return (f" in {'(' if min_exclusive else '['}{_num(minimum)}, "
                 f"{_num(maximum)}{')' if max_exclusive else ']'}")
@@ -113,7 +115,7 @@ def number(value: Any, path: str, *, minimum: float | None = None, maximum: floa
         what = ("a positive integer" if minimum == 1 and not min_exclusive or minimum == 0 and min_exclusive
                 else "an integer")
         if what == "a positive integer":
-            bounds = "" if maximum is None else f" <= {_num(maximum)}"
+            bounds = "" if maximum is None else f" (at most {_num(maximum)})"
         else:
             bounds = _bounds_text(minimum, maximum, min_exclusive, max_exclusive)
     else:
@@ -123,17 +125,18 @@ def number(value: Any, path: str, *, minimum: float | None = None, maximum: floa
         raise fail(path, what + bounds, value)
     if integer and not isinstance(value, int):
         raise fail(path, what + bounds, value)
+    given = value
     if not integer:
         try:
             value = float(value)
         except OverflowError:
-            raise fail(path, what + bounds, value) from None
+            raise fail(path, what + bounds, given) from None
         if not math.isfinite(value):
-            raise fail(path, what + bounds, value)
+            raise fail(path, what + bounds, given)
     if minimum is not None and (value <= minimum if min_exclusive else value < minimum):
-        raise fail(path, what + bounds, value)
+        raise fail(path, what + bounds, given)
     if maximum is not None and (value >= maximum if max_exclusive else value > maximum):
-        raise fail(path, what + bounds, value)
+        raise fail(path, what + bounds, given)
     return value
 
 
@@ -155,11 +158,11 @@ def string(value: Any, path: str, *, nonempty: bool = True, max_length: int = MA
     return value
 
 
-def choice(value: Any, path: str, options: Sequence[str]) -> str:
+def choice(value: Any, path: str, options: Sequence[str], hint: str = "") -> str:
     """One of a closed set of names, with a did-you-mean for a near miss."""
     if not isinstance(value, str) or value not in options:
         raise SpecError(f"{path}: {excerpt(value)} is not one of {', '.join(options)}"
-                        f"{suggestion(value, options)}")
+                        f"{suggestion(value, options)}{'; ' + hint if hint else ''}")
     return value
 
 
