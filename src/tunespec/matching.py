@@ -4,6 +4,10 @@ Models reach 100,000 tensors (mixture-of-experts) and specs 100 rules; trying ev
 every name would take seconds. Most rules start with literal text (``layer4\\.``,
 ``blocks\\.3\\.experts\\.``), so names are kept sorted and a rule only tries the names that
 start with its literal prefix; rules without one scan everything.
+
+User patterns run on the ``regex`` engine with a time budget per rule (all names together):
+a pattern that backtracks catastrophically (``(a|aa)+b``) is a SpecError naming the rule after
+at most :data:`MATCH_BUDGET_S` seconds, instead of hanging planning.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import functools
 import re
 import re._constants as sre_constants
 import re._parser as sre_parse
-from typing import Callable, Mapping
+import time
+from typing import Any, Callable, Mapping
 
+from . import validate as V
 from .errors import SpecError
 from .listing import Listing
 
+MATCH_BUDGET_S = 2.0  # seconds one rule may spend matching all names (a normal rule needs ms)
 Selector = Callable[[Listing, int], bool]  # (listing, row) -> selected
 
 _BUILTIN: dict[str, Selector] = {
@@ -85,16 +92,19 @@ class Matcher:
                                     f"none yet; initialise the model (one forward pass) before planning")
             pred = _BUILTIN[name]
             return [i for i, row in enumerate(self.rows) if pred(ls, row)]
-        pattern = re.compile(match)
+        pattern = _compile(match, origin)
         prefix = literal_prefix(match)
         lo = bisect.bisect_left(self._names, prefix) if prefix else 0
+        hi = bisect.bisect_left(self._names, prefix + "\U0010ffff") if prefix else len(self._names)
+        budget = Budget(origin, match, hi - lo)
+        fullmatch, left = pattern.fullmatch, budget.left
         hit = set()
-        for k in range(lo, len(self._names)):
-            name = self._names[k]
-            if prefix and not name.startswith(prefix):
-                break
-            if pattern.fullmatch(name):
-                hit.add(self._owners[k])
+        try:
+            for k in range(lo, hi):
+                if fullmatch(self._names[k], timeout=left()):
+                    hit.add(self._owners[k])
+        except TimeoutError:
+            raise budget.error() from None
         return sorted(hit)
 
     def suggest(self, regex: str) -> str:
@@ -104,12 +114,18 @@ class Matcher:
         ls = self.listing
         names = [ls.names[row] for row in self.rows]
         if not regex.startswith("@"):
-            pattern = re.compile(regex)
-            partial = next((n for n in names if pattern.match(n)), None)
+            pattern = _compile(regex, "a rule")
+            budget = Budget("suggesting a fix for a rule", regex, 2 * len(names))
+            try:
+                partial = next((n for n in names if pattern.match(n, timeout=budget.left())), None)
+                native = None if partial is not None else next(
+                    (row for row in self.rows if pattern.match(ls.natives[row], timeout=budget.left())),
+                    None)
+            except TimeoutError:
+                raise budget.error() from None
             if partial is not None:
                 return (f"it matches the start of {partial!r} but rules must match the whole name; "
                         f"add '.*' at the end")
-            native = next((row for row in self.rows if pattern.match(ls.natives[row])), None)
             if native is not None:
                 return (f"it matches the framework's own name {ls.natives[native]!r}, but rules "
                         f"fullmatch canonical names; that tensor is {ls.names[native]!r}")
@@ -136,6 +152,35 @@ class Matcher:
         prefixes = self._prefixes[depth]
         at = bisect.bisect_left(prefixes, literal)
         return prefixes[max(0, at - around): at + around]
+
+
+class Budget:
+    """The time one rule has left to match names; ``left()`` is the timeout for the next call."""
+
+    def __init__(self, origin: str, pattern: str, names: int, seconds: float | None = None):
+        self.origin, self.pattern, self.names = origin, pattern, names
+        self.seconds = MATCH_BUDGET_S if seconds is None else seconds
+        self.deadline = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    def error(self) -> SpecError:
+        return SpecError(
+            f"{self.origin}: regex {V.excerpt(self.pattern)} needed more than {self.seconds:g} s to "
+            f"match {self.names} names; it backtracks catastrophically (nested or overlapping "
+            f"repeats like (a+)+ or (a|aa)+). Simplify it, e.g. 'layer4\\..*' or '.*\\.bias'")
+
+
+def _compile(pattern: str, origin: str) -> Any:
+    """The ``regex`` engine's compiled pattern (it can time out); syntax was checked when read."""
+    try:
+        return V.compiled(pattern)
+    except Exception as exc:  # a card's or group's pattern that only ``re`` accepts
+        raise SpecError(f"{origin}: invalid regex {V.excerpt(pattern)}: {V.excerpt(str(exc))}") from None
 
 
 def _literal(regex: str) -> str:
