@@ -5,6 +5,7 @@ One mechanism for weight porting between frameworks and for partial checkpoint l
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable, Mapping
 
@@ -12,7 +13,7 @@ import regex as _regex
 
 from . import validate as V
 from .errors import SpecError
-from .matching import MATCH_BUDGET_S
+from .matching import budget_for, simple
 
 Rename = Mapping[str, str] | Callable[[str], "str | None"] | None
 
@@ -23,11 +24,16 @@ class _Timed:
     A NameMap serves one load or port, so the budget covers all the names of that call.
     """
 
-    def __init__(self, pattern: Any, where: str):
-        self.pattern, self.where, self.spent, self.names = pattern, where, 0.0, 0
+    def __init__(self, regex: str, where: str):
+        self.where, self.spent, self.names = where, 0.0, 0
+        # A simple pattern costs O(len(name)**2) at most: ``re``, untimed; any other, ``regex``.
+        self.pattern = re.compile(regex) if simple(regex) else V.compiled(regex)
+        self.timed = not simple(regex)
 
     def fullmatch(self, name: str) -> Any:
-        left = MATCH_BUDGET_S - self.spent
+        if not self.timed:
+            return self.pattern.fullmatch(name)
+        left = budget_for(self.names + 1) - self.spent
         start = time.monotonic()
         try:
             if left <= 0:
@@ -36,7 +42,7 @@ class _Timed:
         except TimeoutError:
             raise SpecError(
                 f"{self.where}: regex {V.excerpt(self.pattern.pattern)} needed more than "
-                f"{MATCH_BUDGET_S:g} s to match {self.names + 1} names; it backtracks "
+                f"{budget_for(self.names + 1):.3g} s to match {self.names + 1} names; it backtracks "
                 f"catastrophically (nested or overlapping repeats like (a+)+). Simplify it") from None
         finally:
             self.spent += time.monotonic() - start
@@ -64,7 +70,7 @@ class NameMap:
 
     @staticmethod
     def _compile(regex: Any, where: str) -> _Timed:
-        return _Timed(V.compiled(V.regex(regex, where)), where)
+        return _Timed(V.regex(regex, where), where)
 
     def __call__(self, name: str) -> str | None:
         if self.select is not None and not self.select.fullmatch(name):
@@ -76,7 +82,7 @@ class NameMap:
             if m:
                 try:
                     return m.expand(replacement) or None
-                except (IndexError, _regex.error) as exc:  # a \\3 for a regex with two groups
+                except (IndexError, re.error, _regex.error) as exc:  # a \\3 for a regex with two groups
                     raise SpecError(f"{pattern.where}: replacement {V.excerpt(replacement)} does "
                                     f"not fit its regex: {V.excerpt(str(exc))}") from None
         return name
