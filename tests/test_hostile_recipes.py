@@ -379,3 +379,147 @@ def test_a_refused_recipe_leaves_the_model_unchanged(h, recipe):
     with pytest.raises(SpecError):
         tunespec.apply(model, recipe)
     assert_unchanged(before, state_of(model))
+
+
+# --- property-based: random documents are a plan or a SpecError, never anything else -----------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HOSTILE_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 12), st.integers(min_value=10**20, max_value=10**500),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 0.5, 1.0, 10.0, -1.0, 1e308]),
+    st.text(max_size=12), st.sampled_from([".*", "fc\\..*", "layer1\\..*", "@bias", "@norm", "@nope",
+                                           "(a|aa)+b", "((", "", "x" * 5000, "heads", "4+", "all"]),
+)
+VALUES = st.recursive(HOSTILE_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+REGEXES = st.sampled_from([".*", "stem\\..*", "layer1\\..*", "layer2\\..*", "fc\\..*", ".*\\.bias", "@bias",
+                           "@norm", "@1d", ".*conv.*", "nothing"])
+
+
+def _section(valid: dict[str, Any]) -> Any:
+    """A section: a valid one with some values replaced or keys added, or junk."""
+    keyed = st.fixed_dictionaries({}, optional={k: st.one_of(v, VALUES) for k, v in valid.items()})
+    extra = st.dictionaries(st.sampled_from(["momentun", "lr_mul", "step", "x", "milestone"]), VALUES, max_size=1)
+    return st.one_of(st.builds(lambda a, b: {**a, **b}, keyed, extra), VALUES)
+
+
+RECIPES = st.fixed_dictionaries({}, optional={
+    "freeze": st.one_of(st.lists(REGEXES, max_size=3), VALUES),
+    "train": st.one_of(st.lists(REGEXES, max_size=3), VALUES),
+    "lr_mult": st.one_of(st.dictionaries(REGEXES, st.sampled_from([0.1, 2, 10, 0, -1, float("inf")]), max_size=2),
+                         VALUES),
+    "wd_mult": st.one_of(st.dictionaries(REGEXES, st.sampled_from([0, 0.5, 1]), max_size=2), VALUES),
+    "rules": st.one_of(st.lists(_section({"match": REGEXES, "trainable": st.booleans(),
+                                          "lr_mult": st.sampled_from([0.5, 2])}), max_size=2), VALUES),
+    "groups": st.one_of(st.dictionaries(st.sampled_from(["heads", "body", "heads", "bias", "x y"]), REGEXES, max_size=2), VALUES),
+    "bn": st.one_of(st.sampled_from(["train", "freeze", "freeze_frozen"]), VALUES),
+    "strict": st.one_of(st.booleans(), VALUES),
+    "optimizer": _section({"name": st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]),
+                           "lr": st.sampled_from([0.1, 1e-3]), "momentum": st.sampled_from([0.0, 0.9]),
+                           "betas": st.just([0.9, 0.999]), "weight_decay": st.just(1e-4),
+                           "semantics": st.sampled_from(["torch", "native"])}),
+    "schedule": _section({"type": st.sampled_from(["constant", "step", "multistep", "cosine"]),
+                          "step_size": st.integers(1, 5), "milestones": st.lists(st.integers(1, 9), max_size=3),
+                          "total_steps": st.integers(1, 9), "gamma": st.just(0.5),
+                          "warmup_steps": st.integers(0, 3), "unit": st.sampled_from(["step", "epoch"])}),
+    "stages": st.one_of(st.lists(_section({"at_epoch": st.integers(0, 4), "on_plateau": st.integers(0, 3),
+                                           "train": st.lists(REGEXES, max_size=2),
+                                           "lr_factor": st.just(0.1)}), max_size=3), VALUES),
+    "init": _section({"seed": st.integers(0, 3), "rules": st.just([{"match": "fc\\.weight", "method": "zeros"}])}),
+})
+
+
+def _fake_state(model: FakeLayer) -> list:
+    out: list = []
+
+    def walk(layer: FakeLayer) -> None:
+        out.append((layer.kind, layer.stats_frozen))
+        out.extend((t.trainable, t.lr_mult, t.wd_mult, t.value) for t in (*layer.params.values(),
+                                                                          *layer.stats.values()))
+        for child in layer.children.values():
+            walk(child)
+
+    walk(model)
+    return out
+
+
+def _plan_apply_restore(model: FakeLayer, source: Any) -> None:
+    """load -> plan -> apply -> restore; a SpecError anywhere must leave the model as it was."""
+    import warnings
+
+    before = _fake_state(model)
+    try:
+        recipe = load_recipe(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = fake_plan(model, recipe.spec).apply()
+        plan.restore()
+    except SpecError as exc:
+        assert len(str(exc)) < 2000  # never a whole hostile value
+    assert _fake_state(model) == before
+
+
+PROPERTY = settings(max_examples=150, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(RECIPES)
+def test_random_recipe_mappings_are_a_plan_or_a_spec_error(data):
+    _plan_apply_restore(small_net(), data)
+
+
+VALID_TEXT = {
+    ".yaml": "preset: heads\nfreeze: ['stem\\..*']\ntrain: ['fc\\..*']\nlr_mult: {'fc\\..*': 10}\n"
+             "optimizer: {name: sgd, lr: 0.01, momentum: 0.9}\n"
+             "schedule: {type: multistep, milestones: [3, 6], gamma: 0.5}\n"
+             "stages: [{at_epoch: 2, train: ['layer2\\..*']}]\n",
+    ".json": json.dumps({"freeze": ["stem\\..*"], "train": ["fc\\..*"], "lr_mult": {"fc\\..*": 10},
+                         "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                         "schedule": {"type": "multistep", "milestones": [3, 6], "gamma": 0.5}}),
+}
+SNIPPETS = ["&a ", "*a", "<<: ", "\x00", "\udcff", "NaN", "1e999", "9" * 400, "{", "]", ": ", "\n  ", "\t",
+            "!!python/object:os.system ", "!!binary ", "---\n", '"', "'", ",", "lr", "freeze", "- "]
+
+
+@st.composite
+def _mutated(draw: Any) -> tuple[str, bytes]:
+    suffix = draw(st.sampled_from(sorted(VALID_TEXT)))
+    text = VALID_TEXT[suffix]
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(text)))
+        cut = draw(st.integers(0, 6))
+        insert = draw(st.one_of(st.sampled_from(SNIPPETS), st.text(max_size=4)))
+        text = text[:at] + insert + text[at + cut:]
+    return suffix, text.encode("utf-8", "surrogateescape") if draw(st.booleans()) else text.encode(
+        "utf-8", "replace")
+
+
+@PROPERTY
+@given(st.one_of(_mutated(), st.tuples(st.sampled_from([".yaml", ".json", ".toml"]), st.binary(max_size=64))))
+def test_random_recipe_files_are_a_plan_or_a_spec_error(tmp_path_factory, case):
+    suffix, raw = case
+    path = tmp_path_factory.mktemp("r") / f"recipe{suffix}"
+    path.write_bytes(raw)
+    _plan_apply_restore(small_net(), path)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(RECIPES)
+def test_random_recipes_on_a_real_torch_model(data):
+    pytest.importorskip("torch")
+    import warnings
+
+    net = HARNESSES["torch"]().small_cnn()
+    before = state_of(net)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = tunespec.apply(net, data)
+        plan.restore()
+    except SpecError:
+        pass
+    assert_unchanged(before, state_of(net))
