@@ -46,7 +46,7 @@ def literal_prefix(regex: str) -> str:
     """The text every fullmatch of ``regex`` starts with ('' when it can start anyhow)."""
     try:
         parsed = sre_parse.parse(regex)
-    except re.error:
+    except (re.error, RecursionError, OverflowError):
         return ""
     if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
         return ""

@@ -185,7 +185,7 @@ def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Rec
         try:
             return Recipe.from_dict(read_recipe(source))
         except SpecError as exc:
-            raise SpecError(f"{source}: {exc}") from None
+            raise SpecError(f"{str(source)[:200]}: {exc}") from None
     if isinstance(source, Mapping):
         return Recipe.from_dict(source)
     raise SpecError(f"expected a recipe path, a mapping or a Spec, got {type(source).__name__}")
