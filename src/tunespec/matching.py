@@ -279,8 +279,9 @@ class Budget:
         return SpecError(
             f"{self.origin}: regex {V.excerpt(self.pattern)} needed more than {self.seconds:.3g} s to "
             f"match {self.names} names (a rule gets {budget_for(self.names):.3g} s, all rules of a plan "
-            f"{PLAN_BUDGET_RULES * budget_for(self.names):.3g} s); it backtracks catastrophically (nested or overlapping "
-            f"repeats like (a+)+ or (a|aa)+). Simplify it, e.g. 'layer4\\..*' or '.*\\.bias'")
+            f"{PLAN_BUDGET_RULES * budget_for(self.names):.3g} s); it backtracks catastrophically "
+            f"(nested or overlapping repeats like (a+)+ or (a|aa)+). Simplify it, e.g. 'layer4\\..*' "
+            f"or '.*\\.bias'")
 
 
 def _compile(pattern: str, origin: str) -> Any:
