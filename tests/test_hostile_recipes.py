@@ -45,6 +45,21 @@ def error_of(call: Any, *args: Any, **kwargs: Any) -> str:
     return str(info.value)
 
 
+def _fake_state(model: FakeLayer) -> list:
+    """Everything of a fake model a failed call must leave as it was."""
+    out: list = []
+
+    def walk(layer: FakeLayer) -> None:
+        out.append((layer.kind, layer.stats_frozen))
+        out.extend((t.trainable, t.lr_mult, t.wd_mult, t.value) for t in (*layer.params.values(),
+                                                                          *layer.stats.values()))
+        for child in layer.children.values():
+            walk(child)
+
+    walk(model)
+    return out
+
+
 # --- excerpts: an error never renders a whole hostile value ------------------------------------
 class Hostile:
     def __repr__(self) -> str:
@@ -67,7 +82,8 @@ def _cyclic() -> list:
 @pytest.mark.parametrize("value", [
     "x" * 10_000_000, 10**400, -(10**5000), _deep(100_000), _cyclic(), {"k" * 1000: ["v" * 1000] * 1000},
     Hostile(), b"\x00" * 10**6, 1e308, float("nan"),
-], ids=["10MB-str", "400-digit", "5000-digit", "deep", "cyclic", "wide", "bad-repr", "bytes", "big-float", "nan"])
+], ids=["10MB-str", "400-digit", "5000-digit", "deep", "cyclic", "wide", "bad-repr", "bytes", "big-float",
+        "nan"])
 def test_excerpt_is_short_whatever_the_value(value):
     text = validate.excerpt(value)
     assert 0 < len(text) <= validate.EXCERPT_CHARS
@@ -224,7 +240,7 @@ def _aaa_model(n: int) -> FakeLayer:
 @pytest.mark.parametrize("pattern", [r"(a|aa)+b", r"(a+)+b", r"(a|a?)+b\d", r"([a-z0-9]+\.?)+x"])
 def test_a_pathological_regex_is_a_spec_error_naming_the_rule_in_bounded_time(pattern, fast_budget):
     model = _aaa_model(150)
-    before = [(t.trainable, t.lr_mult) for layer in model.children.values() for t in layer.params.values()]
+    before = _fake_state(model)
     start = time.monotonic()
     with pytest.raises(SpecError) as info:
         fake_plan(model, {"train": ["x"], "freeze": [pattern]}).apply()
@@ -232,11 +248,12 @@ def test_a_pathological_regex_is_a_spec_error_naming_the_rule_in_bounded_time(pa
     message = str(info.value)
     # either the rule ran out of time, or (on a pattern the engine defuses) it matched nothing
     assert message.startswith("freeze[0]:") and validate.excerpt(pattern) in message
-    assert before == [(t.trainable, t.lr_mult) for layer in model.children.values() for t in layer.params.values()]
+    assert _fake_state(model) == before
 
 
 def test_a_timeout_names_the_rule_and_suggests_a_simpler_regex(fast_budget):
-    message = error_of(matching.Matcher(FakeBackend().listing(_aaa_model(50))).select, r"(a|aa)+b", {}, "rules[3]")
+    matcher = matching.Matcher(FakeBackend().listing(_aaa_model(50)))
+    message = error_of(matcher.select, r"(a|aa)+b", {}, "rules[3]")
     assert message.startswith("rules[3]: regex '(a|aa)+b' needed more than")
     assert "backtracks catastrophically" in message and "Simplify it" in message
 
@@ -423,7 +440,8 @@ REGEXES = st.sampled_from([".*", "stem\\..*", "layer1\\..*", "layer2\\..*", "fc\
 def _section(valid: dict[str, Any]) -> Any:
     """A section: a valid one with some values replaced or keys added, or junk."""
     keyed = st.fixed_dictionaries({}, optional={k: st.one_of(v, VALUES) for k, v in valid.items()})
-    extra = st.dictionaries(st.sampled_from(["momentun", "lr_mul", "step", "x", "milestone"]), VALUES, max_size=1)
+    extra = st.dictionaries(st.sampled_from(["momentun", "lr_mul", "step", "x", "milestone"]), VALUES,
+                            max_size=1)
     return st.one_of(st.builds(lambda a, b: {**a, **b}, keyed, extra), VALUES)
 
 
@@ -435,7 +453,8 @@ RECIPES = st.fixed_dictionaries({}, optional={
     "wd_mult": st.one_of(st.dictionaries(REGEXES, st.sampled_from([0, 0.5, 1]), max_size=2), VALUES),
     "rules": st.one_of(st.lists(_section({"match": REGEXES, "trainable": st.booleans(),
                                           "lr_mult": st.sampled_from([0.5, 2])}), max_size=2), VALUES),
-    "groups": st.one_of(st.dictionaries(st.sampled_from(["heads", "body", "heads", "bias", "x y"]), REGEXES, max_size=2), VALUES),
+    "groups": st.one_of(st.dictionaries(st.sampled_from(["heads", "body", "heads", "bias", "x y"]), REGEXES,
+                                        max_size=2), VALUES),
     "bn": st.one_of(st.sampled_from(["train", "freeze", "freeze_frozen"]), VALUES),
     "strict": st.one_of(st.booleans(), VALUES),
     "optimizer": _section({"name": st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]),
@@ -449,22 +468,9 @@ RECIPES = st.fixed_dictionaries({}, optional={
     "stages": st.one_of(st.lists(_section({"at_epoch": st.integers(0, 4), "on_plateau": st.integers(0, 3),
                                            "train": st.lists(REGEXES, max_size=2),
                                            "lr_factor": st.just(0.1)}), max_size=3), VALUES),
-    "init": _section({"seed": st.integers(0, 3), "rules": st.just([{"match": "fc\\.weight", "method": "zeros"}])}),
+    "init": _section({"seed": st.integers(0, 3),
+                      "rules": st.just([{"match": "fc\\.weight", "method": "zeros"}])}),
 })
-
-
-def _fake_state(model: FakeLayer) -> list:
-    out: list = []
-
-    def walk(layer: FakeLayer) -> None:
-        out.append((layer.kind, layer.stats_frozen))
-        out.extend((t.trainable, t.lr_mult, t.wd_mult, t.value) for t in (*layer.params.values(),
-                                                                          *layer.stats.values()))
-        for child in layer.children.values():
-            walk(child)
-
-    walk(model)
-    return out
 
 
 def _plan_apply_restore(model: FakeLayer, source: Any) -> None:
