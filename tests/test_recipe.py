@@ -24,7 +24,7 @@ def test_recipe_sections_are_read_and_the_spec_still_validated(tmp_path):
     ({"schedule": {"type": "steps"}}, "did you mean 'step'"),
     ({"schedule": {"type": "step"}}, "needs step_size"),
     ({"schedule": {"type": "multistep", "milestone": [3]}}, "did you mean 'milestones'"),
-    ({"optimizer": {"lr": -1}}, "positive number"),
+    ({"optimizer": {"lr": -1}}, "optimizer.lr: expected a finite number > 0"),
     ({"optimizer": {"lr": 0.1, "semantics": "mxnet"}}, "not one of torch, native"),
     ({"optimiser": {}}, "did you mean 'optimizer'"),
 ])

@@ -142,8 +142,8 @@ def test_at_step_trigger_and_plain_torch_optimizer():
     ([{"at_epoch": 2, "on_plateau": 1, "preset": "4+"}], "exactly one of"),
     ([{"at_epoch": 2}], "sets no spec"),
     ([{"at_epoch": 2, "preset": "4+", "lr_factr": 0.1}], "did you mean 'lr_factor'"),
-    ([{"at_epoch": 2, "preset": "4+", "lr_factor": 0}], "lr_factor must be a number > 0"),
-    ([{"on_plateau": 0, "preset": "4+"}], ">= 1"),
+    ([{"at_epoch": 2, "preset": "4+", "lr_factor": 0}], "lr_factor: expected a finite number > 0"),
+    ([{"on_plateau": 0, "preset": "4+"}], "on_plateau: expected a positive integer"),
     ({"mode": "lowest", "then": [{"at_epoch": 1, "preset": "all"}]}, "use min"),
     ([{"at_epoch": 2, "freeze": ["x("]}], r"stages.then\[0\]: freeze\[0\]: invalid regex"),
 ])

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 from .cards import card_for
 from .dispatch import backend_for
+from . import validate as V
 from .errors import SpecError
 from .listing import TensorInfo
 from .matching import Matcher
@@ -61,35 +62,32 @@ class InitRule:
 
     @classmethod
     def from_dict(cls, data: Any, origin: str) -> "InitRule":
-        if not isinstance(data, Mapping):
-            raise SpecError(f"{origin}: an init rule is a mapping like {{match: 'fc\\..*', method: zeros}}, "
-                            f"got {data!r}")
-        method = data.get("method")
-        if method not in METHODS:
-            raise SpecError(f"{origin}: method {method!r}{_close(str(method), METHODS)}; "
-                            f"use one of {', '.join(METHODS)}")
+        data = V.mapping(data, origin, "{match: 'fc\\..*', method: zeros}")
+        method = V.choice(data.get("method"), f"{origin}.method", tuple(METHODS))
         allowed = RULE_KEYS + tuple(METHODS[method])
         for key in data:
             if key not in allowed:
-                raise SpecError(f"{origin}: {method} takes no {key!r}{_close(str(key), allowed)}; "
+                raise SpecError(f"{origin}: {method} takes no {V.excerpt(key)}{_close(key, allowed)}; "
                                 f"its keys are {', '.join(allowed)}")
         if data.get("match") is None and data.get("layer") is None:
             raise SpecError(f"{origin}: give match (a regex or '@group') and/or layer "
                             f"({', '.join(LAYER_KINDS)} or a layer class name)")
-        match = None if data.get("match") is None else _check_regex(data["match"], origin)
+        match = None if data.get("match") is None else _check_regex(data["match"], f"{origin}.match")
         layer = data.get("layer")
-        if layer is not None and not isinstance(layer, str):
-            raise SpecError(f"{origin}: layer must be a string, got {layer!r}")
+        if layer is not None:
+            V.string(layer, f"{origin}.layer", max_length=200)
         args = {k: data.get(k, default) for k, default in METHODS[method].items()}
         for key, value in args.items():
-            if key in ("mode", "nonlinearity"):
-                choices = ("fan_in", "fan_out") if key == "mode" else NONLINEARITIES
-                if value not in choices:
-                    raise SpecError(f"{origin}: {key} {value!r}; use one of {', '.join(choices)}")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SpecError(f"{origin}: {method} needs a finite number for {key}, got {value!r}")
-        if method == "normal" and args["std"] < 0 or method == "uniform" and args["low"] > args["high"]:
-            raise SpecError(f"{origin}: {method} with {dict(args)} is not a distribution")
+            if key == "mode":
+                V.choice(value, f"{origin}.mode", ("fan_in", "fan_out"))
+            elif key == "nonlinearity":
+                V.choice(value, f"{origin}.nonlinearity", NONLINEARITIES)
+            else:  # values, means, bounds and gains are drawn in float64: keep them far from overflow
+                low = 0.0 if key in ("std", "gain") else -1e30
+                args[key] = V.number(value, f"{origin}.{key}", minimum=low, maximum=1e30)
+        if method == "uniform" and args["low"] > args["high"]:
+            raise SpecError(f"{origin}: uniform with low {args['low']:g} > high {args['high']:g} is not "
+                            f"a distribution; swap them")
         return cls(match, layer, method, args, origin)
 
     def describe(self) -> str:
@@ -107,14 +105,12 @@ class InitSpec:
         if isinstance(data, (list, tuple)):
             data = {"rules": data}
         if not isinstance(data, Mapping):
-            raise SpecError(f"init: expected {{seed: 0, rules: [...]}} or a list of rules, got {data!r}")
+            raise V.fail("init", "{seed: 0, rules: [...]} or a list of rules", data)
         check_keys(data, "init", ("seed", "rules"))
-        seed = data.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SpecError(f"init.seed: expected an integer >= 0, got {seed!r}")
-        rules = data.get("rules")
-        if not isinstance(rules, (list, tuple)) or not rules:
-            raise SpecError("init.rules: expected a non-empty list of rules")
+        V.tree(data, "init")
+        seed = V.number(data.get("seed", 0), "init.seed", minimum=0, maximum=2**64 - 1, integer=True)
+        rules = V.sequence(data.get("rules"), "init.rules", what="a list of rules", max_length=10_000,
+                           nonempty=True)
         return cls(tuple(InitRule.from_dict(r, f"init.rules[{i}]") for i, r in enumerate(rules)), seed)
 
 

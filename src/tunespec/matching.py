@@ -4,6 +4,10 @@ Models reach 100,000 tensors (mixture-of-experts) and specs 100 rules; trying ev
 every name would take seconds. Most rules start with literal text (``layer4\\.``,
 ``blocks\\.3\\.experts\\.``), so names are kept sorted and a rule only tries the names that
 start with its literal prefix; rules without one scan everything.
+
+User patterns run on the ``regex`` engine with a time budget per rule (all names together):
+a pattern that backtracks catastrophically (``(a|aa)+b``) is a SpecError naming the rule after
+at most :func:`budget_for` seconds (1 s plus 20 us a name), instead of hanging planning.
 """
 
 from __future__ import annotations
@@ -14,11 +18,19 @@ import functools
 import re
 import re._constants as sre_constants
 import re._parser as sre_parse
-from typing import Callable, Mapping
+import time
+from typing import Any, Callable, Mapping, Sequence
 
+from . import validate as V
 from .errors import SpecError
 from .listing import Listing
 
+# Seconds one rule may spend matching all names: a normal rule needs milliseconds, a rule on the
+# slower timed engine about 5 us a name; the per-name part keeps a 100,000-name model from
+# failing a legitimate rule on a loaded machine.
+MATCH_BUDGET_S = 1.0
+MATCH_BUDGET_PER_NAME_S = 20e-6
+PLAN_BUDGET_RULES = 3  # a whole plan's matching: at most this many rules' budgets
 Selector = Callable[[Listing, int], bool]  # (listing, row) -> selected
 
 _BUILTIN: dict[str, Selector] = {
@@ -34,7 +46,7 @@ def literal_prefix(regex: str) -> str:
     """The text every fullmatch of ``regex`` starts with ('' when it can start anyhow)."""
     try:
         parsed = sre_parse.parse(regex)
-    except re.error:
+    except (re.error, RecursionError, OverflowError):
         return ""
     if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
         return ""
@@ -67,6 +79,15 @@ class Matcher:
         self._names = [names[k] for k in order]
         self._owners = [owners[k] for k in order]
         self._prefixes: dict[int, list[str]] = {}
+        self._until: float | None = None
+
+    @property
+    def until(self) -> float:
+        """The deadline of all rules together (from the first match on): three rules' budgets,
+        so many rules each just under its budget cannot add up to minutes."""
+        if self._until is None:
+            self._until = time.monotonic() + PLAN_BUDGET_RULES * budget_for(len(self._names))
+        return self._until
 
     def select(self, match: str, groups: Mapping[str, str], origin: str) -> list[int]:
         """Positions (in model order) of the parameters a rule's ``match`` selects."""
@@ -85,16 +106,11 @@ class Matcher:
                                     f"none yet; initialise the model (one forward pass) before planning")
             pred = _BUILTIN[name]
             return [i for i, row in enumerate(self.rows) if pred(ls, row)]
-        pattern = re.compile(match)
         prefix = literal_prefix(match)
         lo = bisect.bisect_left(self._names, prefix) if prefix else 0
-        hit = set()
-        for k in range(lo, len(self._names)):
-            name = self._names[k]
-            if prefix and not name.startswith(prefix):
-                break
-            if pattern.fullmatch(name):
-                hit.add(self._owners[k])
+        hi = bisect.bisect_left(self._names, prefix + "\U0010ffff") if prefix else len(self._names)
+        owners = self._owners
+        hit = {owners[lo + k] for k in scan(match, self._names[lo:hi], origin, until=self.until)}
         return sorted(hit)
 
     def suggest(self, regex: str) -> str:
@@ -104,12 +120,15 @@ class Matcher:
         ls = self.listing
         names = [ls.names[row] for row in self.rows]
         if not regex.startswith("@"):
-            pattern = re.compile(regex)
-            partial = next((n for n in names if pattern.match(n)), None)
+            where = "suggesting a fix for a rule"
+            hits = scan(regex, names, where, full=False, first=True, until=self.until)
+            partial = names[hits[0]] if hits else None
+            hits = [] if hits else scan(regex, [ls.natives[r] for r in self.rows], where, full=False,
+                                        first=True, until=self.until)
+            native = self.rows[hits[0]] if hits else None
             if partial is not None:
                 return (f"it matches the start of {partial!r} but rules must match the whole name; "
                         f"add '.*' at the end")
-            native = next((row for row in self.rows if pattern.match(ls.natives[row])), None)
             if native is not None:
                 return (f"it matches the framework's own name {ls.natives[native]!r}, but rules "
                         f"fullmatch canonical names; that tensor is {ls.names[native]!r}")
@@ -136,6 +155,141 @@ class Matcher:
         prefixes = self._prefixes[depth]
         at = bisect.bisect_left(prefixes, literal)
         return prefixes[max(0, at - around): at + around]
+
+
+_CHAR_OPS = frozenset({sre_constants.LITERAL, sre_constants.NOT_LITERAL, sre_constants.ANY,
+                       sre_constants.IN, sre_constants.CATEGORY})
+_REPEATS = frozenset({sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
+                      sre_constants.POSSESSIVE_REPEAT})
+
+
+def _repeats(items: Any) -> int | None:
+    """How many variable repeats a parsed pattern has, or None if it is not simple.
+
+    Simple: every repeat repeats single characters (or fixed text), and there are no
+    backreferences, atomic groups or conditionals. Such a pattern costs at most
+    O(len(name) ** repeats) steps: each repeat, lookarounds' included, adds one choice per
+    position, and nothing multiplies them further.
+    """
+    n = 0
+    for op, arg in items:
+        if op in _CHAR_OPS or op is sre_constants.AT:
+            continue
+        if op in _REPEATS:
+            low, high, body = arg
+            if not all(b_op in _CHAR_OPS for b_op, _ in body):
+                return None
+            n += low != high
+        elif op is sre_constants.SUBPATTERN:
+            inner = _repeats(arg[3])
+            if inner is None:
+                return None
+            n += inner
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):  # (?=...), (?<!...): their
+            inner = _repeats(arg[1])  # repeats run at each position reached, so they count too
+            if inner is None:
+                return None
+            n += inner
+        elif op is sre_constants.BRANCH:
+            for alternative in arg[1]:
+                inner = _repeats(alternative)
+                if inner is None:
+                    return None
+                n += inner
+        else:
+            return None
+    return n
+
+
+@functools.lru_cache(maxsize=4096)
+def simple(regex: str) -> bool:
+    """True when ``re`` can match ``regex`` in at most O(len(name)**2) steps per name.
+
+    Those patterns (nearly all real rules: ``layer4\\..*``, ``.*\\.bias``) match on ``re``,
+    the fastest engine, with the budget checked between names; any other pattern matches on
+    the ``regex`` engine, whose calls take a timeout, because one call alone may never end.
+    """
+    if len(regex) > 1000:
+        return False
+    try:
+        parsed = sre_parse.parse(regex)
+    except (re.error, RecursionError, OverflowError):
+        return False
+    count = _repeats(parsed)
+    return count is not None and count <= 2
+
+
+_CHUNK = 256  # names matched between two looks at the clock on the fast path
+
+
+def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
+         first: bool = False, until: float | None = None) -> list[int]:
+    """Indices of the ``names`` that ``regex`` (full)matches, within one rule's time budget.
+
+    ``first`` stops at the first chunk of names with a hit (for suggestions); ``until`` is an
+    earlier deadline (a whole plan's) the rule must also meet.
+    """
+    budget = Budget(origin, regex, len(names))
+    if until is not None and until < budget.deadline:
+        budget.deadline, budget.seconds = until, max(0.0, until - time.monotonic())
+    deadline, clock = budget.deadline, time.monotonic
+    found: list[int] = []
+    if simple(regex):
+        pattern = re.compile(regex)
+        test = pattern.fullmatch if full else pattern.match
+        for start in range(0, len(names), _CHUNK):
+            if clock() > deadline:
+                raise budget.error()
+            chunk = names[start:start + _CHUNK]
+            found += [start + k for k, name in enumerate(chunk) if test(name)]
+            if first and found:
+                break
+        return found
+    pattern = _compile(regex, origin)
+    test = pattern.fullmatch if full else pattern.match
+    for k, name in enumerate(names):
+        left = deadline - clock()
+        if left <= 0:  # regex reads a timeout <= 0 as none at all
+            raise budget.error()
+        try:
+            hit = test(name, timeout=left)
+        except TimeoutError:
+            raise budget.error() from None
+        if hit:
+            found.append(k)
+            if first:
+                break
+    return found
+
+
+def budget_for(names: int) -> float:
+    """Seconds a rule may take to match ``names`` names."""
+    return MATCH_BUDGET_S + MATCH_BUDGET_PER_NAME_S * names
+
+
+class Budget:
+    """One rule's time to match all names (a deadline), and the error for running past it."""
+
+    def __init__(self, origin: str, pattern: str, names: int, seconds: float | None = None):
+        self.origin, self.pattern, self.names = origin, pattern, names
+        self.seconds = budget_for(names) if seconds is None else seconds
+        self.deadline = time.monotonic() + self.seconds
+
+    def error(self) -> SpecError:
+        return SpecError(
+            f"{self.origin}: regex {V.excerpt(self.pattern)} needed more than {self.seconds:.3g} s to "
+            f"match {self.names} names (a rule gets {budget_for(self.names):.3g} s, all rules of a plan "
+            f"{PLAN_BUDGET_RULES * budget_for(self.names):.3g} s); it backtracks catastrophically "
+            f"(nested or overlapping repeats like (a+)+ or (a|aa)+). Simplify it, e.g. 'layer4\\..*' "
+            f"or '.*\\.bias'")
+
+
+def _compile(pattern: str, origin: str) -> Any:
+    """The ``regex`` engine's compiled pattern (it can time out); syntax was checked when read."""
+    try:
+        return V.compiled(pattern)
+    except Exception as exc:  # a card's or group's pattern that only ``re`` accepts
+        raise SpecError(f"{origin}: invalid regex {V.excerpt(pattern)}: {V.excerpt(str(exc))}") from None
 
 
 def _literal(regex: str) -> str:

@@ -6,11 +6,47 @@ One mechanism for weight porting between frameworks and for partial checkpoint l
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+import time
+from typing import Any, Callable, Mapping
 
+import regex as _regex
+
+from . import validate as V
 from .errors import SpecError
+from .matching import budget_for, simple
 
 Rename = Mapping[str, str] | Callable[[str], "str | None"] | None
+
+
+class _Timed:
+    """A user pattern with a time budget over all the names it is tried on (see matching.py).
+
+    A NameMap serves one load or port, so the budget covers all the names of that call.
+    """
+
+    def __init__(self, regex: str, where: str):
+        self.where, self.spent, self.names = where, 0.0, 0
+        # A simple pattern costs O(len(name)**2) at most: ``re``, untimed; any other, ``regex``.
+        self.pattern = re.compile(regex) if simple(regex) else V.compiled(regex)
+        self.timed = not simple(regex)
+
+    def fullmatch(self, name: str) -> Any:
+        if not self.timed:
+            return self.pattern.fullmatch(name)
+        left = budget_for(self.names + 1) - self.spent
+        start = time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return self.pattern.fullmatch(name, timeout=left)
+        except TimeoutError:
+            raise SpecError(
+                f"{self.where}: regex {V.excerpt(self.pattern.pattern)} needed more than "
+                f"{budget_for(self.names + 1):.3g} s to match {self.names + 1} names; it backtracks "
+                f"catastrophically (nested or overlapping repeats like (a+)+). Simplify it") from None
+        finally:
+            self.spent += time.monotonic() - start
+            self.names += 1
 
 
 class NameMap:
@@ -24,18 +60,17 @@ class NameMap:
     def __init__(self, select: str | None = None, rename: Rename = None):
         self.select = self._compile(select, "select") if select else None
         self.rename = rename
-        self._rules = []
+        self._rules: list[tuple[_Timed, str]] = []
         if isinstance(rename, Mapping):
-            self._rules = [(self._compile(k, f"rename[{k!r}]"), v) for k, v in rename.items()]
+            for k, v in rename.items():
+                where = f"rename[{V.excerpt(k)}]"
+                self._rules.append((self._compile(k, where), V.string(v, where, nonempty=False)))
         elif rename is not None and not callable(rename):
-            raise SpecError(f"rename: expected {{regex: replacement}} or a function, got {rename!r}")
+            raise V.fail("rename", "{regex: replacement} or a function", rename)
 
     @staticmethod
-    def _compile(regex: str, where: str) -> re.Pattern:
-        try:
-            return re.compile(regex)
-        except re.error as exc:
-            raise SpecError(f"{where}: invalid regex {regex!r}: {exc}") from None
+    def _compile(regex: Any, where: str) -> _Timed:
+        return _Timed(V.regex(regex, where), where)
 
     def __call__(self, name: str) -> str | None:
         if self.select is not None and not self.select.fullmatch(name):
@@ -45,5 +80,9 @@ class NameMap:
         for pattern, replacement in self._rules:
             m = pattern.fullmatch(name)
             if m:
-                return m.expand(replacement) or None
+                try:
+                    return m.expand(replacement) or None
+                except (IndexError, re.error, _regex.error) as exc:  # a \\3 for a regex with two groups
+                    raise SpecError(f"{pattern.where}: replacement {V.excerpt(replacement)} does "
+                                    f"not fit its regex: {V.excerpt(str(exc))}") from None
         return name

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import validate as V
 from .errors import SpecError
 from .spec import RECIPE_SECTIONS, Spec, _close, check_keys, read_recipe
 
@@ -27,8 +28,8 @@ RECIPE_SECTIONS["schedule"] = "lr schedule: constant, step, multistep, cosine, w
 
 def check_semantics(value: Any) -> str:
     if value not in SEMANTICS:
-        raise SpecError(f"semantics: {value!r} is not one of {', '.join(SEMANTICS)}; 'torch' makes "
-                        f"Gluon follow torch's update rules, 'native' keeps each framework's own")
+        raise SpecError(f"semantics: {V.excerpt(value)} is not one of {', '.join(SEMANTICS)}; 'torch' "
+                        f"makes Gluon follow torch's update rules, 'native' keeps each framework's own")
     return value
 
 
@@ -42,18 +43,22 @@ class OptimizerSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> "OptimizerSpec":
-        if not isinstance(data, Mapping):
-            raise SpecError(f"optimizer: expected a mapping like {{name: sgd, lr: 0.01}}, got {data!r}")
-        data = dict(data)
-        name = data.pop("name", "sgd")
+        """Validate a whole optimizer section: name, lr, weight_decay, semantics and options.
+
+        The options of the optimizers in :data:`tunespec.validate.OPTIMIZER_OPTIONS` are checked
+        here; another name is left to the backend, which knows its framework's optimizers.
+        """
+        data = dict(V.mapping(data, "optimizer", "{name: sgd, lr: 0.01}"))
+        V.tree(data, "optimizer")
+        name = V.string(data.pop("name", "sgd"), "optimizer.name", max_length=100)
         lr = data.pop("lr", None)
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise SpecError(f"optimizer.lr: expected a positive number, got {lr!r}")
-        wd = data.pop("weight_decay", 0.0)
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0 or not math.isfinite(wd):
-            raise SpecError(f"optimizer.weight_decay: expected a number >= 0, got {wd!r}")
+        if lr is not None:
+            lr = V.number(lr, "optimizer.lr", minimum=0.0, min_exclusive=True, maximum=V.MAX_FACTOR)
+        wd = V.number(data.pop("weight_decay", 0.0), "optimizer.weight_decay", minimum=0.0,
+                      maximum=V.MAX_FACTOR)
         semantics = check_semantics(data.pop("semantics", "torch"))
-        return cls(str(name), None if lr is None else float(lr), float(wd), semantics, data)
+        options = V.check_optimizer(name, data, "optimizer")
+        return cls(name, lr, wd, semantics, options)
 
 
 @dataclass(frozen=True)
@@ -72,25 +77,55 @@ class LRSchedule:
 
     KEYS = ("type", "step_size", "milestones", "gamma", "total_steps", "min_factor", "warmup_steps",
             "warmup_start_factor", "unit")
+    NEEDS = {"step": "step_size", "multistep": "milestones", "cosine": "total_steps"}
 
     @classmethod
     def from_dict(cls, data: Any) -> "LRSchedule":
-        if not isinstance(data, Mapping):
-            raise SpecError(f"schedule: expected a mapping like {{type: step, step_size: 10}}, got {data!r}")
+        """Validate a whole schedule section; every count is a positive integer <= 10**12."""
+        data = V.mapping(data, "schedule", "{type: step, step_size: 10}")
+        V.tree(data, "schedule")
         check_keys(data, "schedule", cls.KEYS)
-        kind = data.get("type", "constant")
-        if kind not in SCHEDULE_TYPES:
-            raise SpecError(f"schedule.type: {kind!r}{_close(str(kind), SCHEDULE_TYPES)}; "
-                            f"use one of {', '.join(SCHEDULE_TYPES)}")
-        if data.get("unit", "step") not in ("step", "epoch"):
-            raise SpecError(f"schedule.unit: {data['unit']!r}; use 'step' or 'epoch'")
-        need = {"step": "step_size", "multistep": "milestones", "cosine": "total_steps"}.get(kind)
-        if need and not data.get(need):
+        kind = V.choice(data.get("type", "constant"), "schedule.type", SCHEDULE_TYPES)
+        unit = V.choice(data.get("unit", "step"), "schedule.unit", ("step", "epoch"))
+        need = cls.NEEDS.get(kind)
+        if need and data.get(need) is None:
             raise SpecError(f"schedule: type {kind} needs {need}")
-        return cls(kind, int(data.get("step_size", 0)), tuple(sorted(int(m) for m in data.get("milestones", ()))),
-                   float(data.get("gamma", 0.1)), int(data.get("total_steps", 0)),
-                   float(data.get("min_factor", 0.0)), int(data.get("warmup_steps", 0)),
-                   float(data.get("warmup_start_factor", 0.0)), data.get("unit", "step"))
+        for other, key in cls.NEEDS.items():  # an option that has no effect is an error
+            if other != kind and key in data:
+                raise SpecError(f"schedule.{key}: has no effect with type {kind}; remove it or use "
+                                f"type {other}")
+        step_size = 0 if kind != "step" else V.count(data["step_size"], "schedule.step_size")
+        milestones = () if kind != "multistep" else cls._milestones(data["milestones"])
+        total = 0 if kind != "cosine" else V.count(data["total_steps"], "schedule.total_steps")
+        gamma = V.number(data.get("gamma", 0.1), "schedule.gamma", minimum=0.0, maximum=V.MAX_FACTOR)
+        if kind in ("constant", "cosine") and "gamma" in data:
+            raise SpecError(f"schedule.gamma: has no effect with type {kind}; remove it")
+        min_factor = V.number(data.get("min_factor", 0.0), "schedule.min_factor", minimum=0.0,
+                              maximum=1.0)
+        if kind != "cosine" and "min_factor" in data:
+            raise SpecError(f"schedule.min_factor: has no effect with type {kind}; remove it or use "
+                            f"type cosine")
+        warmup = V.count(data.get("warmup_steps", 0), "schedule.warmup_steps", minimum=0)
+        start = V.number(data.get("warmup_start_factor", 0.0), "schedule.warmup_start_factor",
+                         minimum=0.0, maximum=1.0)
+        if not warmup and "warmup_start_factor" in data:
+            raise SpecError("schedule.warmup_start_factor: has no effect without warmup_steps; give "
+                            "warmup_steps or remove it")
+        return cls(kind, step_size, milestones, gamma, total, min_factor, warmup, start, unit)
+
+    @staticmethod
+    def _milestones(raw: Any) -> tuple[int, ...]:
+        """Strictly increasing step (or epoch) counts: a repeat or a decrease is a typo."""
+        items = V.sequence(raw, "schedule.milestones", what="a list of increasing integers",
+                           max_length=10_000, nonempty=True)
+        out: list[int] = []
+        for i, m in enumerate(items):
+            m = V.count(m, f"schedule.milestones[{i}]")
+            if out and m <= out[-1]:
+                raise SpecError(f"schedule.milestones[{i}]: {m} is not after {out[-1]}; milestones "
+                                f"must strictly increase")
+            out.append(m)
+        return tuple(out)
 
     def in_steps(self, steps_per_epoch: int | None) -> "LRSchedule":
         """The same schedule counted in optimizer steps."""
@@ -150,7 +185,7 @@ def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Rec
         try:
             return Recipe.from_dict(read_recipe(source))
         except SpecError as exc:
-            raise SpecError(f"{source}: {exc}") from None
+            raise SpecError(f"{str(source)[:200]}: {exc}") from None
     if isinstance(source, Mapping):
         return Recipe.from_dict(source)
     raise SpecError(f"expected a recipe path, a mapping or a Spec, got {type(source).__name__}")

@@ -6,14 +6,15 @@ regex or a meaningless multiplier fails before any model is touched.
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from . import validate as V
 from .errors import SpecError
 
 BN_POLICIES = ("train", "freeze", "freeze_frozen")
@@ -25,42 +26,29 @@ SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups
 RECIPE_SECTIONS: dict[str, str] = {}
 
 
-def _close(word: str, choices: Iterable[str]) -> str:
-    hits = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {hits[0]!r}?)" if hits else ""
+def _close(word: Any, choices: Iterable[str]) -> str:
+    return V.suggestion(word, choices)
 
 
 def check_keys(data: Mapping[str, Any], section: str, keys: Sequence[str]) -> None:
     """Refuse a key a recipe section does not have, suggesting the closest one it does."""
-    for key in data:
-        if key not in keys:
-            raise SpecError(f"{section}: unknown key {key!r}{_close(str(key), keys)}; "
-                            f"keys are {', '.join(keys)}")
+    V.keys(data, section, keys)
 
 
 def _check_regex(pattern: Any, where: str) -> str:
-    if not isinstance(pattern, str) or not pattern:
-        raise SpecError(f"{where}: match must be a non-empty regex string, got {pattern!r}")
-    if pattern.startswith("@"):
-        if not re.fullmatch(r"@[A-Za-z0-9_][\w+-]*", pattern):
-            raise SpecError(f"{where}: {pattern!r} is not a group reference like '@heads' or '@bias'")
+    """A rule's ``match``: a regex that compiles, or a ``@group`` reference."""
+    if isinstance(pattern, str) and pattern.startswith("@"):
+        if len(pattern) > 200 or not re.fullmatch(r"@[A-Za-z0-9_][\w+-]*", pattern):
+            raise SpecError(f"{where}: {V.excerpt(pattern)} is not a group reference like '@heads' "
+                            f"or '@bias'")
         return pattern  # resolved at plan time, when model cards' groups are known too
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise SpecError(
-            f"{where}: invalid regex {pattern!r}: {exc}. Escape literal dots and brackets, "
-            f"e.g. 'fc\\..*'"
-        ) from None
-    return pattern
+    return V.regex(pattern, where)
 
 
 def _check_mult(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where}: {key} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise SpecError(f"{where}: {key} must be finite and >= 0, got {value!r}")
+    """A multiplier: finite, in [0, MAX_FACTOR]; lr_mult 0 is refused (it does not freeze)."""
+    path = where if where.startswith(key) else f"{where}.{key}"
+    value = V.number(value, path, minimum=0.0, maximum=V.MAX_FACTOR)
     if key == "lr_mult" and value == 0:
         raise SpecError(
             f"{where}: lr_mult 0 does not freeze (momentum and weight decay still move the "
@@ -83,22 +71,19 @@ class Rule:
     @classmethod
     def from_dict(cls, data: Any, origin: str, user: bool = True) -> "Rule":
         if not isinstance(data, Mapping):
-            raise SpecError(f"{origin}: a rule is a mapping like {{match: 'fc\\..*', lr_mult: 10}}, "
-                            f"got {data!r}")
-        for key in data:
-            if key not in RULE_KEYS:
-                raise SpecError(f"{origin}: unknown rule key {key!r}{_close(str(key), RULE_KEYS)}; "
-                                f"rule keys are {', '.join(RULE_KEYS)}")
+            raise V.fail(origin, "a rule mapping like {match: 'fc\\..*', lr_mult: 10}", data)
+        V.keys(data, origin, RULE_KEYS, "rule key")
         if "match" not in data:
             raise SpecError(f"{origin}: a rule needs 'match' (a regex on canonical names or '@group')")
         match = _check_regex(data["match"], origin)
         trainable = data.get("trainable")
-        if trainable is not None and not isinstance(trainable, bool):
-            raise SpecError(f"{origin}: trainable must be true or false, got {trainable!r}")
+        if trainable is not None:
+            V.boolean(trainable, f"{origin}.trainable")
         lr = None if data.get("lr_mult") is None else _check_mult(data["lr_mult"], "lr_mult", origin)
         wd = None if data.get("wd_mult") is None else _check_mult(data["wd_mult"], "wd_mult", origin)
         if trainable is None and lr is None and wd is None:
-            raise SpecError(f"{origin}: rule {match!r} sets nothing; give trainable, lr_mult or wd_mult")
+            raise SpecError(f"{origin}: rule {V.excerpt(match)} sets nothing; give trainable, lr_mult "
+                            f"or wd_mult")
         return cls(match, trainable, lr, wd, origin, user)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,12 +99,12 @@ def _as_list(value: Any, key: str) -> list[str]:
         return [value]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise SpecError(f"{key}: expected a regex or a list of regexes, got {value!r}")
+    raise V.fail(key, "a regex or a list of regexes", value)
 
 
 def _as_mult_map(value: Any, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise SpecError(f"{key}: expected a mapping {{regex: multiplier}}, got {value!r}")
+        raise V.fail(key, "a mapping {regex: multiplier}", value)
     return value
 
 
@@ -140,11 +125,9 @@ class Spec:
             return data
         if not isinstance(data, Mapping):
             raise SpecError(f"a spec is a mapping of {', '.join(SPEC_KEYS)}; got {type(data).__name__}")
+        V.tree(data)
         known = SPEC_KEYS + tuple(RECIPE_SECTIONS)  # other sections are read by their features
-        for key in data:
-            if key not in known:
-                raise SpecError(f"unknown spec key {key!r}{_close(str(key), known)}; "
-                                f"valid keys are {', '.join(known)}")
+        V.keys(data, "", known, "spec key")
         groups = cls._groups(data.get("groups") or {})
         rules: list[Rule] = []
         for i, regex in enumerate(_as_list(data.get("freeze", []), "freeze")):
@@ -153,21 +136,20 @@ class Spec:
             rules.append(Rule.from_dict({"match": regex, "trainable": True}, f"train[{i}]"))
         for key in ("lr_mult", "wd_mult"):
             for regex, mult in _as_mult_map(data.get(key, {}), key).items():
-                rules.append(Rule.from_dict({"match": regex, key: mult}, f"{key}[{regex!r}]"))
+                rules.append(Rule.from_dict({"match": regex, key: mult}, f"{key}[{V.excerpt(regex)}]"))
         raw_rules = data.get("rules", [])
         if not isinstance(raw_rules, (list, tuple)):
-            raise SpecError(f"rules: expected a list of rule mappings, got {raw_rules!r}")
+            raise V.fail("rules", "a list of rule mappings", raw_rules)
         rules += [Rule.from_dict(r, f"rules[{i}]") for i, r in enumerate(raw_rules)]
         bn = data.get("bn", "freeze_frozen")
-        if bn not in BN_POLICIES:
-            raise SpecError(f"bn: {bn!r} is not a BatchNorm policy{_close(str(bn), BN_POLICIES)}; "
-                            f"use one of {', '.join(BN_POLICIES)}")
-        strict = data.get("strict", True)
-        if not isinstance(strict, bool):
-            raise SpecError(f"strict: must be true or false, got {strict!r}")
+        V.choice(bn, "bn", BN_POLICIES)
+        strict = V.boolean(data.get("strict", True), "strict")
         preset = data.get("preset")
-        if preset is not None and not isinstance(preset, (str, int)):
-            raise SpecError(f"preset: expected a preset name like 'heads' or '4+', got {preset!r}")
+        if preset is not None:  # YAML reads a bare 4 as an int
+            if isinstance(preset, bool) or not isinstance(preset, (str, int)) or (
+                    isinstance(preset, int) and not 0 <= preset <= 1000):
+                raise V.fail("preset", "a preset name like 'heads' or '4+'", preset)
+            V.string(str(preset), "preset", max_length=200)
         return cls(tuple(rules), groups, bn, strict, None if preset is None else str(preset))
 
     @classmethod
@@ -178,18 +160,20 @@ class Spec:
     @staticmethod
     def _groups(raw: Any) -> dict[str, str]:
         if not isinstance(raw, Mapping):
-            raise SpecError(f"groups: expected a mapping {{name: regex}}, got {raw!r}")
+            raise V.fail("groups", "a mapping {name: regex}", raw)
         groups: dict[str, str] = {}
         for name, value in raw.items():
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w+-]*", name):
-                raise SpecError(f"groups: {name!r} is not a valid group name (letters, digits, _ + -)")
+            if not isinstance(name, str) or len(name) > 200 or not re.fullmatch(r"[A-Za-z_][\w+-]*", name):
+                raise SpecError(f"groups: {V.excerpt(name)} is not a valid group name (letters, digits, "
+                                f"_ + -)")
             if name in BUILTIN_GROUPS:
                 raise SpecError(f"groups: {name!r} is a built-in group (@bias, @norm, @1d); "
                                 "pick another name")
             regexes = _as_list(value, f"groups.{name}")
             for regex in regexes:
                 if regex.startswith("@"):
-                    raise SpecError(f"groups.{name}: groups are regexes; {regex!r} refers to a group")
+                    raise SpecError(f"groups.{name}: groups are regexes; {V.excerpt(regex)} refers to "
+                                    f"a group")
                 _check_regex(regex, f"groups.{name}")
             groups[name] = regexes[0] if len(regexes) == 1 else "|".join(f"(?:{r})" for r in regexes)
         return groups
@@ -210,29 +194,152 @@ class Spec:
         return out
 
 
+MAX_RECIPE_BYTES = 1 << 20  # 1 MiB: a real recipe is a few KiB
+RECIPE_TYPES = (".yaml", ".yml", ".json", ".toml")
+
+
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file (.yaml/.yml, .json or .toml) into a mapping."""
+    """Read a recipe file (.yaml/.yml, .json or .toml) into a mapping, as untrusted input.
+
+    At most :data:`MAX_RECIPE_BYTES` are read, and only from a regular file (a FIFO or
+    ``/dev/zero`` neither hangs nor fills memory); the text must be UTF-8; YAML is read without
+    anchors, aliases or tags beyond plain data, and a key given twice (in any of the three
+    formats, at any depth) is an error instead of the last one silently winning.
+    """
     path = Path(path)
+    name = V.excerpt(str(path))
     suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json", ".toml"):
-        raise SpecError(f"recipe {str(path)!r}: unknown file type {suffix!r}; use .yaml, .json or .toml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read recipe {str(path)!r}: {exc.strerror}") from None
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
-
-            data = tomllib.loads(text)
-    except Exception as exc:  # the parsers' own errors are many; report them as one kind
-        raise SpecError(f"recipe {str(path)!r} is not valid {suffix[1:]}: {exc}") from None
+    if suffix not in RECIPE_TYPES:
+        raise SpecError(f"recipe {name}: unknown file type {V.excerpt(suffix)}; use .yaml, .json or .toml")
+    text = _read_text(path, name)
+    if suffix in (".yaml", ".yml"):
+        data = _parse_yaml(text, name)
+    elif suffix == ".json":
+        data = _parse_json(text, name)
+    else:
+        data = _parse_toml(text, name)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise SpecError(f"recipe {str(path)!r}: the top level must be a mapping, got {type(data).__name__}")
+        raise SpecError(f"recipe {name}: the top level must be a mapping, got {type(data).__name__}")
+    V.tree(data)
     return data
+
+
+def _read_text(path: Path, name: str) -> str:
+    """The file's text: a regular file of at most MAX_RECIPE_BYTES, UTF-8, no NUL bytes."""
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer must not block; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise SpecError(f"cannot read recipe {name}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(f"recipe {name} is not a regular file; give the path of a .yaml, .json "
+                            f"or .toml file")
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise _too_big(name)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            raw = f.read(MAX_RECIPE_BYTES + 1)  # the size can change after fstat
+    except OSError as exc:
+        raise SpecError(f"cannot read recipe {name}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise _too_big(name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"recipe {name} is not UTF-8 text (byte {exc.start} is invalid); save it "
+                        f"as UTF-8") from None
+    if "\x00" in text:
+        raise SpecError(f"recipe {name} contains NUL bytes: it is a binary file, not a recipe")
+    return text
+
+
+def _too_big(name: str) -> SpecError:
+    return SpecError(f"recipe {name} is larger than {MAX_RECIPE_BYTES // 1024} KiB; a recipe is a "
+                     f"few KiB (use regexes instead of listing every tensor)")
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader without anchors/aliases (a 'billion laughs' cannot expand) or duplicate keys."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise SpecError(f"line {event.start_mark.line + 1}: YAML aliases (*name) are not "
+                                f"allowed in a recipe; write the value out")
+            event = self.peek_event()
+            if getattr(event, "anchor", None) is not None:
+                raise SpecError(f"line {event.start_mark.line + 1}: YAML anchors (&name) are not "
+                                f"allowed in a recipe; write the value out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        raise SpecError(f"line {key_node.start_mark.line + 1}: YAML merge keys (<<) are "
+                                        f"not allowed in a recipe")
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        duplicate = key in seen
+                        seen.add(key)
+                    except TypeError:  # an unhashable key; SafeLoader reports it
+                        continue
+                    if duplicate:
+                        raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key "
+                                        f"{V.excerpt(key)}; each key may appear once (the last one "
+                                        f"would silently win)")
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
+def _parse_yaml(text: str, name: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except SpecError as exc:
+        raise SpecError(f"recipe {name}, {exc}") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise SpecError(f"recipe {name} is not valid yaml: {V.excerpt(str(exc))[1:-1]}") from None
+
+
+def _parse_json(text: str, name: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise SpecError(f"duplicate key {V.excerpt(key)}; each key may appear once (the "
+                                f"last one would silently win)")
+            out[key] = value
+        return out
+
+    def constant(word: str) -> Any:
+        raise SpecError(f"{word} is not a JSON number; recipes take finite numbers")
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except SpecError as exc:
+        raise SpecError(f"recipe {name}: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge int digits
+        raise SpecError(f"recipe {name} is not valid json: {V.excerpt(str(exc))[1:-1]}") from None
+
+
+def _parse_toml(text: str, name: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(text)  # rejects duplicate keys itself
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        raise SpecError(f"recipe {name} is not valid toml: {V.excerpt(str(exc))[1:-1]}") from None

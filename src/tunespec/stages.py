@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from .backend_api import Group
 from .dispatch import backend_for
+from . import validate as V
 from .errors import SpecError
 from .plan import Plan, check_optimizer, short
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
@@ -59,23 +60,20 @@ class Stage:
 
     @classmethod
     def from_dict(cls, data: Any, origin: str, base: Mapping[str, Any]) -> "Stage":
-        if not isinstance(data, Mapping):
-            raise SpecError(f"{origin}: a stage is a mapping like {{at_epoch: 5, preset: '4+'}}, "
-                            f"got {data!r}")
+        """One stage entry. ``at_epoch: N`` starts the stage at the beginning of epoch N
+        (epochs count from 0), so N >= 1: what trains from the start is the recipe's own spec."""
+        data = V.mapping(data, origin, "{at_epoch: 5, preset: '4+'}")
         known = STAGE_KEYS + SPEC_KEYS
-        for key in data:
-            if key not in known:
-                raise SpecError(f"{origin}: unknown stage key {key!r}{_close(str(key), known)}; stage keys "
-                                f"are {', '.join(STAGE_KEYS)} plus the spec's {', '.join(SPEC_KEYS)}")
+        V.keys(data, origin, known, "stage key")
         triggers = [k for k in TRIGGERS if k in data]
         if len(triggers) != 1:
             raise SpecError(f"{origin}: give exactly one of {', '.join(TRIGGERS)} (when the stage starts), "
                             f"got {triggers or 'none'}")
         trigger = triggers[0]
-        at = data[trigger]
-        if isinstance(at, bool) or not isinstance(at, int) or at < (1 if trigger == "on_plateau" else 0):
-            raise SpecError(f"{origin}: {trigger} must be a whole number"
-                            f"{' >= 1' if trigger == 'on_plateau' else ' >= 0'}, got {at!r}")
+        if trigger == "at_epoch" and data[trigger] == 0 and not isinstance(data[trigger], bool):
+            raise SpecError(f"{origin}.at_epoch: 0 would start the stage before training; put its "
+                            f"spec in the recipe's own keys (stage 0), or start it at epoch 1 or later")
+        at = V.count(data[trigger], f"{origin}.{trigger}")
         spec_part = {k: v for k, v in data.items() if k in SPEC_KEYS}
         if not set(spec_part) - set(INHERITED):
             raise SpecError(f"{origin}: the stage sets no spec; give preset, freeze, train or rules")
@@ -86,18 +84,20 @@ class Stage:
             spec = Spec.from_dict(spec_part)
         except SpecError as exc:
             raise SpecError(f"{origin}: {exc}") from None
-        factor = data.get("lr_factor", 1.0)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
-                math.isfinite(factor) and factor > 0):
-            raise SpecError(f"{origin}: lr_factor must be a number > 0, got {factor!r}")
-        restore = data.get("restore_best", False)
-        if not isinstance(restore, bool):
-            raise SpecError(f"{origin}: restore_best must be true or false, got {restore!r}")
-        delta = data.get("min_delta", 0.0)
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0:
-            raise SpecError(f"{origin}: min_delta must be a number >= 0, got {delta!r}")
-        name = str(data.get("name", spec.preset_name or origin))
-        return cls(name, spec, trigger, at, float(delta), restore, float(factor))
+        factor = V.number(data.get("lr_factor", 1.0), f"{origin}.lr_factor", minimum=0.0,
+                          min_exclusive=True, maximum=V.MAX_FACTOR)
+        restore = V.boolean(data.get("restore_best", False), f"{origin}.restore_best")
+        if "min_delta" in data and trigger != "on_plateau" and not restore:
+            raise SpecError(f"{origin}.min_delta: has no effect on an {trigger} stage that does not "
+                            f"restore_best; remove it")
+        delta = V.number(data.get("min_delta", 0.0), f"{origin}.min_delta", minimum=0.0,
+                         maximum=V.MAX_FACTOR)
+        raw_name = data.get("name")
+        if isinstance(raw_name, int) and not isinstance(raw_name, bool) and abs(raw_name) < 10**18:
+            raw_name = str(raw_name)  # YAML reads `name: 2` as an int
+        name = spec.preset_name or origin if raw_name is None else V.string(
+            raw_name, f"{origin}.name", max_length=200)
+        return cls(name, spec, trigger, at, delta, restore, factor)
 
 
 @dataclass(frozen=True)
@@ -109,17 +109,30 @@ class StagesSpec:
     def from_dict(cls, data: Any, recipe: Mapping[str, Any] | None = None) -> "StagesSpec":
         if isinstance(data, (list, tuple)):
             data = {"then": data}
-        if not isinstance(data, Mapping):
-            raise SpecError(f"stages: expected {{mode: min, then: [...]}} or a list of stages, got {data!r}")
+        data = V.mapping(data, "stages", "{mode: min, then: [...]} or a list of stages")
+        V.tree(data, "stages")
         check_keys(data, "stages", ("mode", "then"))
-        mode = data.get("mode", "min")
-        if mode not in ("min", "max"):
-            raise SpecError(f"stages.mode: {mode!r}; use min (a loss) or max (an accuracy)")
-        then = data.get("then")
-        if not isinstance(then, (list, tuple)) or not then:
-            raise SpecError("stages.then: expected a non-empty list of stages")
+        mode = V.choice(data.get("mode", "min"), "stages.mode", ("min", "max"),
+                        "use min (a loss) or max (an accuracy)")
+        then = V.sequence(data.get("then"), "stages.then", what="a list of stages", max_length=1000,
+                          nonempty=True)
         stages = tuple(Stage.from_dict(s, f"stages.then[{i}]", recipe or {}) for i, s in enumerate(then))
+        cls._check_order(stages, [f"stages.then[{i}]" for i in range(len(stages))])
         return cls(stages, mode)
+
+    @staticmethod
+    def _check_order(stages: tuple[Stage, ...], origins: list[str]) -> None:
+        """Epoch and step triggers strictly increase along the list: stages start in list order,
+        so a repeated or earlier trigger would start a stage later than it says."""
+        last: dict[str, tuple[int, str]] = {}
+        for stage, origin in zip(stages, origins):
+            if stage.trigger in ("at_epoch", "at_step"):
+                prev = last.get(stage.trigger)
+                if prev is not None and stage.at <= prev[0]:
+                    raise SpecError(f"{origin}.{stage.trigger}: {stage.at} is not after {prev[1]}'s "
+                                    f"{prev[0]}; stages run in list order, so their {stage.trigger} "
+                                    f"must strictly increase")
+                last[stage.trigger] = (stage.at, origin)
 
 
 SECTION_PARSERS["stages"] = StagesSpec.from_dict
