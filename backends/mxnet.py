@@ -29,7 +29,7 @@ from mxnet import gluon
 
 from tunespec.cache import GraphNode
 from tunespec.errors import MissingFrameworkError, SpecError
-from tunespec.files import decode_tree, encode_tree, excerpt, write_checked
+from tunespec.files import decode_tree, encode_tree, excerpt, regular_file, write_checked
 from tunespec.listing import Listing, ListingBuilder, class_names
 
 _TRAINER_OPTIONS = ("kvstore", "compression_params", "update_on_kvstore")
@@ -241,11 +241,14 @@ class _MXNetLifecycle:
     decided in tunespec.loading, tunespec.init, tunespec.stages and tunespec.checkpoint."""
 
     def read_checkpoint(self, path: str, allow_pickle: bool) -> dict[str, Any]:
-        """A Gluon ``.params`` file (save_parameters, or export's ``arg:``/``aux:`` keys)."""
+        """A Gluon ``.params`` file (save_parameters, or export's ``arg:``/``aux:`` keys). MXNet's
+        format holds no pickle, so ``allow_pickle`` changes nothing here."""
+        regular_file(path, "load", None)
         try:
             loaded = mx.nd.load(path)
-        except mx.MXNetError as exc:
-            raise SpecError(f"{path}: not an MXNet .params file ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:  # MXNetError, and whatever a damaged file makes the reader raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SpecError(f"{path}: not an MXNet .params file ({excerpt(first, 200)})") from None
         if not isinstance(loaded, dict):
             raise SpecError(f"{path}: holds an unnamed list of arrays; tunespec loads named parameters")
         return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in loaded.items()}
@@ -256,7 +259,13 @@ class _MXNetLifecycle:
         except ImportError:
             raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
                                         "pip install 'tunespec[safetensors]'") from None
-        return load_file(path)
+        regular_file(path, "load", None)
+        try:
+            return load_file(path)
+        except Exception as exc:  # SafetensorError, and TypeError for dtypes numpy lacks (bfloat16)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SpecError(f"{path}: not a safetensors file MXNet can read ({type(exc).__name__}: "
+                            f"{excerpt(first, 200)})") from None
 
     def to_numpy(self, value: Any) -> Any:
         if isinstance(value, mx.nd.NDArray):
@@ -561,8 +570,19 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
     def owns(self, model: Any) -> bool:
         return isinstance(model, gluon.Block)
 
-    def load_file(self, model: gluon.Block, path: str) -> None:
-        model.load_parameters(path)
+    def load_file(self, model: gluon.Block, path: str, allow_pickle: bool = False) -> None:
+        """A whole ``.params`` file into ``model``: every name and shape checked before any is set."""
+        loaded = self.read_checkpoint(path, allow_pickle)
+        params = model._collect_params_with_prefix()
+        odd = sorted(set(params) ^ set(loaded))
+        if odd:
+            raise SpecError(f"{path}: its names differ from the model's ({', '.join(map(excerpt, odd[:4]))}); "
+                            f"use tunespec.load for partial loading")
+        for k, p in params.items():
+            if tuple(loaded[k].shape) != _shape(p):
+                raise SpecError(f"{path}: {k!r} is {tuple(loaded[k].shape)} in the file, {_shape(p)} in the model")
+        for k, p in params.items():
+            p.set_data(loaded[k].astype(p.dtype))
 
     def save_file(self, model: gluon.Block, path: str) -> None:
         mx.nd.waitall()  # see tensor_bytes

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from tunespec.cache import GraphNode
 from tunespec.errors import MissingFrameworkError, SpecError
-from tunespec.files import decode_tree, encode_tree, excerpt, write_checked
+from tunespec.files import decode_tree, encode_tree, excerpt, regular_file, write_checked
 from tunespec.listing import Listing, ListingBuilder, class_names
 
 # Wrapper classes and the attribute under which they hold the wrapped model.
@@ -124,15 +124,17 @@ class _TorchLifecycle:
     tunespec.loading, tunespec.init, tunespec.stages and tunespec.checkpoint."""
 
     def read_checkpoint(self, path: str, allow_pickle: bool) -> Any:
+        """A torch file, read with ``weights_only=True`` unless the caller opted into pickle."""
+        regular_file(path, "load", None)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
         except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             if not allow_pickle and "weights_only" in str(exc).lower():
-                first = str(exc).strip().splitlines()[0]
-                raise SpecError(f"{path}: this checkpoint needs pickle to load ({first}); unpickling can "
-                                f"run arbitrary code, so tunespec refuses it. If you trust the file, pass "
-                                f"allow_pickle=True") from None
-            raise SpecError(f"{path}: not a torch checkpoint ({exc})") from None
+                raise SpecError(f"{path}: this checkpoint needs pickle to load ({excerpt(first, 200)}); "
+                                f"unpickling can run arbitrary code, so tunespec refuses it. If you trust "
+                                f"the file, pass allow_pickle=True") from None
+            raise SpecError(f"{path}: not a torch checkpoint ({type(exc).__name__}: {excerpt(first, 200)})") from None
         return obj.state_dict() if isinstance(obj, nn.Module) else obj
 
     def read_safetensors(self, path: str) -> dict[str, torch.Tensor]:
@@ -141,7 +143,13 @@ class _TorchLifecycle:
         except ImportError:
             raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
                                         "pip install 'tunespec[safetensors]'") from None
-        return load_file(path, device="cpu")
+        regular_file(path, "load", None)
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:  # SafetensorError, and OSError/ValueError from a damaged header
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SpecError(f"{path}: not a valid safetensors file ({type(exc).__name__}: "
+                            f"{excerpt(first, 200)})") from None
 
     def to_numpy(self, value: Any) -> Any:
         value = value.detach().cpu()
@@ -394,15 +402,29 @@ class TorchBackend(_TorchLifecycle, _TorchCachedPrefix):
     def owns(self, model: Any) -> bool:
         return isinstance(model, nn.Module)
 
-    def load_file(self, model: nn.Module, path: str) -> None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise SpecError(f"{path}: not a torch state_dict loadable with weights_only=True ({exc})") from None
-        model.load_state_dict(state)
+    def load_file(self, model: nn.Module, path: str, allow_pickle: bool = False) -> None:
+        """A whole state_dict into ``model``: every key and shape checked before any is copied
+        (torch's own load_state_dict copies what matches before it reports the rest)."""
+        state = self.read_checkpoint(path, allow_pickle)
+        live = _unwrap(model).state_dict()
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise SpecError(f"{path}: not a state_dict of named tensors; use tunespec.load(model, path, "
+                            f"key=...) for training checkpoints")
+        odd = sorted(set(live) ^ set(state))
+        if odd:
+            raise SpecError(f"{path}: its keys differ from the model's ({', '.join(map(excerpt, odd[:4]))}); "
+                            f"use tunespec.load for partial loading")
+        for k, t in live.items():
+            if tuple(state[k].shape) != tuple(t.shape):
+                raise SpecError(f"{path}: {k!r} is {tuple(state[k].shape)} in the file, {tuple(t.shape)} "
+                                f"in the model")
+            if not (state[k].dtype.is_floating_point or state[k].dtype in _SAFETENSORS_DTYPES):
+                raise SpecError(f"{path}: {k!r} has dtype {state[k].dtype}, not a number type")
+        _unwrap(model).load_state_dict(state)
 
     def save_file(self, model: nn.Module, path: str) -> None:
-        torch.save(model.state_dict(), path)
+        torch.save(_unwrap(model).state_dict(), path)
 
     def owns_optimizer(self, optimizer: Any) -> bool:
         return isinstance(optimizer, torch.optim.Optimizer)
