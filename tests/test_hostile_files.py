@@ -523,3 +523,51 @@ def test_random_corruptions_of_a_weights_file(saved, how):
         tunespec.load(net, path)  # no digest in another tool's format: damaged values may load
     except SpecError:
         assert_unchanged(before, state_of(net))
+
+
+def _recrafted(good: Path, tmp_path: Path, edit) -> Path:
+    """A file a crafter rewrote, digest recomputed: the digest is no defence, the checks must be."""
+    tensors, meta = files.decode_safetensors(good.read_bytes())
+    tensors, meta = dict(tensors), dict(meta)
+    meta.pop(files.DIGEST_KEY)
+    edit(tensors, meta)
+    path = tmp_path / "crafted.ckpt"
+    files.write_checked(str(path), tensors, meta)
+    return path
+
+
+def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(h, tmp_path):
+    good, _ = saved_run(h, tmp_path)
+
+    def wrong_shape(tensors, meta):
+        name = max((k for k in tensors if k.startswith("opt/")), key=lambda k: len(tensors[k][2]))
+        dtype = tensors[name][0]
+        tensors[name] = (dtype, (1,), bytes(files.DTYPE_SIZES[dtype]))
+
+    refused_resume(h, _recrafted(good, tmp_path, wrong_shape), "saved optimizer state")
+
+    def garbage_structure(tensors, meta):
+        meta["tunespec.state"] = json.dumps({"model": 3})
+
+    refused_resume(h, _recrafted(good, tmp_path, garbage_structure), "not a complete tunespec run checkpoint")
+
+    def missing_tensor(tensors, meta):
+        del tensors[next(k for k in tensors if k.startswith("model/"))]
+
+    refused_resume(h, _recrafted(good, tmp_path, missing_tensor), "not a complete tunespec run checkpoint")
+
+
+def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monkeypatch):
+    path, _ = saved_run(h, tmp_path)
+    net = fresh(h, 1)
+    opt = tunespec.optimizer(net, RECIPE)
+    schedule = tunespec.Schedule(RECIPE)
+    before = state_of(net, opt, schedule)
+
+    def fail(*args):
+        raise SpecError("injected failure after the stage change")
+
+    monkeypatch.setattr(type(h.backend), "load_run_state", fail)
+    with pytest.raises(SpecError, match="injected failure"):
+        tunespec.resume(path, net, schedule, optimizer=opt)
+    assert_unchanged(before, state_of(net, opt, schedule))

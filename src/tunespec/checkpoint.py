@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,7 +47,7 @@ def canonical(value: Any) -> Any:
         return repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    return repr(value)
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # an object's address differs per process
 
 
 def recipe_dict(schedule: Schedule) -> dict[str, Any]:
