@@ -205,6 +205,8 @@ def _check_run_optimizer_json(states: Any, o: dict[str, Any]) -> None:
             isinstance(i, int) and isinstance(n, int) and not isinstance(n, bool) for i, n in v.items())
             for v in counts.values()):
         raise ValueError("update counts malformed")
+    if o["current"] is not None and (isinstance(o["current"], bool) or not isinstance(o["current"], int)):
+        raise ValueError("current update-count context is not an integer")
     for key in ("num_update", "begin_num_update"):
         if isinstance(o[key], bool) or not isinstance(o[key], int):
             raise ValueError(f"{key} is not an integer")
@@ -343,7 +345,7 @@ class _MXNetLifecycle:
             o["multipliers"] = decode_tree(o["multipliers"], arrays.__getitem__)
             o["counts"] = decode_tree(o["counts"], arrays.__getitem__)
             _check_run_optimizer_json(states, o)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise SpecError(f"resume: {path!r} is not a complete tunespec run checkpoint "
                             f"({type(exc).__name__}: {excerpt(str(exc))})") from None
         return {"model": model, "best": best, "states": states, "optimizer": o}

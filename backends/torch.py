@@ -111,6 +111,22 @@ def _scheduler_state(lr_scheduler: Any) -> dict[str, Any]:
     return state
 
 
+def _check_optimizer_structure(opt: Any, sched: Any) -> None:
+    """The shape of an optimizer state_dict (a crafted file could have anything in it)."""
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+            and isinstance(opt.get("param_groups"), list)):
+        raise ValueError("optimizer state is not {state, param_groups}")
+    for g in opt["param_groups"]:
+        if not (isinstance(g, dict) and isinstance(g.get("params"), list)
+                and all(type(i) is int for i in g["params"])):
+            raise ValueError("a param group without a list of parameter indices")
+    if not all(type(i) is int and isinstance(s, dict) and all(isinstance(k, str) for k in s)
+               for i, s in opt["state"].items()):
+        raise ValueError("optimizer state is not per parameter index")
+    if sched is not None and not (isinstance(sched, dict) and all(isinstance(k, str) for k in sched)):
+        raise ValueError("lr scheduler state is not a mapping")
+
+
 def _same_setting(saved: Any, live: Any) -> bool:
     if isinstance(saved, (list, tuple)) and isinstance(live, (list, tuple)):
         return len(saved) == len(live) and all(_same_setting(a, b) for a, b in zip(saved, live))
@@ -239,10 +255,8 @@ class _TorchLifecycle:
             opt = decode_tree(state["optimizer"], arrays.__getitem__)
             sched = None if state["lr_scheduler"] is None else decode_tree(state["lr_scheduler"],
                                                                          arrays.__getitem__)
-            if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)
-                    and isinstance(opt.get("param_groups"), list)):
-                raise ValueError("optimizer state is not {state, param_groups}")
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            _check_optimizer_structure(opt, sched)
+        except (KeyError, TypeError, ValueError, RuntimeError, RecursionError) as exc:
             raise SpecError(f"resume: {path!r} is not a complete tunespec run checkpoint "
                             f"({type(exc).__name__}: {excerpt(str(exc))})") from None
         return {"model": model, "best": best, "optimizer": opt, "lr_scheduler": sched}
@@ -289,8 +303,11 @@ class _TorchLifecycle:
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != params[index].shape:
                     raise SpecError(f"resume: saved optimizer state {key!r} of parameter {index} is "
                                     f"{tuple(value.shape)}, the parameter is {tuple(params[index].shape)}")
-        if (lr_scheduler is None) != (run["lr_scheduler"] is None) and lr_scheduler is not None:
-            raise SpecError("resume: an lr scheduler was given, but the run was saved without one")
+        if lr_scheduler is not None and run["lr_scheduler"] is not None:
+            odd = sorted(set(run["lr_scheduler"]) - set(lr_scheduler.state_dict()))
+            if odd:  # load_state_dict would set them as attributes of the scheduler
+                raise SpecError(f"resume: the saved lr-scheduler state has entries this "
+                                f"{type(lr_scheduler).__name__} does not ({', '.join(map(excerpt, odd[:4]))})")
 
     def load_run_state(self, run: dict[str, Any], model: nn.Module,
                        optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> None:

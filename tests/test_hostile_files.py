@@ -430,7 +430,6 @@ while True:
 """
 
 
-@pytest.mark.slow
 def test_kill_9_mid_save_leaves_a_loadable_checkpoint_and_no_stray_temp_files(tmp_path):
     h = HARNESSES["torch"]() if pytest.importorskip("torch") else None
     path = tmp_path / "run.ckpt"
@@ -559,6 +558,38 @@ def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(
         del tensors[next(k for k in tensors if k.startswith("model/"))]
 
     refused_resume(h, _recrafted(good, tmp_path, missing_tensor), "not a complete tunespec run checkpoint")
+
+    def deep_nesting(tensors, meta):
+        meta["tunespec.state"] = "[" * 100000 + "]" * 100000
+
+    refused_resume(h, _recrafted(good, tmp_path, deep_nesting), "not a complete tunespec run checkpoint")
+
+    def odd_schedule_state(tensors, meta):
+        run = json.loads(meta["tunespec.run"])
+        run["schedule"] = 5
+        meta["tunespec.run"] = json.dumps(run)
+
+    refused_resume(h, _recrafted(good, tmp_path, odd_schedule_state), "schedule state")
+    if h.name == "torch":
+        def scheduler_attributes(tensors, meta):
+            state = json.loads(meta["tunespec.state"])
+            state["lr_scheduler"]["d"].append(["optimizer", None])  # would overwrite the attribute
+            meta["tunespec.state"] = json.dumps(state)
+
+        refused_resume(h, _recrafted(good, tmp_path, scheduler_attributes), "lr-scheduler state")
+
+
+@pytest.mark.parametrize("path", [3, "bad\0name", None])
+def test_paths_that_are_not_paths(h, tmp_path, path):
+    net, opt, schedule = train(h)
+    before = state_of(net, opt, schedule)
+    with pytest.raises(SpecError):
+        tunespec.save_checkpoint(path, net, opt, schedule)
+    with pytest.raises(SpecError):
+        tunespec.resume(path, net, optimizer=opt)
+    with pytest.raises(SpecError):
+        tunespec.load(net, "bad\0name.pt" if path is None else path)
+    assert_unchanged(before, state_of(net, opt, schedule))
 
 
 def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monkeypatch):

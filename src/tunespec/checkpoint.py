@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -91,8 +92,13 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
     SpecError and leaves the previous checkpoint as it was.
     """
     be = backend_for(model)
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-        raise SpecError(f"save_checkpoint: epoch must be an integer or None, got {excerpt(epoch)}")
+    if epoch is not None:
+        try:
+            if isinstance(epoch, bool):
+                raise TypeError
+            epoch = operator.index(epoch)  # numpy integers too
+        except TypeError:
+            raise SpecError(f"save_checkpoint: epoch must be an integer or None, got {excerpt(epoch)}") from None
     meta: dict[str, Any] = {"format": FORMAT, "backend": be.name, "epoch": epoch,
                             "extra": dict(extra or {})}
     best = None
@@ -122,7 +128,7 @@ def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]
     where = f"resume: {str(path)!r}"
     try:
         meta = json.loads(metadata[RUN_KEY])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise SpecError(f"{where} is not a tunespec run checkpoint (no run description)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
@@ -138,6 +144,8 @@ def _check_schedule_state(meta: Mapping[str, Any], schedule: Schedule, where: st
     state = meta.get("schedule")
     if state is None:
         raise SpecError(f"{where}: the checkpoint was saved without a schedule; resume without one")
+    if not isinstance(state, dict):
+        raise SpecError(f"{where}: the checkpoint's schedule state is not a mapping")
     saved = meta.get("recipe")
     diff = first_difference(saved, recipe_dict(schedule), "")
     if diff is not None:

@@ -49,10 +49,14 @@ def excerpt(value: Any, limit: int = 80) -> str:
 def regular_file(path: str | Path, where: str, max_bytes: int | None = MAX_FILE_BYTES) -> int:
     """The size of ``path`` after checking it is a regular file (not a directory, a FIFO or
     ``/dev/zero``, which would block or never end) no larger than ``max_bytes``."""
+    if not isinstance(path, (str, os.PathLike)):  # an int would be taken for a file descriptor
+        raise SpecError(f"{where}: expected a file path, got {type(path).__name__} {excerpt(path)}")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise SpecError(f"{where}: {str(path)!r} does not exist") from None
+    except ValueError as exc:  # an embedded NUL byte
+        raise SpecError(f"{where}: {excerpt(str(path))} is not a valid path ({exc})") from None
     except OSError as exc:
         raise SpecError(f"{where}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
@@ -262,6 +266,8 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], where: str) -> P
     read-only directory) is a SpecError naming the path; the previous file is left as it was.
     Other exceptions (KeyboardInterrupt too) propagate after the temporary file is removed.
     """
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
+        raise SpecError(f"{where}: expected a file path, got {excerpt(path)}")
     link = Path(path)
     target = Path(os.path.realpath(link))
     if target.is_dir():
