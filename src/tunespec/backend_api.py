@@ -100,13 +100,31 @@ class Backend(Protocol):
 
     def save_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
                  best: dict[str, Any] | None) -> None:
-        ...
+        """Write a run checkpoint with ``tunespec.files.write_checked``: tensors plus JSON, no pickle."""
 
-    def load_run(self, path: str) -> dict[str, Any]:
-        ...
+    def load_run(self, tensors: dict[str, Any], metadata: dict[str, str], path: str) -> dict[str, Any]:
+        """A checked file's tensors and metadata as the backend's run state (nothing applied yet)."""
+
+    def check_run_model(self, run: dict[str, Any], model: Any) -> None:
+        """SpecError unless the model has exactly the saved tensors (names, shapes, dtypes)."""
+
+    def check_run_optimizer(self, run: dict[str, Any], optimizer: Any, lr_scheduler: Any) -> None:
+        """SpecError unless the optimizer's settings and layout fit the saved state."""
 
     def load_run_state(self, run: dict[str, Any], model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """Put the checked state into model, optimizer and lr scheduler."""
+
+    def optimizer_backup(self, optimizer: Any) -> Any:
+        """What a failed resume needs to put the optimizer back as it was."""
+
+    def optimizer_restore(self, optimizer: Any, backup: Any) -> None:
         ...
+
+    def load_file(self, model: Any, path: str, allow_pickle: bool = False) -> None:
+        """A whole weights file into ``model``, every name and shape checked before any is set."""
+
+    def save_file(self, model: Any, path: str) -> None:
+        """The model's weights in the framework's own format (callers make it atomic)."""
 
     # --- cached frozen prefix (tunespec.cache) ----------------------------------------------
     def trace_split(self, model: Any, split: str) -> tuple[list[Any], Any]:

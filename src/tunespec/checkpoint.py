@@ -1,111 +1,225 @@
 """Save and resume a fine-tuning run: weights, optimizer and lr-scheduler state, the current stage.
 
-One file per checkpoint, written to a temporary file in the same directory and renamed over the
-target, so a crash mid-save leaves the previous checkpoint as it was. Resuming rebuilds the
-optimizer the way the run built it (stage 0, then every stage change up to the saved one), so the
-param groups and their state line up exactly with the saved ones, also after a stage unfroze layers.
+A run checkpoint is one safetensors file in both frameworks: the model's tensors, the stage's best
+weights and the optimizer state as arrays, and in its metadata the JSON run description (format,
+framework, epoch, schedule state, the whole recipe in canonical form, the optimizer-state
+structure) plus a sha256 digest over all of it. Nothing in it is pickled, so reading it never
+runs code; a damaged or foreign file is refused before anything is changed.
+
+Files are written by :func:`tunespec.files.atomic_write`, so a crash mid-save leaves the previous
+checkpoint as it was. Resuming checks the file, the recipe, the stage and the model's tensors
+first, then rebuilds the optimizer the way the run built it (stage 0, then every stage change up
+to the saved one) so param groups and state line up, and rolls everything back if a later step
+fails.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
+import math
+import operator
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from .dispatch import backend_for
 from .errors import SpecError
+from .files import atomic_write, excerpt, read_checked, regular_file
 from .stages import Schedule
 
-FORMAT = "tunespec-run/1"
+FORMAT = "tunespec-run/2"
+RUN_KEY = "tunespec.run"  # the metadata entry holding the run's JSON description
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# --- the recipe, canonical ----------------------------------------------------------------------
 
+def canonical(value: Any) -> Any:
+    """A parsed recipe value as plain JSON data (dataclasses by field, specs by ``to_dict``)."""
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return canonical(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # an object's address differs per process
+
+
+def recipe_dict(schedule: Schedule) -> dict[str, Any]:
+    """Every section of the schedule's recipe: what resume compares."""
+    r = schedule.recipe
+    out = {"spec": canonical(r.spec), "optimizer": canonical(r.optimizer), "schedule": canonical(r.schedule)}
+    out.update({k: canonical(v) for k, v in sorted(r.sections.items())})
+    return json.loads(json.dumps(out, sort_keys=True))  # one normal form: what a file gives back
+
+
+def first_difference(saved: Any, live: Any, path: str) -> tuple[str, Any, Any] | None:
+    """(path, saved value, live value) of the first place two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(live, dict):
+        for k in list(saved) + [k for k in live if k not in saved]:
+            if k not in saved or k not in live:
+                return f"{path}.{k}".lstrip("."), saved.get(k, "(absent)"), live.get(k, "(absent)")
+            d = first_difference(saved[k], live[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(saved, list) and isinstance(live, list) and len(saved) == len(live):
+        for i, (a, b) in enumerate(zip(saved, live)):
+            d = first_difference(a, b, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    if saved == live and type(saved) is type(live):
+        return None
+    return path.lstrip(".") or "(the recipe)", saved, live
+
+
+# --- saving -------------------------------------------------------------------------------------
 
 def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Schedule | None = None,
                     lr_scheduler: Any = None, epoch: int | None = None,
                     extra: Mapping[str, Any] | None = None) -> Path:
     """Write model, optimizer, lr scheduler and schedule state to ``path`` atomically.
 
-    ``extra`` is anything JSON-serialisable (the data loader's position, a metric history).
+    ``extra`` is anything JSON-serialisable (the data loader's position, a metric history). A
+    symlink ``path`` is written through; a failed write (disk full, read-only directory) is a
+    SpecError and leaves the previous checkpoint as it was.
     """
     be = backend_for(model)
+    if epoch is not None:
+        try:
+            if isinstance(epoch, bool):
+                raise TypeError
+            epoch = operator.index(epoch)  # numpy integers too
+        except TypeError:
+            raise SpecError(f"save_checkpoint: epoch must be an integer or None, got {excerpt(epoch)}") from None
     meta: dict[str, Any] = {"format": FORMAT, "backend": be.name, "epoch": epoch,
                             "extra": dict(extra or {})}
     best = None
     if schedule is not None:
         meta["schedule"] = schedule.state_dict()
         meta["spec"] = schedule.stage.spec.to_dict()
+        meta["recipe"] = recipe_dict(schedule)
         best = schedule.best_state
         lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
     try:
-        text = json.dumps(meta)
-    except TypeError as exc:
-        raise SpecError(f"save_checkpoint: extra must be JSON-serialisable ({exc})") from None
-    path = Path(path)
-    _atomic_write(path, lambda tmp: be.save_run(tmp, model, optimizer, lr_scheduler, text, best))
-    return path
+        text = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"save_checkpoint: extra must be JSON-serialisable with finite numbers "
+                        f"({excerpt(str(exc))})") from None
+    atomic_write(path, lambda tmp: be.save_run(tmp, model, optimizer, lr_scheduler, text, best),
+                 "save_checkpoint")
+    return Path(path)
 
+
+# --- reading ------------------------------------------------------------------------------------
+
+def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, run) of a checkpoint file, checked: a regular file, a valid digest, tunespec's format,
+    this framework. ``run`` is the backend's view of the tensors (not yet applied to anything)."""
+    regular_file(path, "resume")
+    tensors, metadata = read_checked(path, "resume")
+    where = f"resume: {str(path)!r}"
+    try:
+        meta = json.loads(metadata[RUN_KEY])
+    except (KeyError, ValueError, RecursionError):
+        raise SpecError(f"{where} is not a tunespec run checkpoint (no run description)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise SpecError(f"{where} is not a tunespec run checkpoint of format {FORMAT} "
+                        f"(it says {excerpt(found)})")
+    if meta.get("backend") != be.name:
+        raise SpecError(f"{where} was saved from a {excerpt(meta.get('backend'))} run; this model is "
+                        f"{be.name} (use tunespec.load for weights across frameworks)")
+    return meta, be.load_run(tensors, metadata, str(path))
+
+
+def _check_schedule_state(meta: Mapping[str, Any], schedule: Schedule, where: str) -> dict[str, Any]:
+    state = meta.get("schedule")
+    if state is None:
+        raise SpecError(f"{where}: the checkpoint was saved without a schedule; resume without one")
+    if not isinstance(state, dict):
+        raise SpecError(f"{where}: the checkpoint's schedule state is not a mapping")
+    saved = meta.get("recipe")
+    diff = first_difference(saved, recipe_dict(schedule), "")
+    if diff is not None:
+        name, was, now = diff
+        raise SpecError(f"{where}: this recipe is not the spec the run was saved with: {name} differs: "
+                        f"the run used {excerpt(was)}, this recipe has {excerpt(now)}; resume with the "
+                        f"run's own recipe")
+    index = state.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(schedule.stages):
+        raise SpecError(f"{where}: the checkpoint is in stage {excerpt(index)}, but the recipe has "
+                        f"{len(schedule.stages)} stages")
+    return state
+
+
+# --- resuming -----------------------------------------------------------------------------------
 
 def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optimizer: Any = None,
            lr_scheduler: Any = None) -> tuple[Any, Any, dict[str, Any]]:
     """Restore a run saved by :func:`save_checkpoint`; returns (model, optimizer, meta).
 
     With a ``schedule`` (a fresh ``tunespec.Schedule`` of the run's recipe) the optimizer is built
-    as the run built it, stage by stage, then given the saved state. Without one, pass the
+    as the run built it, stage by stage, then given the saved state; a recipe that differs from the
+    run's in any section is refused, naming the first difference. Without one, pass the
     ``optimizer`` (and ``lr_scheduler``) to load the state into. ``meta`` holds ``epoch`` (the one
-    saved) and ``extra``.
+    saved) and ``extra``. Any failure leaves the model, optimizer and schedule as they were.
     """
     be = backend_for(model)
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"resume: checkpoint {str(path)!r} does not exist")
-    run = be.load_run(str(path))
-    meta = json.loads(run["meta"])
-    if meta.get("format") != FORMAT:
-        raise SpecError(f"resume: {str(path)!r} is not a tunespec run checkpoint")
-    if meta["backend"] != be.name:
-        raise SpecError(f"resume: {str(path)!r} was saved from a {meta['backend']} run; this model is "
-                        f"{be.name} (use tunespec.load for weights across frameworks)")
-    if schedule is not None:
-        state = meta.get("schedule")
-        if state is None:
-            raise SpecError("resume: the checkpoint was saved without a schedule; resume without one")
-        if state["index"] >= len(schedule.stages):
-            raise SpecError(f"resume: the checkpoint is in stage {state['index']}, but the recipe has "
-                            f"{len(schedule.stages)} stages")
-        model, optimizer = schedule.start(model, optimizer)
-        for _ in range(state["index"]):
-            model, optimizer = schedule.advance(model, optimizer)
-        if schedule.stage.spec.to_dict() != meta["spec"]:
-            raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec the "
-                            f"run was saved with; resume with the run's own recipe")
-        lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
-    elif optimizer is None:
+    where = "resume"
+    meta, run = read_run(path, be)
+    if schedule is None and optimizer is None:
         raise SpecError("resume: pass the run's schedule, or the optimizer to load the state into")
-    be.load_run_state(run, model, optimizer, lr_scheduler)
-    if schedule is not None:
-        schedule.best, schedule.best_epoch = state["best"], state["best_epoch"]
-        schedule.bad_epochs = state["bad_epochs"]
-        schedule.history = [tuple(h) for h in state["history"]]
-        schedule.best_state = run["best"]
-        schedule.rebaseline()  # verify() compares frozen tensors with the loaded weights
-    return model, optimizer, {"epoch": meta["epoch"], "extra": meta["extra"]}
+    state = _check_schedule_state(meta, schedule, where) if schedule is not None else None
+    be.check_run_model(run, model)  # another architecture: refused before anything changes
+    weights = [(t, be.read(t.handle)) for t in be.listing(model).tensors]
+    saved_schedule = dict(vars(schedule)) if schedule is not None else None
+    plans: list[Any] = []
+    opt_backup = be.optimizer_backup(optimizer) if optimizer is not None else None
+    try:
+        if schedule is not None:
+            model, optimizer = schedule.start(model, optimizer)
+            plans.append(schedule.plan)
+            for _ in range(state["index"]):
+                model, optimizer = schedule.advance(model, optimizer)
+                plans.append(schedule.plan)
+            if schedule.stage.spec.to_dict() != meta.get("spec"):
+                raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec "
+                                f"the run was saved with; resume with the run's own recipe")
+            lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+        be.check_run_optimizer(run, optimizer, lr_scheduler)
+        be.load_run_state(run, model, optimizer, lr_scheduler)
+        if schedule is not None:
+            _restore_schedule_state(schedule, state, run)
+    except BaseException:
+        for plan in reversed(plans):
+            if plan.applied:
+                plan.restore()
+        for t, array in weights:
+            be.write(t.handle, array)
+        if saved_schedule is not None:
+            vars(schedule).clear()
+            vars(schedule).update(saved_schedule)
+        if opt_backup is not None:
+            be.optimizer_restore(optimizer, opt_backup)
+        raise
+    return model, optimizer, {"epoch": meta.get("epoch"), "extra": meta.get("extra", {})}
+
+
+def _restore_schedule_state(schedule: Schedule, state: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    try:
+        best, best_epoch, bad = state["best"], state["best_epoch"], int(state["bad_epochs"])
+        history = [(int(e), str(n)) for e, n in state["history"]]
+    except (KeyError, TypeError, ValueError):
+        raise SpecError("resume: the checkpoint's schedule state is incomplete") from None
+    schedule.best, schedule.best_epoch, schedule.bad_epochs = best, best_epoch, bad
+    schedule.history = history
+    schedule.best_state = run["best"]
+    schedule.rebaseline()  # verify() compares frozen tensors with the loaded weights

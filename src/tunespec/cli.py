@@ -82,24 +82,28 @@ def _port_command(args: argparse.Namespace) -> int:
 
     src = build_model(args.from_model, args.input_size)
     dst = build_model(args.to_model, args.input_size)
-    load_weights(src, args.src)
+    load_weights(src, args.src, allow_pickle=args.allow_pickle)
     report = port(src, dst, strict=not args.no_strict)
     save_weights(dst, args.dst)
     print(f"{report}\nwrote {args.dst}")
     return 0
 
 
-def load_weights(model: Any, path: str) -> None:
-    """A torch state_dict (.pt/.pth, loaded with weights_only) or a Gluon .params file."""
+def load_weights(model: Any, path: str, allow_pickle: bool = False) -> None:
+    """A torch state_dict (.pt/.pth, loaded with weights_only unless ``allow_pickle``) or a Gluon
+    .params file; every key and shape is checked before the model changes."""
     from .dispatch import backend_for
 
-    backend_for(model).load_file(model, path)
+    backend_for(model).load_file(model, path, allow_pickle)
 
 
 def save_weights(model: Any, path: str) -> None:
+    """The model's weights, written atomically (a crash or a full disk leaves the old file)."""
     from .dispatch import backend_for
+    from .files import atomic_write
 
-    backend_for(model).save_file(model, path)
+    be = backend_for(model)
+    atomic_write(path, lambda tmp: be.save_file(model, tmp), "port")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     port_p.add_argument("--from", dest="from_model", required=True, help="model SRC belongs to")
     port_p.add_argument("--to", dest="to_model", required=True, help="model DST is written for")
     port_p.add_argument("--no-strict", action="store_true", help="copy what matches, report the rest")
+    port_p.add_argument("--allow-pickle", action="store_true",
+                        help="read a torch SRC that needs pickle (runs code from the file: trusted files only)")
     port_p.add_argument("--input-size", type=int)
     port_p.set_defaults(func=_port_command)
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from .dispatch import backend_for, load_backend
 from .errors import SpecError
+from .files import excerpt, regular_file
 from .listing import NORM_LEAF_NAMES, Listing, TensorInfo
 from .naming import NameMap, Rename
 
@@ -113,15 +114,36 @@ def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = F
                     key: str | None = None) -> dict[str, Any]:
     """A checkpoint file as {key: numpy array}, read by the backend of the file's framework."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"checkpoint {str(path)!r} does not exist")
+    regular_file(path, "load", None)  # a directory, FIFO or /dev/zero would block or never end
     reader = _reader_for(path, model_backend)
     if path.suffix.lower() == ".safetensors":
         obj = reader.read_safetensors(str(path))
     else:
         obj = reader.read_checkpoint(str(path), allow_pickle)
     state = pick_state(obj, key, reader.is_tensor, str(path))
-    return {k: reader.to_numpy(v) for k, v in state.items()}
+    return checked_state({k: reader.to_numpy(v) for k, v in state.items()}, str(path))
+
+
+# dtype kinds a weight can have: bool, signed and unsigned integers, floating point.
+_NUMERIC_KINDS = "biuf"
+
+
+def checked_state(state: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """A {name: array} mapping whose names are strings and values numeric arrays of sane shape:
+    what a foreign or crafted file holds is data, checked like any other input."""
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        if not isinstance(k, str):
+            raise SpecError(f"{where}: key {excerpt(k)} is not a string; a checkpoint maps names to tensors")
+        shape = getattr(v, "shape", None)
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SpecError(f"{where}: {excerpt(k)} is a {type(v).__name__}, not an array")
+        dtype = getattr(v, "dtype", None)
+        kind = getattr(dtype, "kind", "c" if getattr(dtype, "is_complex", False) else None)
+        if kind is not None and kind not in _NUMERIC_KINDS:
+            raise SpecError(f"{where}: {excerpt(k)} has dtype {excerpt(str(v.dtype))}, not a number type")
+        out[k] = v
+    return out
 
 
 def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str | None = None,
@@ -141,7 +163,7 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
     be = backend_for(model, backend)
     names = NameMap(select, rename)
     if isinstance(checkpoint, Mapping):
-        state = dict(checkpoint)
+        state = checked_state(checkpoint, "load")
     elif isinstance(checkpoint, (str, Path)):
         state = read_checkpoint(checkpoint, be, allow_pickle, key)
     else:
@@ -164,7 +186,7 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
         if target.shape is None or 0 in target.shape:
             raise SpecError(f"load: model tensor {target.canonical!r} has no shape yet; initialise "
                             f"the model (one forward pass) before loading into it")
-        shape = tuple(int(d) for d in value.shape)
+        shape = tuple(value.shape)
         if shape != tuple(target.shape):
             report.mismatched.append((target.canonical, shape, tuple(target.shape)))
         elif id(target.handle) in writes:
@@ -181,14 +203,17 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
         raise SpecError(f"{report}\nnothing was loaded; fix select/rename, or pass strict=False to "
                         f"load what fits")
     backup = [(t, be.read(t.handle)) for t, _ in writes.values()]
+    current = None
     try:
         for t, value in writes.values():
+            current = t.canonical
             be.write(t.handle, value)
             report.loaded.append(t.canonical)
-    except Exception:
+    except Exception as exc:
         for t, array in backup:
             be.write(t.handle, array)
-        raise
+        raise SpecError(f"load: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
+                        f"nothing was loaded") from None
     report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
                       and not _COUNTER.fullmatch(t.canonical)]
     return report

@@ -12,6 +12,7 @@ from typing import Any
 
 from .dispatch import backend_for
 from .errors import SpecError
+from .files import excerpt
 from .naming import NameMap, Rename
 
 # torch's BatchNorm batch counter has no Gluon counterpart: never ported, never missed.
@@ -81,12 +82,15 @@ def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
                         f"models whose structures differ, or strict=False to copy what matches")
     values = [(d, sb.read(t.handle)) for t, d in pairs]
     backup = [(d, db.read(d.handle)) for d, _ in values]
+    current = None
     try:
         for d, array in values:
+            current = d.canonical
             db.write(d.handle, array)
             report.copied.append(d.canonical)
-    except Exception:
+    except Exception as exc:
         for d, array in backup:
             db.write(d.handle, array)
-        raise
+        raise SpecError(f"port: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
+                        f"nothing was written") from None
     return report
