@@ -397,7 +397,7 @@ class _MXNetLifecycle:
         for k, v in run["model"].items():
             params[k].set_data(mx.nd.array(v, dtype=v.dtype))
         o, saved = trainer._optimizer, run["optimizer"]
-        for updater, ctx in zip(trainer._updaters, trainer._contexts):
+        for updater, ctx in zip(trainer._updaters, trainer._contexts, strict=True):
             updater.states = {i: _to_context(v, ctx) for i, v in run["states"].items()}
             updater.states_synced = dict.fromkeys(updater.states, False)  # as Updater.set_states
         o._all_index_update_counts = {k: {int(i): int(n) for i, n in v.items()} for k, v in saved["counts"].items()}
@@ -429,7 +429,7 @@ class _MXNetLifecycle:
         o.param_dict = backup["param_dict"]
         trainer._params_to_init[:] = backup["to_init"]
         trainer._contexts = backup["contexts"]
-        for u, (states, synced) in zip(trainer._updaters, backup["updaters"]):
+        for u, (states, synced) in zip(trainer._updaters, backup["updaters"], strict=True):
             u.states, u.states_synced = states, synced
         vars(o).update(backup["optimizer"])
         for k, v in backup["counts"].items():
@@ -743,7 +743,10 @@ class MXNetBackend(_MXNetLifecycle, _MXNetCachedPrefix):
         own and tunespec's ``weight_decay``; None if some class takes arbitrary keywords."""
         opt = self._optimizer_name(name, semantics)
         names = set(_TRAINER_OPTIONS) | {"weight_decay"}
-        internal = {"param_idx2name", "param_dict", "sym"}  # the Trainer sets these itself
+        # The Trainer sets the first three itself; tunespec sets the others from lr, weight_decay
+        # and tunespec.scheduler, so passing them as options would bypass the plan's multipliers.
+        internal = {"param_idx2name", "param_dict", "sym", "learning_rate", "wd", "lr_scheduler",
+                    "begin_num_update"}
         for cls in mx.optimizer.Optimizer.opt_registry[opt].__mro__:
             init = cls.__dict__.get("__init__")
             if init is None:

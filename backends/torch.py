@@ -144,7 +144,7 @@ def _check_optimizer_structure(opt: Any, sched: Any) -> None:
 
 def _same_setting(saved: Any, live: Any) -> bool:
     if isinstance(saved, (list, tuple)) and isinstance(live, (list, tuple)):
-        return len(saved) == len(live) and all(_same_setting(a, b) for a, b in zip(saved, live))
+        return len(saved) == len(live) and all(_same_setting(a, b) for a, b in zip(saved, live, strict=True))
     if isinstance(live, torch.Tensor) or isinstance(saved, torch.Tensor):
         return True  # tensor-valued settings (capturable lr) follow the state
     return saved == live or (saved != saved and live != live)
@@ -297,10 +297,10 @@ class _TorchLifecycle:
         groups = saved["param_groups"]
         live = optimizer.param_groups
         if len(groups) != len(live) or any(not isinstance(g, dict) or len(g.get("params", ())) != len(l["params"])
-                                           for g, l in zip(groups, live)):
+                                           for g, l in zip(groups, live, strict=True)):
             raise SpecError("resume: the optimizer's parameter groups differ from the saved ones; build it "
                             "from the run's recipe (pass the run's Schedule)")
-        for i, (g, l) in enumerate(zip(groups, live)):
+        for i, (g, l) in enumerate(zip(groups, live, strict=True)):
             for key, value in l.items():
                 if key in ("params", "lr", "initial_lr", "param_names") or key not in g:
                     continue
@@ -308,8 +308,8 @@ class _TorchLifecycle:
                     raise SpecError(f"resume: optimizer group {i} has {key}={excerpt(value)}, the run used "
                                     f"{excerpt(g[key])}; build the optimizer from the run's recipe")
         params = {}
-        for g, l in zip(groups, live):
-            params.update(zip(g["params"], l["params"]))
+        for g, l in zip(groups, live, strict=True):
+            params.update(zip(g["params"], l["params"], strict=True))
         for index, s in saved["state"].items():
             if index not in params or not isinstance(s, dict):
                 raise SpecError(f"resume: the saved optimizer state names parameter {excerpt(index)}, "

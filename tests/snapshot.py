@@ -152,7 +152,7 @@ def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
                     return d
             return None
         if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
                 d = diff(x, y, f"{path}[{i}]")
                 if d:
                     return d

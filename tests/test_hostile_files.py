@@ -397,7 +397,7 @@ def test_weights_written_by_the_cli_are_atomic_and_follow_symlinks(h, tmp_path):
     assert link.is_symlink() and temp_files(tmp_path) == []
     other = fresh(h, 4)
     load_weights(other, str(link))
-    assert all(np.array_equal(a, b) for a, b in zip(h.arrays(net).values(), h.arrays(other).values()))
+    assert all(np.array_equal(a, b) for a, b in zip(h.arrays(net).values(), h.arrays(other).values(), strict=True))
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(h, tmp_path):
@@ -632,3 +632,21 @@ def test_resume_continues_bit_identically_with_each_optimizer(h, tmp_path, optim
     net2, opt2, _ = tunespec.resume(path, fresh(h, 5), schedule2)
     got = more(net2, opt2, schedule2)
     assert [k for k in expected if not np.array_equal(expected[k], got[k])] == []
+
+
+def test_load_checks_the_digest_of_a_run_checkpoint_it_reads_weights_from(h, tmp_path):
+    """A run checkpoint is a safetensors file; loading its weights with tunespec.load checks its
+    digest first, so a flipped byte in a weight is refused instead of loaded."""
+    pytest.importorskip("safetensors")
+    path, saved = saved_run(h, tmp_path, "run.safetensors")
+    net = fresh(h, 1)
+    report = tunespec.load(net, path, select=r"model/.*", rename={r"model/(.*)": r"\1"}, strict=False)
+    assert report.loaded and all(np.array_equal(h.arrays(net)[k], saved[k]) for k in report.loaded)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes
+    path.write_bytes(bytes(data))
+    net = fresh(h, 1)
+    before = state_of(net)
+    with pytest.raises(SpecError, match="damaged"):
+        tunespec.load(net, path, select=r"model/.*", rename={r"model/(.*)": r"\1"}, strict=False)
+    assert_unchanged(before, state_of(net))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from snapshot import assert_unchanged, state_of
 from tunespec import SpecError, load_recipe
 from tunespec import matching, validate
 from tunespec.naming import NameMap
-from tunespec.recipe import LRSchedule, OptimizerSpec
+from tunespec.recipe import OptimizerSpec
 from tunespec.spec import MAX_RECIPE_BYTES, Spec, read_recipe
 
 

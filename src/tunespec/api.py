@@ -8,9 +8,10 @@ from typing import Any, Mapping
 from .dispatch import backend_for, backend_for_optimizer
 from .errors import SpecError
 from .listing import gc_paused
-from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock, short
+from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock
 from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import Spec
+from .validate import excerpt
 
 SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
 
@@ -26,9 +27,9 @@ def as_spec(spec: SpecLike) -> Spec:
 def _check_call(backend: Any, strict: Any) -> None:
     """Wrong-type arguments are SpecErrors, never an AttributeError or TypeError from deep inside."""
     if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"backend: expected 'torch', 'mxnet' or None, got {short(backend)}")
+        raise SpecError(f"backend: expected 'torch', 'mxnet' or None, got {excerpt(backend)}")
     if strict is not None and not isinstance(strict, bool):
-        raise SpecError(f"strict: expected True, False or None (the spec's own), got {short(strict)}")
+        raise SpecError(f"strict: expected True, False or None (the spec's own), got {excerpt(strict)}")
 
 
 def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
@@ -95,7 +96,7 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
     be = backend_for_optimizer(optimizer)
     if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
             steps_per_epoch, int) or steps_per_epoch <= 0):
-        raise SpecError(f"scheduler: steps_per_epoch must be a positive integer, got {short(steps_per_epoch)}")
+        raise SpecError(f"scheduler: steps_per_epoch must be a positive integer, got {excerpt(steps_per_epoch)}")
     if isinstance(schedule, LRSchedule):
         sched = schedule
     elif isinstance(schedule, Mapping) and "type" in schedule:

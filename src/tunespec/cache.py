@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import SpecError
-from .plan import Plan, short
+from .plan import Plan
+from .validate import excerpt
 
 if TYPE_CHECKING:
     from .api import SpecLike
@@ -126,9 +127,9 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
     """
     if not isinstance(split, str) or not split:
         raise SpecError(f"cache_frozen: split must be a module's canonical path like 'layer4', got "
-                        f"{short(split)}")
+                        f"{excerpt(split)}")
     if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"cache_frozen: backend must be 'torch', 'mxnet' or None, got {short(backend)}")
+        raise SpecError(f"cache_frozen: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
     if isinstance(spec, Plan):
         plan = spec
         if plan.model is not model:

@@ -70,7 +70,7 @@ def first_difference(saved: Any, live: Any, path: str) -> tuple[str, Any, Any] |
                 return d
         return None
     if isinstance(saved, list) and isinstance(live, list) and len(saved) == len(live):
-        for i, (a, b) in enumerate(zip(saved, live)):
+        for i, (a, b) in enumerate(zip(saved, live, strict=True)):
             d = first_difference(a, b, f"{path}[{i}]")
             if d:
                 return d

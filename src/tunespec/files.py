@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import SpecError
+from .validate import excerpt
 
 # safetensors dtype codes and their item sizes.
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -36,12 +37,6 @@ MAX_DIMS = 64
 DIGEST_KEY = "tunespec.sha256"
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
-
-
-def excerpt(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a hostile value never floods a message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -207,6 +202,26 @@ def read_checked(path: str | Path, where: str) -> tuple[dict[str, Entry], dict[s
         raise SpecError(f"{where}: {str(path)!r} is damaged: its contents do not match the digest it "
                         f"was saved with (truncated or altered); use an earlier checkpoint")
     return tensors, meta
+
+
+def has_digest(path: str | Path) -> bool:
+    """Whether ``path`` looks like a safetensors file tunespec wrote (its header names a digest).
+
+    Only the header is read: ``tunespec.load`` then checks the digest before trusting any value,
+    and reads other tools' safetensors files (which have none) as they are.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                return False
+            header = f.read(n)
+    except OSError:
+        return False
+    return DIGEST_KEY.encode() in header
 
 
 # --- writing ----------------------------------------------------------------------------------

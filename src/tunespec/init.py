@@ -29,9 +29,9 @@ from . import validate as V
 from .errors import SpecError
 from .listing import TensorInfo
 from .matching import Matcher
-from .plan import short
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
 from .spec import _check_regex, _close, check_keys
+from .validate import excerpt
 
 METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defaults
     "zeros": {}, "ones": {}, "constant": {"value": None},
@@ -183,11 +183,11 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
     the first write, and a write that still fails puts back the tensors already written.
     """
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise SpecError(f"initialize: seed must be an integer >= 0, got {short(seed)}")
+        raise SpecError(f"initialize: seed must be an integer >= 0, got {excerpt(seed)}")
     if not isinstance(strict, bool):
-        raise SpecError(f"initialize: strict must be True or False, got {short(strict)}")
+        raise SpecError(f"initialize: strict must be True or False, got {excerpt(strict)}")
     if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"initialize: backend must be 'torch', 'mxnet' or None, got {short(backend)}")
+        raise SpecError(f"initialize: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
     groups: dict[str, str] = {}
     if not isinstance(init, InitSpec):
         recipe = load_recipe(init)

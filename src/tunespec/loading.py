@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from .dispatch import backend_for, load_backend
 from .errors import SpecError
-from .files import excerpt, regular_file
+from .files import excerpt, has_digest, read_checked, regular_file
 from .listing import NORM_LEAF_NAMES, Listing, TensorInfo
 from .naming import NameMap, Rename
 
@@ -117,6 +117,8 @@ def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = F
     regular_file(path, "load", None)  # a directory, FIFO or /dev/zero would block or never end
     reader = _reader_for(path, model_backend)
     if path.suffix.lower() == ".safetensors":
+        if has_digest(path):  # a file tunespec wrote: refuse damaged values instead of loading them
+            read_checked(path, "load")
         obj = reader.read_safetensors(str(path))
     else:
         obj = reader.read_checkpoint(str(path), allow_pickle)

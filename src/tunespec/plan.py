@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import threading
 import warnings
@@ -21,15 +20,8 @@ from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .matching import Matcher
 from .recipe import check_semantics
 from .spec import Rule, Spec, _close
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: an error message never prints a huge value."""
-    try:
-        text = repr(value)
-    except Exception:  # a hostile __repr__ must not turn a SpecError into another error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 5] + " ...>"
+from . import validate
+from .validate import excerpt
 
 
 # --- one model, one change at a time ----------------------------------------------------------
@@ -69,10 +61,7 @@ def _remember(model: Any, plan: "Plan | None") -> None:
 
 def check_number(value: Any, where: str, positive: bool = False) -> float:
     """A finite number (> 0 with ``positive``, else >= 0), or a SpecError naming ``where``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            value <= 0 if positive else value < 0):
-        raise SpecError(f"{where}: expected a finite number {'> 0' if positive else '>= 0'}, got {short(value)}")
-    return float(value)
+    return validate.number(value, where, minimum=0.0, min_exclusive=positive, maximum=validate.MAX_FACTOR)
 
 
 def check_optimizer(backend: Backend, name: Any, lr: Any, weight_decay: Any, semantics: Any,
@@ -84,13 +73,14 @@ def check_optimizer(backend: Backend, name: Any, lr: Any, weight_decay: Any, sem
         raise SpecError("optimizer: give lr (the base learning rate that lr_mult scales)")
     check_number(lr, "optimizer.lr", positive=True)
     check_number(weight_decay, "optimizer.weight_decay")
+    validate.check_optimizer(name, options)  # values of the options both frameworks share
     accepted = backend.optimizer_options(name, semantics)  # raises for an unknown name
     if accepted is None:
         return
     label = name if isinstance(name, str) else getattr(name, "__name__", type(name).__name__)
     for key in options:
         if not isinstance(key, str) or key not in accepted:
-            raise SpecError(f"optimizer: unknown option {short(key, 40)} for {label}"
+            raise SpecError(f"optimizer: unknown option {excerpt(key, 40)} for {label}"
                             f"{_close(str(key), sorted(accepted))}; it takes {', '.join(sorted(accepted))}")
     if weight_decay and "weight_decay" not in accepted:
         raise SpecError(f"optimizer: {label} takes no weight_decay; pass weight_decay=0 or pick an "

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from . import validate as V
 from .errors import SpecError
-from .spec import RECIPE_SECTIONS, Spec, _close, check_keys, read_recipe
+from .spec import RECIPE_SECTIONS, Spec, check_keys, read_recipe
 
 SEMANTICS = ("torch", "native")
 SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine")

@@ -34,9 +34,10 @@ from .backend_api import Group
 from .dispatch import backend_for
 from . import validate as V
 from .errors import SpecError
-from .plan import Plan, check_optimizer, short
+from .plan import Plan, check_optimizer
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
-from .spec import SPEC_KEYS, Spec, _close, check_keys
+from .spec import SPEC_KEYS, Spec, check_keys
+from .validate import excerpt
 
 TRIGGERS = ("at_epoch", "at_step", "on_plateau")
 STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
@@ -125,7 +126,7 @@ class StagesSpec:
         """Epoch and step triggers strictly increase along the list: stages start in list order,
         so a repeated or earlier trigger would start a stage later than it says."""
         last: dict[str, tuple[int, str]] = {}
-        for stage, origin in zip(stages, origins):
+        for stage, origin in zip(stages, origins, strict=True):
             if stage.trigger in ("at_epoch", "at_step"):
                 prev = last.get(stage.trigger)
                 if prev is not None and stage.at <= prev[0]:
@@ -167,7 +168,7 @@ class Schedule:
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
         if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
                 steps_per_epoch, int) or steps_per_epoch <= 0):
-            raise SpecError(f"Schedule: steps_per_epoch must be a positive integer, got {short(steps_per_epoch)}")
+            raise SpecError(f"Schedule: steps_per_epoch must be a positive integer, got {excerpt(steps_per_epoch)}")
         self.recipe = load_recipe(recipe)
         section = self.recipe.sections.get("stages")
         later = section.stages if section else ()
@@ -256,7 +257,7 @@ class Schedule:
         unchanged model (it re-applies stage 0); otherwise build a new Schedule.
         """
         if backend is not None and not isinstance(backend, str):
-            raise SpecError(f"Schedule.start: backend must be 'torch', 'mxnet' or None, got {short(backend)}")
+            raise SpecError(f"Schedule.start: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
         if self.plan is not None:
             if self.index > 0 or self.plan.model is not model:
                 raise SpecError(f"Schedule.start: this schedule already started (now in stage "
@@ -335,11 +336,11 @@ class Schedule:
             _check_count(step, "Schedule.step: step")
         if metric is not None:
             if isinstance(metric, bool) or not isinstance(metric, (int, float)) and not hasattr(metric, "__float__"):
-                raise SpecError(f"Schedule.step: metric must be a number, got {short(metric)}")
+                raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}")
             try:
                 metric = float(metric)
             except (TypeError, ValueError, OverflowError):
-                raise SpecError(f"Schedule.step: metric must be a number, got {short(metric)}") from None
+                raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}") from None
             if not math.isfinite(metric):
                 raise SpecError(f"Schedule.step: metric {metric!r} is not a finite number")
         be = self.plan.backend
@@ -458,5 +459,5 @@ class Schedule:
 
 def _check_count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SpecError(f"{where}: expected a whole number >= 0, got {short(value)}")
+        raise SpecError(f"{where}: expected a whole number >= 0, got {excerpt(value)}")
     return value

@@ -64,13 +64,13 @@ _EXCERPT.maxother = 60
 _EXCERPT.maxdict = _EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxset = 6
 
 
-def excerpt(value: Any) -> str:
-    """A repr of ``value`` of at most about 80 characters, whatever its size or depth."""
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A repr of ``value`` of at most ``limit`` characters, whatever its size or depth."""
     try:
         text = _EXCERPT.repr(value)
     except RecursionError:
         text = f"<deeply nested {type(value).__name__}>"
-    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS - 3] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def suggestion(word: Any, options: Iterable[str]) -> str:
@@ -285,9 +285,11 @@ _COMMON: dict[str, Checker] = {
     # Gluon: Optimizer and Trainer arguments (torch refuses them when it builds the optimizer)
     "clip_gradient": _optional_positive, "rescale_grad": _positive, "multi_precision": boolean,
     "kvstore": _kvstore, "update_on_kvstore": boolean, "compression_params": _compression,
+    "lazy_update": boolean,
 }
 _ADAM: dict[str, Checker] = {
     "betas": _betas, "eps": _positive, "amsgrad": boolean, "capturable": boolean,
+    "decoupled_weight_decay": boolean,
     "beta1": _beta, "beta2": _beta, "epsilon": _positive,  # Gluon's names for betas and eps
 }
 OPTIMIZER_OPTIONS: dict[str, dict[str, Checker]] = {
