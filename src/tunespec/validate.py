@@ -265,8 +265,17 @@ def _optional_positive(value: Any, path: str) -> float | None:
     return None if value is None else _positive(value, path)
 
 
-def _kvstore(value: Any, path: str) -> str:
-    return string(value, path, max_length=64)
+def _optional_boolean(value: Any, path: str) -> bool | None:
+    """true, false or null (Gluon's ``update_on_kvstore=None``: let MXNet decide)."""
+    return None if value is None else boolean(value, path)
+
+
+def _kvstore(value: Any, path: str) -> Any:
+    """A kvstore type name ('device', 'dist_sync', ...) or, given in code, a kvstore object the
+    framework built (the core cannot name its type, so anything that is not plain data passes)."""
+    if isinstance(value, (bool, int, float, list, tuple, dict)) or value is None:
+        raise fail(path, "a kvstore name like 'device' or 'dist_sync', or a kvstore object", value)
+    return string(value, path, max_length=64) if isinstance(value, str) else value
 
 
 def _compression(value: Any, path: str) -> Mapping[str, Any]:
@@ -281,10 +290,10 @@ def _compression(value: Any, path: str) -> Mapping[str, Any]:
 
 # Options either backend understands, besides name, lr, weight_decay and semantics.
 _COMMON: dict[str, Checker] = {
-    "maximize": boolean, "foreach": boolean, "differentiable": boolean, "fused": boolean,
+    "maximize": boolean, "foreach": _optional_boolean, "differentiable": boolean, "fused": _optional_boolean,
     # Gluon: Optimizer and Trainer arguments (torch refuses them when it builds the optimizer)
     "clip_gradient": _optional_positive, "rescale_grad": _positive, "multi_precision": boolean,
-    "kvstore": _kvstore, "update_on_kvstore": boolean, "compression_params": _compression,
+    "kvstore": _kvstore, "update_on_kvstore": _optional_boolean, "compression_params": _compression,
     "lazy_update": boolean,
 }
 _ADAM: dict[str, Checker] = {
