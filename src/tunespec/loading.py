@@ -198,6 +198,7 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
             writes[id(target.handle)] = (target, value)
     if not writes and not state:
         raise SpecError("load: the checkpoint holds no tensors")
+    names.check_used("load", strict)
     if select is not None and not writes and not report.unexpected and not report.mismatched:
         raise SpecError(f"load: select={select!r} matches none of the checkpoint's keys "
                         f"(they look like {', '.join(list(state)[:3])})")

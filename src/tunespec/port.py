@@ -77,6 +77,7 @@ def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
             else:
                 pairs.append((t, d))
     report.missing = sorted(target)
+    names.check_used("port", strict)
     if strict and not report.ok:
         raise SpecError(f"{report}\nnothing was written; pass rename={{regex: replacement}} for "
                         f"models whose structures differ, or strict=False to copy what matches")
