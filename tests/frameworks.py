@@ -7,9 +7,38 @@ gradient by 1/batch_size: the same gradient.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-import numpy as np
+import pytest
+
+try:
+    import numpy as np
+except ModuleNotFoundError:  # the base install: numpy comes with torch or mxnet, and only their tests use it
+    np = None
+
+EXTRAS = {"torch": "torch", "torchvision": "torch", "mxnet": "mxnet", "gluoncv": "mxnet",
+          "safetensors": "safetensors", "lightning": "lightning"}
+
+
+def _reason(module: str) -> str:
+    return f"needs {module}: pip install 'tunespec[{EXTRAS[module.split('.')[0]]}]'"
+
+
+def needs(module: str) -> Any:
+    """Import and return ``module``, or skip naming the extra that installs it.
+
+    Called in a test it skips that test; called at the top of a file it skips the whole file,
+    so a base install (no framework) runs the core tests and skips the rest."""
+    __tracebackhide__ = True  # report the skip at the caller's line, not here
+    return pytest.importorskip(module, reason=_reason(module))
+
+
+def needing(module: str) -> pytest.MarkDecorator:
+    """``needs`` as a mark, for a test that must skip before it runs (a Hypothesis test would
+    draw its examples first) or a parameter that needs a framework."""
+    missing = importlib.util.find_spec(module.split(".")[0]) is None
+    return pytest.mark.skipif(missing, reason=_reason(module))
 
 
 class TorchHarness:

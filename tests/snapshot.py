@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import numpy as np
+try:
+    import numpy as np
+except ModuleNotFoundError:  # the base install: no framework, so no tensor to snapshot either
+    np = None
 
 
 def _digest(array: Any) -> str:
@@ -25,7 +28,7 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
+    if np is not None and isinstance(value, np.ndarray):
         return _digest(value)
     mod = type(value).__module__
     if mod.startswith("torch"):

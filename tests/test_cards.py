@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("mxnet")
+from frameworks import needs
+
+torch = needs("torch")
+needs("mxnet")
 
 import torchvision  # noqa: E402
 

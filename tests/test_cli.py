@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from frameworks import needing, needs
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -17,6 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@needing("torchvision")
 def test_plan_torchvision_resnet18_collapsed_with_totals():
     out = run("plan", str(EXAMPLES / "resnet_finetune.yaml"), "--model", "torchvision:resnet18")
     assert out.returncode == 0, out.stderr
@@ -28,6 +29,7 @@ def test_plan_torchvision_resnet18_collapsed_with_totals():
     assert len(lines) < 40
 
 
+@needing("gluoncv")
 def test_plan_gluoncv_ssd_full_and_json():
     out = run("plan", str(EXAMPLES / "ssd_heads.yaml"), "--model", "gluoncv:ssd_300_mobilenet0.25_voc")
     assert out.returncode == 0, out.stderr
@@ -40,6 +42,7 @@ def test_plan_gluoncv_ssd_full_and_json():
     assert data["summary"]["frozen_tensors"] == 105 and data["params"][0]["trainable"] is False
 
 
+@needing("torchvision")
 def test_plan_errors_are_one_line_with_a_fix(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("freeze: ['layer5\\..*']\n")
@@ -52,7 +55,7 @@ def test_plan_errors_are_one_line_with_a_fix(tmp_path):
 
 
 def test_factory_models(tmp_path):
-    pytest.importorskip("torch")
+    needs("torch")
     (tmp_path / "mymodels.py").write_text(
         "import torch\ndef tiny():\n    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))\n")
     recipe = tmp_path / "r.json"

@@ -8,8 +8,10 @@ import warnings
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("mxnet")
+from frameworks import needs
+
+torch = needs("torch")
+needs("mxnet")
 
 import torchvision  # noqa: E402
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import pytest
+
+from frameworks import needs
+
+needs("mxnet")
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from synthetic_voc import read_voc, write_voc  # noqa: E402
@@ -16,7 +20,6 @@ CLASSES = ("square", "triangle", "cross")
 
 
 def test_synthetic_voc_reads_back_identically_in_gluoncv(tmp_path):
-    pytest.importorskip("mxnet")
     from tunespec.backends.mxnet import import_gluoncv
 
     gcv = import_gluoncv()
@@ -32,7 +35,6 @@ def test_synthetic_voc_reads_back_identically_in_gluoncv(tmp_path):
 
 
 def test_numpy_voc07_map_equals_gluoncvs_metric():
-    pytest.importorskip("mxnet")
     from tunespec.backends.mxnet import import_gluoncv
 
     metric = import_gluoncv().utils.metrics.voc_detection.VOC07MApMetric(iou_thresh=0.5, class_names=CLASSES)

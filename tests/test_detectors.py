@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 
-mx = pytest.importorskip("mxnet")
+from frameworks import needs
+
+mx = needs("mxnet")
+import numpy as np  # noqa: E402
 
 from mxnet import autograd  # noqa: E402
 

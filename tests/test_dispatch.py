@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import tunespec
+from frameworks import needing, needs
 from tunespec import MissingFrameworkError, SpecError
 from tunespec import dispatch
 
@@ -20,6 +21,7 @@ def test_import_tunespec_imports_no_framework():
     assert out.stdout.strip() == "imported: []", out.stdout + out.stderr
 
 
+@needing("torch")
 def test_planning_a_torch_model_does_not_import_mxnet():
     code = ("import sys, torch, tunespec\n"
             "tunespec.plan(torch.nn.Linear(2, 2), {'freeze': ['bias']})\n"
@@ -29,11 +31,11 @@ def test_planning_a_torch_model_does_not_import_mxnet():
 
 
 def test_unknown_backend_and_mismatch_are_clear_errors():
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     model = torch.nn.Linear(2, 2)
     with pytest.raises(SpecError, match="unknown backend 'tf'.*torch, mxnet"):
         tunespec.plan(model, {"freeze": ["bias"]}, backend="tf")
-    pytest.importorskip("mxnet")
+    needs("mxnet")
     with pytest.raises(SpecError, match="backend='mxnet'.*Linear is not a mxnet model.*backend='torch'"):
         tunespec.plan(model, {"freeze": ["bias"]}, backend="mxnet")
     assert tunespec.plan(model, {"freeze": ["bias"]}, backend="torch").backend_name == "torch"
@@ -53,7 +55,7 @@ def test_missing_framework_names_the_extra(monkeypatch):
 
 
 def test_strict_argument_overrides_the_spec():
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     model = torch.nn.Linear(2, 2)
     with pytest.warns(tunespec.TuneSpecWarning):
         tunespec.plan(model, {"freeze": ["nope"]}, strict=False)

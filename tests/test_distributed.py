@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from frameworks import TorchHarness, batches, needs
+
+torch = needs("torch")
+import numpy as np  # noqa: E402
 
 import tunespec  # noqa: E402
-from frameworks import TorchHarness, batches  # noqa: E402
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 

@@ -16,12 +16,11 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tunespec
-from frameworks import HARNESSES, batches
+from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
 from tunespec import files
@@ -32,12 +31,6 @@ RECIPE = {
     "schedule": {"type": "multistep", "milestones": [3], "gamma": 0.5},
     "stages": [{"at_epoch": 1, "freeze": [r"0\.bias"], "lr_factor": 0.5}],
 }
-
-
-@pytest.fixture(params=["torch", "mxnet"])
-def h(request):
-    pytest.importorskip(request.param)
-    return HARNESSES[request.param]()
 
 
 def fresh(h, seed=0):
@@ -96,7 +89,7 @@ class _Marker:
 def test_a_run_checkpoint_is_safetensors_and_resuming_never_unpickles(h, tmp_path, monkeypatch):
     import pickle
 
-    pytest.importorskip("safetensors")
+    needs("safetensors")
     path, _ = saved_run(h, tmp_path)
     from safetensors import safe_open
 
@@ -114,7 +107,7 @@ def test_a_run_checkpoint_is_safetensors_and_resuming_never_unpickles(h, tmp_pat
 
 
 def test_a_crafted_gluon_params_file_of_the_old_format_runs_no_code(tmp_path):
-    pytest.importorskip("mxnet")
+    needs("mxnet")
     import pickle
 
     import mxnet as mx
@@ -136,7 +129,7 @@ def test_a_crafted_gluon_params_file_of_the_old_format_runs_no_code(tmp_path):
 
 
 def test_a_torch_file_that_needs_pickle_is_refused_everywhere_without_opt_in(tmp_path):
-    pytest.importorskip("torch")
+    needs("torch")
     import torch
 
     from tunespec.cli import load_weights
@@ -190,7 +183,7 @@ def _foreign(kind, tmp_path, h, good: Path) -> Path:
     elif kind == "huge_header":
         path.write_bytes((2**62).to_bytes(8, "little") + b"{}")
     elif kind == "other_tool_safetensors":
-        pytest.importorskip("safetensors")
+        needs("safetensors")
         from safetensors.numpy import save_file
 
         save_file({"weight": np.zeros((2, 2), np.float32)}, str(path), metadata={"format": "pt"})
@@ -201,7 +194,7 @@ def _foreign(kind, tmp_path, h, good: Path) -> Path:
         meta["tunespec.run"] = json.dumps({"format": "tunespec-run/1", "backend": h.name})
         files.write_checked(str(path), tensors, meta)
     elif kind == "torch_state_dict":
-        torch = pytest.importorskip("torch")
+        torch = needs("torch")
         torch.save(HARNESSES["torch"]().small_cnn().state_dict(), path)
     elif kind == "directory":
         path.mkdir()
@@ -232,11 +225,11 @@ def test_damaged_or_foreign_files_are_refused_by_resume_naming_the_file(h, tmp_p
 @pytest.mark.parametrize("suffix", [".pt", ".params", ".safetensors"])
 def test_damaged_or_foreign_files_are_refused_by_load(h, tmp_path, kind, suffix):
     if suffix == ".pt":
-        pytest.importorskip("torch")
+        needs("torch")
     if suffix == ".params":
-        pytest.importorskip("mxnet")
+        needs("mxnet")
     if suffix == ".safetensors":
-        pytest.importorskip("safetensors")
+        needs("safetensors")
     good, _ = saved_run(h, tmp_path)
     source = _foreign(kind, tmp_path, h, good)
     path = source if kind == "dev_zero" else source.rename(source.with_suffix(suffix))
@@ -431,7 +424,8 @@ while True:
 
 
 def test_kill_9_mid_save_leaves_a_loadable_checkpoint_and_no_stray_temp_files(tmp_path):
-    h = HARNESSES["torch"]() if pytest.importorskip("torch") else None
+    needs("torch")
+    h = HARNESSES["torch"]()
     path = tmp_path / "run.ckpt"
     script = "json_recipe = " + repr(RECIPE) + "\n" + KILL_SCRIPT
     proc = subprocess.Popen([sys.executable, "-c", script, str(path), str(Path(__file__).parent), "torch"],
@@ -485,7 +479,7 @@ def corrupt(data: bytes, how) -> bytes:
 
 @pytest.fixture(scope="module", params=["torch", "mxnet"])
 def saved(request, tmp_path_factory):
-    pytest.importorskip(request.param)
+    needs(request.param)
     h = HARNESSES[request.param]()
     tmp = tmp_path_factory.mktemp(f"prop-{request.param}")
     path, arrays = saved_run(h, tmp)
@@ -637,7 +631,7 @@ def test_resume_continues_bit_identically_with_each_optimizer(h, tmp_path, optim
 def test_load_checks_the_digest_of_a_run_checkpoint_it_reads_weights_from(h, tmp_path):
     """A run checkpoint is a safetensors file; loading its weights with tunespec.load checks its
     digest first, so a flipped byte in a weight is refused instead of loaded."""
-    pytest.importorskip("safetensors")
+    needs("safetensors")
     path, saved = saved_run(h, tmp_path, "run.safetensors")
     net = fresh(h, 1)
     report = tunespec.load(net, path, select=r"model/.*", rename={r"model/(.*)": r"\1"}, strict=False)

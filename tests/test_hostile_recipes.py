@@ -16,19 +16,13 @@ import pytest
 
 import tunespec
 from fake_backend import FakeBackend, FakeLayer, fake_plan, linear, small_net
-from frameworks import HARNESSES
+from frameworks import HARNESSES, needing, needs
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError, load_recipe
 from tunespec import matching, validate
 from tunespec.naming import NameMap
 from tunespec.recipe import OptimizerSpec
 from tunespec.spec import MAX_RECIPE_BYTES, Spec, read_recipe
-
-
-@pytest.fixture(params=["torch", "mxnet"])
-def h(request):
-    pytest.importorskip(request.param)
-    return HARNESSES[request.param]()
 
 
 @pytest.fixture
@@ -266,7 +260,7 @@ def test_a_group_that_backtracks_names_the_rule_and_the_group(fast_budget):
 
 @pytest.mark.parametrize("name", ["torch", "mxnet"])
 def test_a_pathological_regex_leaves_a_real_model_unchanged(name, fast_budget):
-    pytest.importorskip(name)
+    needs(name)
     if name == "torch":
         import torch
 
@@ -535,11 +529,11 @@ def test_random_recipe_files_are_a_plan_or_a_spec_error(tmp_path_factory, case):
     _plan_apply_restore(small_net(), path)
 
 
+@needing("torch")
 @settings(max_examples=20, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(RECIPES)
 def test_random_recipes_on_a_real_torch_model(data):
-    pytest.importorskip("torch")
     import warnings
 
     net = HARNESSES["torch"]().small_cnn()

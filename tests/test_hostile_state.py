@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 
 import tunespec
-from frameworks import HARNESSES, batches
+from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
 
@@ -30,12 +29,6 @@ def recipe(*stages, **extra):
     if stages:
         out["stages"] = list(stages)
     return out
-
-
-@pytest.fixture(params=["torch", "mxnet"])
-def h(request):
-    pytest.importorskip(request.param)
-    return HARNESSES[request.param]()
 
 
 class Boom(RuntimeError):
@@ -171,6 +164,7 @@ def test_optimizer_after_a_hand_made_change_reapplies_its_spec(h):
 # --- restore and norm modes ----------------------------------------------------------------------
 
 def test_torch_restore_after_eval_leaves_an_eval_model():
+    needs("torch")
     h = HARNESSES["torch"]()
     net = h.small_cnn()
     net.train()
@@ -186,7 +180,7 @@ def test_torch_restore_after_eval_leaves_an_eval_model():
 
 
 def test_gluon_restore_brings_back_the_exact_flags():
-    pytest.importorskip("mxnet")
+    needs("mxnet")
     h = HARNESSES["mxnet"]()
     net = h.small_cnn()
     net[1]._kwargs["use_global_stats"] = True  # the user's own setting before apply
@@ -508,7 +502,7 @@ def _stage(d):
                                                                  HealthCheck.function_scoped_fixture])
 @given(stages=st.lists(stage_st, min_size=1, max_size=3), calls=st.lists(call_st, min_size=1, max_size=5))
 def test_random_stage_runs_change_state_only_on_success(framework, stages, calls):
-    pytest.importorskip(framework)
+    needs(framework)
     h = HARNESSES[framework]()
     try:
         schedule = tunespec.Schedule(recipe(*map(_stage, stages)))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-mx = pytest.importorskip("mxnet")
+from frameworks import MXNetHarness, TorchHarness, needs
+
+torch = needs("torch")
+mx = needs("mxnet")
+import numpy as np  # noqa: E402
 
 import tunespec  # noqa: E402
-from frameworks import MXNetHarness, TorchHarness  # noqa: E402
 from tunespec import SpecError  # noqa: E402
 
 

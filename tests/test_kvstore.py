@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-pytest.importorskip("mxnet")
+from frameworks import needs
+
+needs("mxnet")
+import numpy as np  # noqa: E402
 
 WORKER = Path(__file__).parent / "kvstore_worker.py"
 BN_STATS = ("running_mean", "running_var")  # per worker / per device in trainable BN layers

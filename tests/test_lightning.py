@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pl = pytest.importorskip("lightning.pytorch")
+from frameworks import TorchHarness, needs
+
+torch = needs("torch")
+pl = needs("lightning.pytorch")
+import numpy as np  # noqa: E402
 
 import torchvision  # noqa: E402
 
-from frameworks import TorchHarness  # noqa: E402
 from tunespec import SpecError  # noqa: E402
 from tunespec.backends.lightning import StageCallback  # noqa: E402
 

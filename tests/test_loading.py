@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-mx = pytest.importorskip("mxnet")
+from frameworks import MXNetHarness, TorchHarness, needs
+
+torch = needs("torch")
+mx = needs("mxnet")
+import numpy as np  # noqa: E402
 
 import torchvision  # noqa: E402
 
 import tunespec  # noqa: E402
-from frameworks import MXNetHarness, TorchHarness  # noqa: E402
 from tunespec import SpecError  # noqa: E402
 
 
@@ -94,7 +95,7 @@ def test_pickle_needing_checkpoints_are_refused_unless_allowed(tmp_path):
 
 
 def test_safetensors_into_torch_and_gluon(tmp_path):
-    st = pytest.importorskip("safetensors.torch")
+    st = needs("safetensors.torch")
     source = resnet(10, 0)
     path = tmp_path / "r18.safetensors"
     st.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-mx = pytest.importorskip("mxnet")
+from frameworks import MXNetHarness, batches, needs
+
+mx = needs("mxnet")
+import numpy as np  # noqa: E402
 
 import tunespec  # noqa: E402
-from frameworks import MXNetHarness, batches  # noqa: E402
 from tunespec.backends.mxnet import import_gluoncv  # noqa: E402
 
 SPEC = {"freeze": ["[01]\\..*"]}

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mxnet")
+from frameworks import needs
+
+needs("mxnet")
 
 PROBE = Path(__file__).with_name("onednn_probe.py")
 RUNS = 16

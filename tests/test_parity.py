@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import tunespec
-from frameworks import MXNetHarness, TorchHarness, batches
+from frameworks import MXNetHarness, TorchHarness, batches, needs
+
+needs("torch")
+needs("mxnet")
+import numpy as np  # noqa: E402
+
+import tunespec  # noqa: E402
 
 RECIPES = Path(__file__).parent / "recipes"
 MODELS = {  # model -> (recipe, input size, classes)

@@ -6,16 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-mx = pytest.importorskip("mxnet")
+from frameworks import MXNetHarness, TorchHarness, batches, needs
+
+torch = needs("torch")
+mx = needs("mxnet")
+import numpy as np  # noqa: E402
 
 import torchvision  # noqa: E402
 
 import tunespec  # noqa: E402
-from frameworks import MXNetHarness, TorchHarness, batches  # noqa: E402
 from tunespec import SpecError  # noqa: E402
 
 RECIPES = Path(__file__).parent / "recipes"

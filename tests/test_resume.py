@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import tunespec
-from frameworks import HARNESSES, batches
+from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from tunespec import SpecError
 
 RECIPE = {
@@ -16,12 +15,6 @@ RECIPE = {
     "schedule": {"type": "multistep", "milestones": [7], "gamma": 0.5},
     "stages": [{"at_epoch": 2, "preset": "4+", "lr_mult": {"@heads": 10}, "lr_factor": 0.1}],
 }
-
-
-@pytest.fixture(params=["torch", "mxnet"])
-def h(request):
-    pytest.importorskip(request.param)
-    return HARNESSES[request.param]()
 
 
 def fresh(h, seed):
@@ -91,7 +84,8 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(h, tmp_path, monkeypatc
 
 
 def test_resume_refuses_another_recipe(tmp_path):
-    h = HARNESSES["torch"]() if pytest.importorskip("torch") else None
+    needs("torch")
+    h = HARNESSES["torch"]()
     path = tmp_path / "run.pt"
     schedule = tunespec.Schedule(RECIPE)
     net, opt = schedule.start(fresh(h, 0))

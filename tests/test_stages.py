@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import tunespec
-from frameworks import HARNESSES, batches
+from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from tunespec import SpecError
 
 RECIPE = {
@@ -15,12 +14,6 @@ RECIPE = {
     "schedule": {"type": "multistep", "milestones": [7], "gamma": 0.5},
     "stages": [{"at_epoch": 2, "preset": "4+", "lr_factor": 0.1}],
 }
-
-
-@pytest.fixture(params=["torch", "mxnet"])
-def h(request):
-    pytest.importorskip(request.param)
-    return HARNESSES[request.param]()
 
 
 def run_epoch(h, net, opt, schedule, data):
@@ -123,7 +116,7 @@ def test_plateau_stage_restores_the_best_epoch(h):
 
 
 def test_at_step_trigger_and_plain_torch_optimizer():
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     h = HARNESSES["torch"]()
     net = h.resnet18(classes=5, dtype="float32")
     schedule = tunespec.Schedule({"preset": "heads", "stages": [{"at_step": 3, "preset": "5+"}]})
@@ -153,7 +146,7 @@ def test_bad_stages(stages, fragment):
 
 
 def test_restore_best_needs_a_metric():
-    pytest.importorskip("torch")
+    needs("torch")
     h = HARNESSES["torch"]()
     net = h.resnet18(classes=5, dtype="float32")
     stages = [{"at_epoch": 1, "preset": "4+", "restore_best": True}]

@@ -8,7 +8,9 @@ import pickle
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from frameworks import needs
+
+torch = needs("torch")
 from torch import nn  # noqa: E402
 
 import tunespec  # noqa: E402
