@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 import warnings
 
-import numpy as np
 import pytest
 
 import tunespec
-from frameworks import HARNESSES
+from frameworks import np
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError, TuneSpecWarning
 from tunespec.naming import NameMap
@@ -50,10 +49,7 @@ def test_a_rule_for_names_that_are_not_there_lists_what_names_look_like():
         names.check_used("port")
 
 
-@pytest.mark.parametrize("name", ["torch", "mxnet"])
-def test_load_and_port_refuse_a_rename_that_renames_nothing_and_change_nothing(name):
-    pytest.importorskip(name)
-    h = HARNESSES[name]()
+def test_load_and_port_refuse_a_rename_that_renames_nothing_and_change_nothing(h):
     src, dst = h.small_cnn(), h.small_cnn()
     state = {f"module.{k}": v for k, v in h.arrays(src).items()}
     before = state_of(dst)
