@@ -629,18 +629,33 @@ def test_resume_continues_bit_identically_with_each_optimizer(h, tmp_path, optim
 
 
 def test_load_checks_the_digest_of_a_run_checkpoint_it_reads_weights_from(h, tmp_path):
-    """A run checkpoint is a safetensors file; loading its weights with tunespec.load checks its
-    digest first, so a flipped byte in a weight is refused instead of loaded."""
-    needs("safetensors")
-    path, saved = saved_run(h, tmp_path, "run.safetensors")
+    """tunespec.load reads the weights of a run checkpoint (key 'model' or 'best') after checking
+    its digest, so a flipped byte in a weight is refused instead of loaded."""
+    path, saved = saved_run(h, tmp_path)
     net = fresh(h, 1)
-    report = tunespec.load(net, path, select=r"model/.*", rename={r"model/(.*)": r"\1"}, strict=False)
-    assert report.loaded and all(np.array_equal(h.arrays(net)[k], saved[k]) for k in report.loaded)
+    report = tunespec.load(net, path)
+    assert report.complete and all(np.array_equal(v, saved[k]) for k, v in h.arrays(net).items())
+    with pytest.raises(SpecError, match="key='best' is not in it"):
+        tunespec.load(net, path, key="best")  # RECIPE restores no best weights
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x10  # inside the last tensor's bytes
     path.write_bytes(bytes(data))
     net = fresh(h, 1)
     before = state_of(net)
     with pytest.raises(SpecError, match="damaged"):
-        tunespec.load(net, path, select=r"model/.*", rename={r"model/(.*)": r"\1"}, strict=False)
+        tunespec.load(net, path)
     assert_unchanged(before, state_of(net))
+
+
+def test_a_run_checkpoint_loads_into_the_other_frameworks_twin(tmp_path):
+    """resume refuses another framework's run and points at tunespec.load, which reads it."""
+    needs("torch"), needs("mxnet")
+    th, mh = HARNESSES["torch"](), HARNESSES["mxnet"]()
+    path, saved = saved_run(th, tmp_path)
+    net = fresh(mh, 1)
+    with pytest.raises(SpecError, match="use tunespec.load for weights across frameworks"):
+        tunespec.resume(path, net, tunespec.Schedule(RECIPE))
+    report = tunespec.load(net, path)
+    assert report.ok and not report.missing
+    loaded = mh.arrays(net)
+    assert all(np.array_equal(loaded[k], saved[k]) for k in loaded)

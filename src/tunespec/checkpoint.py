@@ -120,12 +120,12 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
 
 # --- reading ------------------------------------------------------------------------------------
 
-def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, run) of a checkpoint file, checked: a regular file, a valid digest, tunespec's format,
-    this framework. ``run`` is the backend's view of the tensors (not yet applied to anything)."""
-    regular_file(path, "resume")
-    tensors, metadata = read_checked(path, "resume")
-    where = f"resume: {str(path)!r}"
+def read_run_file(path: str | Path, where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(meta, tensors, metadata) of a run checkpoint, checked: a regular file, a valid digest,
+    tunespec's format. ``where`` names the calling function in messages."""
+    regular_file(path, where)
+    tensors, metadata = read_checked(path, where)
+    where = f"{where}: {str(path)!r}"
     try:
         meta = json.loads(metadata[RUN_KEY])
     except (KeyError, ValueError, RecursionError):
@@ -134,9 +134,16 @@ def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]
         found = meta.get("format") if isinstance(meta, dict) else None
         raise SpecError(f"{where} is not a tunespec run checkpoint of format {FORMAT} "
                         f"(it says {excerpt(found)})")
+    return meta, tensors, metadata
+
+
+def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, run) of a checkpoint file of this framework, checked (see :func:`read_run_file`).
+    ``run`` is the backend's view of the tensors (not yet applied to anything)."""
+    meta, tensors, metadata = read_run_file(path, "resume")
     if meta.get("backend") != be.name:
-        raise SpecError(f"{where} was saved from a {excerpt(meta.get('backend'))} run; this model is "
-                        f"{be.name} (use tunespec.load for weights across frameworks)")
+        raise SpecError(f"resume: {str(path)!r} was saved from a {excerpt(meta.get('backend'))} run; this "
+                        f"model is {be.name} (use tunespec.load for weights across frameworks)")
     return meta, be.load_run(tensors, metadata, str(path))
 
 

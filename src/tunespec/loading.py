@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from .dispatch import backend_for, load_backend
 from .errors import SpecError
-from .files import excerpt, has_digest, read_checked, regular_file
+from .files import excerpt, has_digest, regular_file
 from .listing import NORM_LEAF_NAMES, Listing, TensorInfo
 from .naming import NameMap, Rename
 
@@ -116,14 +116,34 @@ def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = F
     path = Path(path)
     regular_file(path, "load", None)  # a directory, FIFO or /dev/zero would block or never end
     reader = _reader_for(path, model_backend)
+    if has_digest(path):  # a run checkpoint: its digest is checked before any value is used
+        return _run_weights(path, key)
     if path.suffix.lower() == ".safetensors":
-        if has_digest(path):  # a file tunespec wrote: refuse damaged values instead of loading them
-            read_checked(path, "load")
         obj = reader.read_safetensors(str(path))
     else:
         obj = reader.read_checkpoint(str(path), allow_pickle)
     state = pick_state(obj, key, reader.is_tensor, str(path))
     return checked_state({k: reader.to_numpy(v) for k, v in state.items()}, str(path))
+
+
+def _run_weights(path: Path, key: str | None) -> dict[str, Any]:
+    """The weights in a run checkpoint (``key``: 'model', the default, or 'best', the best epoch's),
+    read by the backend of the framework that saved it, so weights cross frameworks."""
+    from .checkpoint import read_run_file  # checkpoint pulls in stages and planning; load needs neither
+
+    meta, tensors, metadata = read_run_file(path, "load")
+    saved_by = meta.get("backend")
+    if not isinstance(saved_by, str):
+        raise SpecError(f"load: {str(path)!r} does not say which framework saved it")
+    reader = load_backend(saved_by)
+    run = reader.load_run(tensors, metadata, str(path))
+    parts = {"model": run["model"], "best": run["best"]}
+    key = "model" if key is None else key
+    if parts.get(key) is None:
+        have = ", ".join(repr(k) for k, v in parts.items() if v is not None)
+        raise SpecError(f"load: {str(path)!r} is a run checkpoint; key={excerpt(key)} is not in it "
+                        f"(it holds {have})")
+    return checked_state({k: reader.to_numpy(v) for k, v in parts[key].items()}, str(path))
 
 
 # dtype kinds a weight can have: bool, signed and unsigned integers, floating point.
