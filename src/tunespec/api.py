@@ -11,6 +11,7 @@ from .listing import gc_paused
 from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock
 from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import Spec
+from . import validate
 from .validate import excerpt
 
 SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
@@ -94,9 +95,8 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
     Trainer, the MXNet scheduler it now uses; both give the same lr at every step.
     The optimizer and the schedule are checked before the optimizer is touched."""
     be = backend_for_optimizer(optimizer)
-    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
-            steps_per_epoch, int) or steps_per_epoch <= 0):
-        raise SpecError(f"scheduler: steps_per_epoch must be a positive integer, got {excerpt(steps_per_epoch)}")
+    if steps_per_epoch is not None:
+        validate.count(steps_per_epoch, "scheduler: steps_per_epoch")
     if isinstance(schedule, LRSchedule):
         sched = schedule
     elif isinstance(schedule, Mapping) and "type" in schedule:

@@ -166,9 +166,8 @@ class Schedule:
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
-        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
-                steps_per_epoch, int) or steps_per_epoch <= 0):
-            raise SpecError(f"Schedule: steps_per_epoch must be a positive integer, got {excerpt(steps_per_epoch)}")
+        if steps_per_epoch is not None:
+            V.count(steps_per_epoch, "Schedule: steps_per_epoch")
         self.recipe = load_recipe(recipe)
         section = self.recipe.sections.get("stages")
         later = section.stages if section else ()
@@ -331,9 +330,9 @@ class Schedule:
         """
         if self.plan is None:
             raise SpecError("Schedule.step: call schedule.start(model) first")
-        _check_count(epoch, "Schedule.step: epoch")
+        V.count(epoch, "Schedule.step: epoch", minimum=0)
         if step is not None:
-            _check_count(step, "Schedule.step: step")
+            V.count(step, "Schedule.step: step", minimum=0)
         if metric is not None:
             if isinstance(metric, bool) or not isinstance(metric, (int, float)) and not hasattr(metric, "__float__"):
                 raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}")
@@ -455,9 +454,3 @@ class Schedule:
         for t in be.listing(model).tensors:
             if t.canonical in state:
                 be.write(t.handle, state[t.canonical])
-
-
-def _check_count(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SpecError(f"{where}: expected a whole number >= 0, got {excerpt(value)}")
-    return value
