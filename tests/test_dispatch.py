@@ -15,7 +15,7 @@ from tunespec import dispatch
 
 def test_import_tunespec_imports_no_framework():
     code = ("import sys, tunespec\n"
-            "bad = [m for m in ('torch', 'mxnet', 'gluoncv', 'numpy', 'yaml') if m in sys.modules]\n"
+            "bad = [m for m in ('torch', 'mxnet', 'gluoncv', 'numpy', 'yaml', 'regex') if m in sys.modules]\n"
             "print('imported:', bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "imported: []", out.stdout + out.stderr

@@ -19,7 +19,6 @@ import json
 import os
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -289,6 +288,8 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], where: str) -> P
         raise SpecError(f"{where}: {str(link)!r} is a directory; pass a file path")
     _remove_stale(target)
     try:
+        import tempfile  # on first save: import tunespec stays fast
+
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_prefix(target)}{os.getpid()}-",
                                    suffix=".tmp")
     except OSError as exc:

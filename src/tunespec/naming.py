@@ -10,7 +10,6 @@ import time
 import warnings
 from typing import Any, Callable, Mapping
 
-import regex as _regex
 
 from . import validate as V
 from .errors import SpecError, TuneSpecWarning
@@ -89,7 +88,7 @@ class NameMap:
                 self._hits[i] += 1
                 try:
                     return m.expand(replacement) or None
-                except (IndexError, re.error, _regex.error) as exc:  # a \\3 for a regex with two groups
+                except (IndexError, re.error, V.engine().error) as exc:  # a \\3 for a regex with two groups
                     raise SpecError(f"{pattern.where}: replacement {V.excerpt(replacement)} does "
                                     f"not fit its regex: {V.excerpt(str(exc))}") from None
         return name

@@ -24,8 +24,6 @@ import math
 import reprlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import regex as _regex
-
 from .errors import SpecError
 
 EXCERPT_CHARS = 80
@@ -189,10 +187,17 @@ def keys(data: Mapping[Any, Any], path: str, allowed: Sequence[str], what: str =
 
 
 # --- regexes ----------------------------------------------------------------------------------
+def engine() -> Any:
+    """The ``regex`` module, imported on first use: ``import tunespec`` stays fast."""
+    import regex
+
+    return regex
+
+
 @functools.lru_cache(maxsize=4096)
 def compiled(pattern: str) -> Any:
     """The compiled pattern tunespec matches with (the ``regex`` engine, which can time out)."""
-    return _regex.compile(pattern)
+    return engine().compile(pattern)
 
 
 def regex(value: Any, path: str) -> str:
@@ -201,7 +206,7 @@ def regex(value: Any, path: str) -> str:
         raise fail(path, f"a non-empty regex string of at most {MAX_REGEX_CHARS} characters", value)
     try:
         compiled(value)
-    except (_regex.error, OverflowError, RecursionError, ValueError) as exc:
+    except (engine().error, OverflowError, RecursionError, ValueError) as exc:
         raise SpecError(f"{path}: invalid regex {excerpt(value)}: {excerpt(str(exc))[1:-1]}. Escape "
                         f"literal dots and brackets, e.g. 'fc\\..*'") from None
     return value
