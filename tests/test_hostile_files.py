@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -368,7 +369,7 @@ def test_a_full_disk_or_read_only_directory_keeps_the_previous_checkpoint(h, tmp
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
 
-        monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
         match = "run.ckpt.*read-only"
     with pytest.raises(SpecError, match=match):
         tunespec.save_checkpoint(path, net, opt, schedule, epoch=2)
