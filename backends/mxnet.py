@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import struct
 import sys
 import warnings
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from mxnet import gluon
 
 from tunespec.cache import GraphNode
 from tunespec.errors import MissingFrameworkError, SpecError
-from tunespec.files import decode_tree, encode_tree, excerpt, regular_file, write_checked
+from tunespec.files import MAX_DIMS, decode_tree, encode_tree, excerpt, read_bytes, regular_file, write_checked
 from tunespec.listing import Listing, ListingBuilder, class_names
 
 _TRAINER_OPTIONS = ("kvstore", "compression_params", "update_on_kvstore")
@@ -238,6 +239,74 @@ def _to_context(value: Any, ctx: Any) -> Any:
     return value
 
 
+_LIST_MAGIC = 0x112  # MXNet's NDArray-list file header
+_NDARRAY_V2, _NDARRAY_V3 = 0xF993FAC9, 0xF993FACA  # per-array magic (V3: numpy shape semantics)
+_ITEM_BYTES = {0: 4, 1: 8, 2: 2, 3: 1, 4: 4, 5: 1, 6: 8, 7: 1, 8: 2, 9: 2, 10: 4, 11: 8, 12: 2}  # mshadow
+
+
+def _check_params_layout(data: bytes) -> None:
+    """Walk the layout of an MXNet ``.params`` file and check that every declared size fits.
+
+    MXNet's reader trusts the sizes in the file: a crafted or damaged shape makes it allocate
+    tens of gigabytes before it notices the file is short. Checked here first, it is a clear error.
+    Dense arrays of the V2/V3 layouts are accepted (what ``save_parameters``, ``export`` and
+    ``mx.nd.save`` write); sparse and legacy (pre-1.0) layouts are refused. Raises ValueError.
+    """
+    pos = 0
+
+    def take(fmt: str) -> tuple[int, ...]:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise ValueError(f"truncated at byte {pos}")
+        values = struct.unpack_from(fmt, data, pos)
+        pos += size
+        return values
+
+    magic, _reserved = take("<QQ")
+    if magic != _LIST_MAGIC:
+        raise ValueError("wrong magic number")
+    (count,) = take("<Q")
+    if count > len(data) // 16:
+        raise ValueError(f"it claims {count} arrays, more than its {len(data)} bytes can hold")
+    for i in range(count):
+        (magic,) = take("<I")
+        if magic not in (_NDARRAY_V2, _NDARRAY_V3):
+            raise ValueError(f"array {i}: a legacy or unknown layout (magic {magic:#x}); re-save it with "
+                             f"MXNet >= 1.0")
+        (storage,) = take("<i")
+        if storage != 0:
+            raise ValueError(f"array {i}: sparse storage; tunespec loads dense parameters")
+        (ndim,) = take("<i")
+        if ndim == (0 if magic == _NDARRAY_V2 else -1):
+            continue  # an empty NDArray: nothing follows
+        if not 0 <= ndim <= MAX_DIMS:
+            raise ValueError(f"array {i}: {ndim} dimensions")
+        dims = take(f"<{ndim}q")
+        if any(d < 0 for d in dims):
+            raise ValueError(f"array {i}: negative size in shape {dims}")
+        take("<ii")  # its context: device type and id
+        (flag,) = take("<i")
+        if flag not in _ITEM_BYTES:
+            raise ValueError(f"array {i}: unknown dtype flag {flag}")
+        size = _ITEM_BYTES[flag]
+        for d in dims:
+            size = min(size * d, len(data) + 1)  # stays small: only whether it fits matters
+        if pos + size > len(data):
+            raise ValueError(f"array {i}: shape {excerpt(dims)} needs more bytes than the file has left")
+        pos += size
+    (names,) = take("<Q")
+    if names not in (0, count):
+        raise ValueError(f"{names} names for {count} arrays")
+    for i in range(names):
+        (length,) = take("<Q")
+        if pos + length > len(data):
+            raise ValueError(f"name {i} is longer than the rest of the file")
+        pos += length
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} bytes after the last name")
+
+
 class _MXNetLifecycle:
     """Framework calls for the lifecycle; what to load, initialise, add to a Trainer or save is
     decided in tunespec.loading, tunespec.init, tunespec.stages and tunespec.checkpoint."""
@@ -246,8 +315,13 @@ class _MXNetLifecycle:
         """A Gluon ``.params`` file (save_parameters, or export's ``arg:``/``aux:`` keys). MXNet's
         format holds no pickle, so ``allow_pickle`` changes nothing here."""
         regular_file(path, "load", None)
+        data = read_bytes(path, "load")
         try:
-            loaded = mx.nd.load(path)
+            _check_params_layout(data)
+        except ValueError as exc:
+            raise SpecError(f"{path}: not a valid MXNet .params file ({exc})") from None
+        try:
+            loaded = mx.nd.load_frombuffer(data)
         except Exception as exc:  # MXNetError, and whatever a damaged file makes the reader raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SpecError(f"{path}: not an MXNet .params file ({excerpt(first, 200)})") from None

@@ -660,3 +660,22 @@ def test_a_run_checkpoint_loads_into_the_other_frameworks_twin(tmp_path):
     assert report.ok and not report.missing
     loaded = mh.arrays(net)
     assert all(np.array_equal(loaded[k], saved[k]) for k in loaded)
+
+
+def test_a_params_file_whose_shape_claims_gigabytes_is_refused_before_mxnet_reads_it(tmp_path):
+    """MXNet's reader trusts the sizes in a .params file: a shape rewritten to claim 2**40 elements
+    would make it allocate that much before noticing the file is short. tunespec walks the layout
+    first, so this is a SpecError and no memory is taken."""
+    mx = needs("mxnet")
+    path = tmp_path / "w.params"
+    mx.nd.save(str(path), {"w": mx.nd.ones((2, 3))})
+    data = bytearray(path.read_bytes())
+    dims = data.find((2).to_bytes(8, "little") + (3).to_bytes(8, "little"))
+    assert dims > 0
+    data[dims:dims + 16] = (2**20).to_bytes(8, "little") + (2**20).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    net = fresh(HARNESSES["mxnet"]())
+    before = state_of(net)
+    with pytest.raises(SpecError, match=r"w\.params: not a valid MXNet \.params file .*needs more bytes"):
+        tunespec.load(net, path)
+    assert_unchanged(before, state_of(net))
