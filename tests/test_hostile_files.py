@@ -490,7 +490,7 @@ def saved(request, tmp_path_factory):
     return h, path.read_bytes(), arrays, weights.read_bytes(), weights.suffix, tmp
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(how=corruption())
 def test_random_corruptions_of_a_run_checkpoint(saved, how):
@@ -508,7 +508,7 @@ def test_random_corruptions_of_a_run_checkpoint(saved, how):
         assert all(np.array_equal(after[k], arrays[k]) for k in arrays)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(how=corruption())
 def test_random_corruptions_of_a_weights_file(saved, how):
