@@ -356,7 +356,7 @@ def test_a_full_disk_or_read_only_directory_keeps_the_previous_checkpoint(h, tmp
     path = tmp_path / "run.ckpt"
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     good = path.read_bytes()
-    module = sys.modules[type(h.backend).__module__]
+    module = sys.modules[type(h.backend).save_run.__module__]  # the module that writes run files
     if failure == "disk_full":
         def full(target, *args):
             with open(target, "wb") as f:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torchvision  # noqa: E402
 
 from tunespec import SpecError  # noqa: E402
-from tunespec.backends.lightning import StageCallback  # noqa: E402
+from tunespec.integrations.lightning import StageCallback  # noqa: E402
 
 RECIPE = {"preset": "heads", "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
           "schedule": {"type": "multistep", "milestones": [5], "gamma": 0.5},

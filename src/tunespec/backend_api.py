@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from .listing import Listing
+from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
+from .listing import Listing, ListingBuilder, class_names
+from .validate import excerpt
+
+__all__ = ["MAX_DIMS", "Backend", "GraphNode", "Group", "Listing", "ListingBuilder", "class_names",
+           "decode_tree", "encode_tree", "excerpt", "read_bytes", "regular_file", "write_checked"]
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One operation of a traced forward pass, as the core needs to see it."""
+
+    name: str  # the backend's node name, for messages
+    inputs: tuple[int, ...]  # indices of the earlier nodes whose values it uses
+    tensors: tuple[Any, ...] = ()  # parameter / state handles it reads
+    is_input: bool = False  # a model input
+    in_split: bool = False  # computed inside the split module
+    random: bool = False  # draws random numbers when training (dropout)
 
 
 class Group(dict):

@@ -15,27 +15,15 @@ computed from. Cache features of un-augmented inputs only (or augment in feature
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .backend_api import GraphNode
 from .errors import SpecError
 from .plan import Plan
 from .validate import excerpt
 
 if TYPE_CHECKING:
     from .api import SpecLike
-
-
-@dataclass(frozen=True)
-class GraphNode:
-    """One operation of a traced forward pass, as the core needs to see it."""
-
-    name: str  # the backend's node name, for messages
-    inputs: tuple[int, ...]  # indices of the earlier nodes whose values it uses
-    tensors: tuple[Any, ...] = ()  # parameter / state handles it reads
-    is_input: bool = False  # a model input
-    in_split: bool = False  # computed inside the split module
-    random: bool = False  # draws random numbers when training (dropout)
 
 
 def find_cut(nodes: Sequence[GraphNode], split: str) -> tuple[int, frozenset[int]]:

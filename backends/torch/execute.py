@@ -1,0 +1,92 @@
+"""Executing a plan on a module: trainability, frozen norm statistics, tensor values.
+
+Frozen BatchNorm statistics use a picklable forward pre-hook that puts the layer
+in eval mode before each forward, so the layer stays frozen after ``model.train()``,
+``copy.deepcopy``, pickling and ``torch.compile``, and ``state_dict`` keys never change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .listing import _shape
+
+class _Setting:
+    """A parameter's trainability, and the gradient that freezing it drops (so a rolled-back
+    apply gives it back). Equal when the trainability is: gradients come and go with training."""
+
+    __slots__ = ("requires_grad", "grad")
+
+    def __init__(self, requires_grad: bool, grad: Any):
+        self.requires_grad, self.grad = requires_grad, grad
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Setting) and other.requires_grad == self.requires_grad
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class FrozenStats:
+    """Forward pre-hook that keeps a norm layer in eval mode (uses, never updates, its statistics)."""
+
+    def __init__(self, was_training: bool = True):
+        self.was_training = was_training
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        module.training = False
+
+
+
+class TorchExecute:
+    # --- trainability ---------------------------------------------------------------------
+    def snapshot(self, handle: nn.Parameter) -> "_Setting":
+        return _Setting(bool(handle.requires_grad), handle.grad)
+
+    def restore(self, handle: nn.Parameter, saved: "_Setting", rollback: bool = False) -> None:
+        """``rollback``: undoing a call that just failed, so the gradient freezing dropped comes
+        back; a later ``plan.restore()`` leaves gradients alone (an old one would be stale)."""
+        handle.requires_grad_(saved.requires_grad)
+        if rollback:
+            handle.grad = saved.grad
+
+    def set_param(self, handle: nn.Parameter, trainable: bool, lr_mult: float, wd_mult: float) -> None:
+        # torch keeps multipliers in optimizer param groups, not on tensors.
+        handle.requires_grad_(trainable)
+        if not trainable:
+            handle.grad = None
+
+    # --- norm statistics ------------------------------------------------------------------
+    def norm_stats_frozen(self, norm: nn.Module) -> bool:
+        return any(isinstance(h, FrozenStats) for h in norm._forward_pre_hooks.values())
+
+    def set_norm_stats_frozen(self, norm: nn.Module, frozen: bool, model: Any = None) -> None:
+        """A released layer takes the mode ``model`` is in now (``model.eval()`` after apply must
+        leave no BatchNorm training); without a model, the mode it had when it was frozen."""
+        hooks = [(k, h) for k, h in norm._forward_pre_hooks.items() if isinstance(h, FrozenStats)]
+        if frozen and not hooks:
+            norm.register_forward_pre_hook(FrozenStats(norm.training))
+            norm.training = False
+        elif not frozen and hooks:
+            for key, _hook in hooks:
+                del norm._forward_pre_hooks[key]
+            norm.training = bool(model.training) if isinstance(model, nn.Module) else hooks[0][1].was_training
+
+    def commit(self, model: nn.Module) -> None:
+        """Nothing to do: torch.compile's guards see requires_grad and hook changes."""
+
+    # --- tensors and optimizers -----------------------------------------------------------
+    def tensor_bytes(self, handle: torch.Tensor) -> bytes | None:
+        if _shape(handle) is None or handle.device.type == "meta":
+            return None
+        return handle.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+    def read(self, handle: torch.Tensor) -> Any:
+        return handle.detach().cpu().numpy().copy()
+
+    def write(self, handle: torch.Tensor, array: Any) -> None:
+        with torch.no_grad():
+            handle.copy_(torch.as_tensor(array).to(dtype=handle.dtype))
+

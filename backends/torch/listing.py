@@ -1,0 +1,86 @@
+"""Listing an ``nn.Module``: every parameter and buffer, norm layers, wrappers seen through."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from tunespec.backend_api import Listing, ListingBuilder, class_names
+# Wrapper classes and the attribute under which they hold the wrapped model.
+_WRAPPERS = {
+    "torch.nn.parallel.distributed.DistributedDataParallel": "module",
+    "torch.nn.parallel.data_parallel.DataParallel": "module",
+    "torch._dynamo.eval_frame.OptimizedModule": "_orig_mod",
+    "torch.distributed.fsdp.fully_sharded_data_parallel.FullyShardedDataParallel": "_fsdp_wrapped_module",
+    "torch.distributed.algorithms._checkpoint.checkpoint_wrapper.CheckpointWrapper":
+        "_checkpoint_wrapped_module",
+}
+_NORMS = (_NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+def _wrapper_attr(module: nn.Module) -> str | None:
+    return _module_kind(type(module))[2]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while (attr := _wrapper_attr(model)) is not None:
+        model = getattr(model, attr)
+    return model
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...] | None:
+    if type(t) not in _PLAIN_TENSORS and isinstance(t, nn.parameter.UninitializedTensorMixin):
+        return None
+    return t.shape  # torch.Size, a tuple
+
+
+_PLAIN_TENSORS = (nn.Parameter, torch.Tensor)
+_KINDS: dict[type, tuple[bool, bool, str | None]] = {}
+
+
+def _module_kind(cls: type) -> tuple[bool, bool, str | None]:
+    """(is a norm layer, has running statistics, wrapped-model attribute), cached per class."""
+    kind = _KINDS.get(cls)
+    if kind is None:
+        attr = next((_WRAPPERS[k] for k in (f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__)
+                     if k in _WRAPPERS), None)
+        kind = _KINDS[cls] = (issubclass(cls, _NORMS), issubclass(cls, _NormBase), attr)
+    return kind
+
+
+class TorchListing:
+    def listing(self, model: nn.Module) -> Listing:
+        found = ListingBuilder()
+        add, layer = found.add, found.layer  # bound once: called per tensor on 100,000-tensor models
+        seen_modules: set[int] = set()
+        # An explicit stack (children pushed in reverse) lists in the same pre-order as recursion
+        # without a self-referencing closure, whose reference cycle only the GC could free.
+        stack: list[tuple[nn.Module, tuple[str, ...], frozenset[int]]] = [(model, (), frozenset())]
+        while stack:
+            module, path, wrappers = stack.pop()
+            first_visit = id(module) not in seen_modules
+            seen_modules.add(id(module))
+            is_norm, has_stats, wrapped = _module_kind(type(module))
+            layer(path, type(module).__name__, is_norm, wrappers)
+            for leaf, tensor in module._parameters.items():
+                if tensor is not None:
+                    shape = tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor)
+                    add(tensor, leaf, None, shape, False, tensor.requires_grad)
+            for leaf, tensor in module._buffers.items():
+                if tensor is not None:
+                    add(tensor, leaf, None, tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor),
+                        True, False)
+            if first_visit and has_stats and module.running_mean is not None:
+                found.add_norm(module, tuple(p for p in (module.weight, module.bias) if p is not None),
+                               tuple(b for b in (module.running_mean, module.running_var) if b is not None),
+                               self.norm_stats_frozen(module), type(module).__name__)
+            children = module._modules
+            if children:
+                stack.extend([(child, path + (name,), wrappers | {len(path)} if name == wrapped else wrappers)
+                              for name, child in reversed(children.items()) if child is not None])
+        types = class_names(type(_unwrap(model)))
+        return found.build(types[0], types[1:])
+

@@ -1,0 +1,139 @@
+"""torch optimizers over the groups the core computed, lr schedules, stage regrouping, rollback."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from tunespec.errors import SpecError
+
+
+class TorchOptimizers:
+    def owns_optimizer(self, optimizer: Any) -> bool:
+        return isinstance(optimizer, torch.optim.Optimizer)
+
+    def optimizer_handles(self, optimizer: torch.optim.Optimizer) -> list[Any]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
+                        weight_decay: float, semantics: str = "torch",
+                        **options: Any) -> torch.optim.Optimizer:
+        cls = _optimizer_class(name)
+        accepted = inspect.signature(cls.__init__).parameters
+        groups = [dict(g) for g in groups]
+        if "weight_decay" not in accepted:
+            if weight_decay:
+                raise SpecError(f"{cls.__name__} takes no weight_decay; pass weight_decay=0 or "
+                                f"pick an optimizer that has it")
+            for g in groups:
+                g.pop("weight_decay", None)
+        defaults = dict(options)
+        if lr is not None:
+            defaults["lr"] = lr
+        if "weight_decay" in accepted:
+            defaults["weight_decay"] = weight_decay
+        return cls(groups, **defaults)
+
+    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+        """The keyword options the optimizer class takes (None: it takes any, through **kwargs)."""
+        params = inspect.signature(_optimizer_class(name).__init__).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return None
+        return frozenset(k for k, p in params.items()
+                         if k not in ("self", "params") and p.kind != p.VAR_POSITIONAL)
+
+    def attach_schedule(self, optimizer: torch.optim.Optimizer, factor: Any) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # --- rolling back a stage change --------------------------------------------------------
+    def optimizer_snapshot(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> Any:
+        """What restage_optimizer / attach_schedule change: the groups (the same dict objects, so
+        references stay valid), the per-parameter state mapping and the lr scheduler's lists."""
+        if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise SpecError(f"lr_scheduler: expected a torch lr scheduler (schedule.lr_scheduler), got "
+                            f"{type(lr_scheduler).__name__}")
+        groups = [(g, {**g, "params": list(g["params"])}) for g in optimizer.param_groups]
+        sched = None
+        if lr_scheduler is not None:
+            sched = {k: list(v) if isinstance(v, list) else v for k, v in vars(lr_scheduler).items()
+                     if k in ("base_lrs", "lr_lambdas", "_last_lr", "last_epoch", "_step_count")}
+        return groups, dict(optimizer.state), sched
+
+    def optimizer_rollback(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, saved: Any) -> None:
+        groups, state, sched = saved
+        for group, content in groups:
+            group.clear()
+            group.update(content)
+        optimizer.param_groups[:] = [g for g, _ in groups]
+        optimizer.state.clear()
+        optimizer.state.update(state)
+        if lr_scheduler is not None and sched is not None:
+            for key, value in sched.items():
+                setattr(lr_scheduler, key, list(value) if isinstance(value, list) else value)
+
+
+    def optimizer_groups(self, optimizer: torch.optim.Optimizer) -> list[dict]:
+        return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
+                 "lr_factor": g.get("lr_factor", 1.0)} for g in optimizer.param_groups]
+
+    def restage_optimizer(self, optimizer: torch.optim.Optimizer, layout: Sequence[dict],
+                          added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Give the existing groups their new parameter lists (state is per parameter, so it follows
+        them), drop the state of parameters that left, and append the new groups; an lr scheduler
+        gets a base lr for each new group and the new group starts at the current schedule factor."""
+        kept = len(optimizer.param_groups)
+        for group, new in zip(optimizer.param_groups, layout[:kept], strict=True):
+            group["params"] = list(new["params"])
+            if "param_names" in group:
+                group["param_names"] = list(new["param_names"])
+        for p in removed:
+            optimizer.state.pop(p, None)
+        base_lr = optimizer.defaults["lr"]
+        base_wd = optimizer.defaults.get("weight_decay")
+        scale = 1.0
+        if lr_scheduler is not None and lr_scheduler.base_lrs[0]:
+            scale = optimizer.param_groups[0]["lr"] / lr_scheduler.base_lrs[0]
+        for new in layout[kept:]:
+            lr = base_lr * new["lr_mult"] * new["lr_factor"]
+            group = {"params": list(new["params"]), "lr": lr * scale, "lr_mult": new["lr_mult"],
+                     "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"],
+                     "param_names": list(new["param_names"])}
+            if base_wd is not None:
+                group["weight_decay"] = base_wd * new["wd_mult"]
+            optimizer.add_param_group(group)
+            if lr_scheduler is not None:
+                optimizer.param_groups[-1]["initial_lr"] = lr
+                lr_scheduler.base_lrs.append(lr)
+                if hasattr(lr_scheduler, "lr_lambdas"):
+                    lr_scheduler.lr_lambdas.append(lr_scheduler.lr_lambdas[0])
+                lr_scheduler._last_lr.append(lr * scale)
+
+    def optimizer_backup(self, optimizer: torch.optim.Optimizer) -> Any:
+        """What a failed resume puts back: groups (as lists) and per-parameter state."""
+        return ([dict(g, params=list(g["params"])) for g in optimizer.param_groups],
+                {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                 for p, s in optimizer.state.items()})
+
+    def optimizer_restore(self, optimizer: torch.optim.Optimizer, backup: Any) -> None:
+        groups, state = backup
+        optimizer.param_groups[:] = [dict(g, params=list(g["params"])) for g in groups]
+        optimizer.state.clear()
+        optimizer.state.update(state)
+
+
+def _optimizer_class(name: Any) -> type:
+    if isinstance(name, type) and issubclass(name, torch.optim.Optimizer):
+        return name
+    if isinstance(name, str):
+        table = {k.lower(): v for k, v in vars(torch.optim).items()
+                 if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)}
+        if name.lower() in table:
+            return table[name.lower()]
+        raise SpecError(f"unknown torch optimizer {name[:40]!r}; use a torch.optim class or one of "
+                        f"{', '.join(sorted(table))}")
+    raise SpecError(f"optimizer must be a name like 'sgd' or a torch.optim.Optimizer class, got "
+                    f"{type(name).__name__}")
+
+
