@@ -64,7 +64,8 @@ def print_table(rows: list[dict], devices: list[str], threads: int, load: list[l
                 started: float) -> None:
     start_load, end_load = load
     width = max([len("figure")] + [len(r["figure"]) for r in rows])
-    print(f"devices: {'; '.join(devices) or 'none (no framework worker ran)'}. ResNet-50, batch {BATCH}, {SIZE} px ({LARGE} px where "
+    named = "; ".join(devices) or "none (no framework worker ran)"
+    print(f"devices: {named}. ResNet-50, batch {BATCH}, {SIZE} px ({LARGE} px where "
           f"noted), {threads} thread(s) per framework; load average {' '.join(start_load)} at start, "
           f"{' '.join(end_load)} at end; {time.time() - started:.0f} s in all")
     print(f"{'figure':{width}}  {'value':>12}  {'target':>12}  ok")
