@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -22,6 +23,9 @@ _NP_CODES = {np.dtype(k): v for k, v in (("float64", "F64"), ("float32", "F32"),
 _NP_DTYPES = {v: k for k, v in _NP_CODES.items()}
 # Optimizer attributes that change while training: restored from the checkpoint, never compared.
 _OPTIMIZER_STATE = ("num_update", "begin_num_update", "rescale_grad")
+# Settings that change speed, never results: not compared on resume (aggregate_num: how many
+# parameters one multi-tensor update takes, from MXNET_OPTIMIZER_AGGREGATION_SIZE).
+_SPEED_ONLY = ("aggregate_num",)
 
 
 def _np_entry(a: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
@@ -45,7 +49,7 @@ def _is_scalar(value: Any) -> bool:
 def _optimizer_settings(o: mx.optimizer.Optimizer) -> dict[str, Any]:
     """The optimizer's scalar settings (lr, wd, momentum, betas, clipping...), compared on resume."""
     return {k: v for k, v in sorted(vars(o).items())
-            if not k.startswith("_") and k not in _OPTIMIZER_STATE and _is_scalar(v)}
+            if not k.startswith("_") and k not in _OPTIMIZER_STATE + _SPEED_ONLY and _is_scalar(v)}
 
 
 def _scheduler_scalars(sched: Any) -> dict[str, Any] | None:
@@ -90,11 +94,16 @@ def _check_run_optimizer_json(states: Any, o: dict[str, Any]) -> None:
 
 
 def _state_value(value: Any) -> None:
+    """Arrays, None, tuples of them, or the fused SGD's ``[buffer, lr scale]`` (fused_rules)."""
     if value is None or isinstance(value, np.ndarray):
         return
     if isinstance(value, tuple):
         for v in value:
             _state_value(v)
+        return
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], np.ndarray)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool)
+            and math.isfinite(value[1]) and value[1] > 0):
         return
     raise ValueError(f"updater state entry {excerpt(value)} is not arrays")
 
@@ -105,6 +114,8 @@ def _to_context(value: Any, ctx: Any) -> Any:
         return mx.nd.array(value, ctx=ctx, dtype=value.dtype)
     if isinstance(value, tuple):
         return tuple(_to_context(v, ctx) for v in value)
+    if isinstance(value, list):  # fused SGD: [buffer, lr scale]
+        return [_to_context(value[0], ctx), float(value[1])]
     return value
 
 

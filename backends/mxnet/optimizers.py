@@ -10,7 +10,7 @@ from mxnet import gluon
 
 from tunespec.errors import SpecError
 
-from . import update_rules  # noqa: F401  (registers tunespec's optimizers with MXNet)
+from . import fused_rules, update_rules  # noqa: F401  (register tunespec's optimizers with MXNet)
 from .update_rules import GLUON_OPTIMIZERS, ScheduleAdapter
 
 _TRAINER_OPTIONS = ("kvstore", "compression_params", "update_on_kvstore")

@@ -1,4 +1,6 @@
-"""torch's update rules as MXNet optimizers, so a Gluon run matches torch when the lr changes."""
+"""torch's update rules as MXNet optimizers in full precision (``semantics='torch-exact'``).
+
+The default (``'torch'``) runs the same rules on MXNet's fused operators: see fused_rules."""
 
 from __future__ import annotations
 
@@ -88,16 +90,19 @@ class TorchAdam(_TorchAdamRule):
 class TorchAdamW(_TorchAdamRule):
     """torch.optim.AdamW: decoupled weight decay, w -= lr*wd*w before the Adam step.
 
-    MXNet 1.9.1 has no AdamW optimizer, so this serves both semantics.
+    MXNet 1.9.1 has no AdamW optimizer; its fused form (fused_rules) serves 'native' too.
     """
 
     decoupled = True
 
 
-# Optimizer names under each semantics: 'torch' follows torch's update rules in Gluon too.
+# Optimizer names under each semantics. 'torch' follows torch's update rules on MXNet's fused
+# operators (fused_rules: float32 hyper-parameters, MXNet's speed); 'torch-exact' runs them here in
+# full precision (float64 parity runs); 'native' keeps MXNet's own rules (MXNet 1.9.1 has no AdamW).
 GLUON_OPTIMIZERS = {
-    "torch": {"sgd": "torchsgd", "adam": "torchadam", "adamw": "torchadamw"},
-    "native": {"adamw": "torchadamw"},
+    "torch": {"sgd": "fusedtorchsgd", "adam": "fusedtorchadam", "adamw": "fusedtorchadamw"},
+    "torch-exact": {"sgd": "torchsgd", "adam": "torchadam", "adamw": "torchadamw"},
+    "native": {"adamw": "fusedtorchadamw"},
 }
 
 

@@ -20,7 +20,7 @@ from . import validate as V
 from .errors import SpecError
 from .spec import RECIPE_SECTIONS, Spec, check_keys, read_recipe
 
-SEMANTICS = ("torch", "native")
+SEMANTICS = ("torch", "native", "torch-exact")
 SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine")
 RECIPE_SECTIONS["optimizer"] = "optimizer name, lr, weight_decay, semantics and options"
 RECIPE_SECTIONS["schedule"] = "lr schedule: constant, step, multistep, cosine, with linear warmup"
@@ -29,7 +29,9 @@ RECIPE_SECTIONS["schedule"] = "lr schedule: constant, step, multistep, cosine, w
 def check_semantics(value: Any) -> str:
     if value not in SEMANTICS:
         raise SpecError(f"semantics: {V.excerpt(value)} is not one of {', '.join(SEMANTICS)}; 'torch' "
-                        f"makes Gluon follow torch's update rules, 'native' keeps each framework's own")
+                        f"makes Gluon follow torch's update rules (fused operators, float32 "
+                        f"hyper-parameters), 'torch-exact' in full precision, 'native' keeps each "
+                        f"framework's own")
     return value
 
 
