@@ -572,6 +572,16 @@ def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(
             meta["tunespec.state"] = json.dumps(state)
 
         refused_resume(h, _recrafted(good, tmp_path, scheduler_attributes), "lr-scheduler state")
+    if h.name == "mxnet":  # the fused SGD's state is [buffer, lr it was made with]: that lr must be > 0
+        for scale in (-0.01, 0.0, "0.01", None):
+            def odd_lr_scale(tensors, meta, scale=scale):
+                state = json.loads(meta["tunespec.state"])
+                entries = state["states"]["d"]
+                assert isinstance(entries[0][1], list) and len(entries[0][1]) == 2
+                entries[0][1][1] = scale
+                meta["tunespec.state"] = json.dumps(state)
+
+            refused_resume(h, _recrafted(good, tmp_path, odd_lr_scale), "not a complete tunespec run checkpoint")
 
 
 @pytest.mark.parametrize("path", [3, "bad\0name", None])
@@ -608,6 +618,7 @@ def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monk
     {"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
     {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "native"},
     {"name": "adam", "lr": 0.01, "semantics": "native"},
+    {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "torch-exact"},
 ])
 def test_resume_continues_bit_identically_with_each_optimizer(h, tmp_path, optimizer):
     recipe = {**RECIPE, "optimizer": optimizer}
