@@ -2,8 +2,8 @@
 
 With ``update_on_kvstore=True`` (MXNet's default for ``dist_sync``) the workers send the pickled
 optimizer to the servers. A server started with ``python -c "import mxnet"`` runs its loop inside
-``import mxnet`` and cannot unpickle optimizers defined elsewhere (tunespec's ``torchsgd``, ``torchadam``,
-``torchadamw``); it then keeps running without an optimizer and stores gradients as weights. Start
+``import mxnet`` and cannot unpickle optimizers defined elsewhere (tunespec's ``fusedtorchsgd``,
+``torchsgd``, ...); it then keeps running without an optimizer and stores gradients as weights. Start
 servers and the scheduler with ``python -m tunespec.distributed`` instead (same DMLC_* variables).
 """
 
