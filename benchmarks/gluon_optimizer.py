@@ -72,9 +72,9 @@ def rows(ctx: Context) -> list[dict]:
             net.hybridize()
             steps[variant] = a.step(net, trainer, x, y)
         t = rounds(steps, n)
-        found += [row(f"gluon {label}: default (torch rules, fused) step / native fused step",
+        found += [row(f"gluon {label}, 96 px: default (torch rules, fused) step / native fused step",
                       ratio(t["default"], t["native"]), "x", 1.05),
-                  row(f"gluon {label}:   exact (torch-exact) step / native fused step",
+                  row(f"gluon {label}, 96 px:   exact (torch-exact) step / native fused step",
                       ratio(t["exact"], t["native"]), "x")]
     return tag(found, "mxnet", a.device)
 
