@@ -80,11 +80,11 @@ def torch_runs(harnesses, data):
     return run
 
 
-def train(harnesses, data, name, options, semantics=None, steps=STEPS):
+def train(harnesses, data, name, options, semantics=None, steps=STEPS, spec=SPEC):
     """The Gluon weights and the Trainer after ``steps`` steps under ``semantics``."""
     _, mh = harnesses
     _, mm = twins(harnesses)
-    trainer = tunespec.optimizer(mm, SPEC, name, semantics=semantics, **options)
+    trainer = tunespec.optimizer(mm, spec, name, semantics=semantics, **options)
     tunespec.scheduler(trainer, SCHEDULE)
     for x, y in data[:steps]:
         mh.step(mm, trainer, x, y)
@@ -107,6 +107,7 @@ def test_fused_default_matches_torch_to_float32_attributes_and_exact_to_float64(
     assert type(exact._optimizer).__name__.startswith("Torch"), type(exact._optimizer)
     assert worst(torch_w, exact_w, update) <= EXACT
     fast_error = worst(torch_w, fast_w, update)
+    print(f"{case}: fused {fast_error:.2g} of the update")
     assert fast_error <= FAST, fast_error
     assert fast_error > 0  # float32 attributes: the two paths are not the same computation
     if case in ("sgd-momentum", "adam"):  # MXNet's own rules: the tolerance tells them apart
@@ -161,3 +162,18 @@ def test_the_exact_path_is_there_by_name_in_recipes_and_for_torch(harnesses):
     assert type(opt).__name__ == "SGD"  # torch's optimizers are exact anyway
     with pytest.raises(tunespec.SpecError, match="torch-exact"):
         tunespec.optimizer(mh.small_cnn(), SPEC, "sgd", lr=0.1, semantics="exact")
+
+
+def test_adam_with_clipping_and_weight_decay_runs_the_exact_rule(harnesses, data):
+    """MXNet's adam_update clips after adding wd*w, the exact rule before: with both, the exact
+    rule runs (bit-identical to torch-exact); clipping without weight decay stays fused."""
+    clipped = {"lr": 0.01, "weight_decay": 1e-3, "clip_gradient": 0.05}
+    everywhere = {"lr_mult": {r"8\..*": 10}}  # weight decay on every parameter
+    fast_w, _ = train(harnesses, data, "adam", clipped, spec=everywhere)
+    exact_w, _ = train(harnesses, data, "adam", clipped, semantics="torch-exact", spec=everywhere)
+    assert all(np.array_equal(fast_w[k], exact_w[k]) for k in fast_w)
+    no_wd = {"lr": 0.01, "clip_gradient": 0.05}
+    fast_w, _ = train(harnesses, data, "adam", no_wd)
+    exact_w, _ = train(harnesses, data, "adam", no_wd, semantics="torch-exact")
+    errors = [np.abs(fast_w[k] - exact_w[k]).max() for k in fast_w if k not in NOISE]
+    assert 0 < max(errors) <= 1e-6
