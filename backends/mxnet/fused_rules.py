@@ -162,8 +162,8 @@ class _FusedAdamRule:
 
         The operators average with the betas rounded to float32 (0.999 becomes 0.999000013, and
         ``1 - beta2`` moves by 1.3e-5); the bias corrections use the same rounded betas, so the
-        step is torch's with float32 betas (exactly the gradient's size at t = 1, as in torch),
-        not a mixture that would be 6e-6 off from the first step on."""
+        step is torch's with float32 betas (exactly the gradient's size at t = 1, as in torch);
+        rounded averages under exact corrections would be off by half that from the first step."""
         self._update_count(index)
         t = self._index_update_count[index]
         beta1, beta2 = float(np.float32(self.beta1)), float(np.float32(self.beta2))
