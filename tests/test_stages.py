@@ -32,7 +32,8 @@ def momentum(h, opt, net, name):
     t = next(t for t in h.backend.listing(net).params if t.canonical == name)
     if h.name == "torch":
         return opt.state[t.handle]["momentum_buffer"]
-    return opt._updaters[0].states[opt._param2idx[t.handle.name]]
+    state = opt._updaters[0].states[opt._param2idx[t.handle.name]]
+    return state[0] if isinstance(state, list) else state  # the fused SGD's [buffer, lr scale]
 
 
 def test_unfreeze_stage_keeps_state_and_covers_new_parameters(h):
