@@ -177,3 +177,18 @@ def test_adam_with_clipping_and_weight_decay_runs_the_exact_rule(harnesses, data
     exact_w, _ = train(harnesses, data, "adam", no_wd, semantics="torch-exact")
     errors = [np.abs(fast_w[k] - exact_w[k]).max() for k in fast_w if k not in NOISE]
     assert 0 < max(errors) <= 1e-6
+
+
+def test_a_torch_exact_run_refuses_to_resume_into_the_fused_default_and_says_why(harnesses, data, tmp_path):
+    """The two paths keep SGD's buffer differently (-lr*buf against buf): never mixed on resume."""
+    _, mh = harnesses
+    recipe = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "torch-exact"}}
+    schedule = tunespec.Schedule(recipe)
+    net, opt = schedule.start(twins(harnesses)[1])
+    mh.step(net, opt, *data[0])
+    path = tmp_path / "run.ckpt"
+    tunespec.save_checkpoint(path, net, opt, schedule, epoch=0)
+    net2 = twins(harnesses)[1]
+    fused = tunespec.optimizer(net2, recipe, semantics="torch")
+    with pytest.raises(tunespec.SpecError, match="run used optimizer 'TorchSGD'.*semantics='torch-exact'"):
+        tunespec.resume(path, net2, tunespec.Schedule(recipe), optimizer=fused)

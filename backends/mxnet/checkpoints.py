@@ -16,6 +16,7 @@ from tunespec.backend_api import (MAX_DIMS, decode_tree, encode_tree, excerpt, r
 from tunespec.errors import MissingFrameworkError, SpecError
 
 from .listing import _shape
+from .update_rules import GLUON_OPTIMIZERS
 
 _NP_CODES = {np.dtype(k): v for k, v in (("float64", "F64"), ("float32", "F32"), ("float16", "F16"),
                                              ("int64", "I64"), ("int32", "I32"), ("int16", "I16"),
@@ -299,8 +300,11 @@ class MXNetCheckpoints:
         """Optimizer type and settings as saved, every state array the shape of its parameter."""
         saved, o = run["optimizer"], trainer._optimizer
         if saved["type"] != type(o).__name__:
+            exact = str(saved["type"]).lower() in GLUON_OPTIMIZERS["torch-exact"].values()
+            hint = " with semantics='torch-exact' (the run used the full-precision rules)" if exact else ""
             raise SpecError(f"resume: the run used optimizer {excerpt(saved['type'])}, this Trainer has "
-                            f"{type(o).__name__}; build it from the run's recipe (pass the run's Schedule)")
+                            f"{type(o).__name__}; build it from the run's recipe (pass the run's Schedule)"
+                            f"{hint}")
         live = _optimizer_settings(o)
         for key in list(saved["settings"]) + [k for k in live if k not in saved["settings"]]:
             was, now = saved["settings"].get(key, "(absent)"), live.get(key, "(absent)")
