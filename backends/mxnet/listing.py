@@ -19,6 +19,8 @@ from mxnet import gluon
 
 from tunespec.backend_api import Listing, ListingBuilder, class_names
 
+from .facts import FACTS
+
 _NORM_CLASSES = tuple(c for c in (getattr(gluon.nn, n, None) for n in (
     "BatchNorm", "BatchNormReLU", "LayerNorm", "InstanceNorm", "GroupNorm")) if c is not None)
 
@@ -61,7 +63,7 @@ def _shape(p: gluon.Parameter) -> tuple[int, ...] | None:
 
 class MXNetListing:
     def listing(self, model: gluon.Block) -> Listing:
-        found = ListingBuilder()
+        found = ListingBuilder(FACTS.leaf_spellings)
         add, layer = found.add, found.layer  # called per tensor / per block on 100,000-tensor models
         visited: list[tuple[gluon.Block, tuple[str, ...]]] = []
         dicts: list[OrderedDict] = []  # each block's own ParameterDict storage, read while it is hot

@@ -8,6 +8,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from tunespec.backend_api import Listing, ListingBuilder, class_names
+
+from .facts import FACTS
 # Wrapper classes and the attribute under which they hold the wrapped model.
 _WRAPPERS = {
     "torch.nn.parallel.distributed.DistributedDataParallel": "module",
@@ -53,7 +55,7 @@ def _module_kind(cls: type) -> tuple[bool, bool, str | None]:
 
 class TorchListing:
     def listing(self, model: nn.Module) -> Listing:
-        found = ListingBuilder()
+        found = ListingBuilder(FACTS.leaf_spellings)
         add, layer = found.add, found.layer  # bound once: called per tensor on 100,000-tensor models
         seen_modules: set[int] = set()
         # An explicit stack (children pushed in reverse) lists in the same pre-order as recursion

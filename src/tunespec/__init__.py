@@ -5,6 +5,7 @@ model of its framework is planned.
 """
 
 from .api import apply, optimizer, plan, scheduler
+from .backend_api import FrameworkFacts
 from .cache import FrozenPrefix, cache_frozen
 from .cards import Card, register_card
 from .checkpoint import resume, save_checkpoint
@@ -14,6 +15,7 @@ from .loading import LoadReport, load
 from .naming import NameMap
 from .plan import Plan, VerifyReport
 from .port import PortReport, port
+from .registry import register_backend, unregister_backend
 from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
 from .spec import Rule, Spec
 from .stages import Schedule, Stage, StagesSpec
@@ -25,5 +27,6 @@ __all__ = [
     "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
     "LoadReport", "load", "InitReport", "InitSpec", "initialize",
     "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint",
+    "FrameworkFacts", "register_backend", "unregister_backend",
 ]
 __version__ = "0.1.0"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .dispatch import backend_for, backend_for_optimizer
+from .dispatch import backend_for, backend_for_optimizer, check_backend_name
+from .framework_facts import default_semantics
 from .errors import SpecError
 from .listing import gc_paused
 from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock
@@ -27,8 +28,7 @@ def as_spec(spec: SpecLike) -> Spec:
 
 def _check_call(backend: Any, strict: Any) -> None:
     """Wrong-type arguments are SpecErrors, never an AttributeError or TypeError from deep inside."""
-    if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"backend: expected 'torch', 'mxnet' or None, got {excerpt(backend)}")
+    check_backend_name(backend, "backend")
     if strict is not None and not isinstance(strict, bool):
         raise SpecError(f"strict: expected True, False or None (the spec's own), got {excerpt(strict)}")
 
@@ -66,7 +66,7 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     name = name if name is not None else (o.name if o else "sgd")
     lr = lr if lr is not None else (o.lr if o else None)
     weight_decay = weight_decay if weight_decay is not None else (o.weight_decay if o else 0.0)
-    semantics = semantics or (o.semantics if o else "torch")
+    semantics = semantics or (o.semantics if o else default_semantics())
     options = {**(dict(o.options) if o else {}), **options}
     be = backend_for(model, backend)
     check_optimizer(be, name, lr, weight_decay, semantics, options)

@@ -22,11 +22,8 @@ from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Collection, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
-NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-                   "moving_var": "running_var"}
-_FLAT_NORM_LEAF = re.compile(r"(.*_)(gamma|beta|moving_mean|moving_var)$")
 
 
 @contextmanager
@@ -46,13 +43,31 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def norm_leaf(leaf: str) -> str:
-    """A norm layer's tensor name spelled as in torch ('gamma' -> 'weight', also inside the flat
-    names of Gluon SymbolBlocks: 'mobilenet0_batchnorm0_beta' -> 'mobilenet0_batchnorm0_bias')."""
-    if leaf in NORM_LEAF_NAMES:
-        return NORM_LEAF_NAMES[leaf]
-    m = _FLAT_NORM_LEAF.match(leaf)
-    return m.group(1) + NORM_LEAF_NAMES[m.group(2)] if m else leaf
+def norm_speller(spellings: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """A function spelling a norm layer's tensor name canonically, from a backend's native
+    spellings (``{'gamma': 'weight'}``: also inside flat names, 'bn0_gamma' -> 'bn0_weight');
+    None: every registered backend's."""
+    if spellings is None:
+        from .framework_facts import leaf_spellings
+
+        spellings = leaf_spellings()
+    table = dict(spellings)
+    if not table:
+        return lambda leaf: leaf
+    flat = re.compile(r"(.*_)(" + "|".join(map(re.escape, sorted(table, key=len, reverse=True))) + r")$")
+
+    def spell(leaf: str) -> str:
+        if leaf in table:
+            return table[leaf]
+        m = flat.match(leaf)
+        return m.group(1) + table[m.group(2)] if m else leaf
+
+    return spell
+
+
+def norm_leaf(leaf: str, spellings: Mapping[str, str] | None = None) -> str:
+    """``leaf`` spelled canonically (see :func:`norm_speller`)."""
+    return norm_speller(spellings)(leaf)
 
 
 def module_of(name: str) -> str:
@@ -176,7 +191,8 @@ class ListingBuilder:
     element of the listing's lists: a tenth of a plan's time).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, leaf_spellings: Mapping[str, str] | None = None) -> None:
+        norm_leaf = norm_speller(leaf_spellings)  # the backend's facts; None: all registered
         handles: list[Any] = []
         names: list[str] = []
         natives: list[str] = []

@@ -18,6 +18,7 @@ from .cards import card_for, preset_rules
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .matching import Matcher
+from .framework_facts import default_semantics
 from .recipe import check_semantics
 from .spec import Rule, Spec, _close
 from . import validate
@@ -493,7 +494,7 @@ class Plan:
         return out
 
     def optimizer(self, name: Any = "sgd", lr: float | None = None, weight_decay: float = 0.0,
-                  semantics: str = "torch", **options: Any) -> Any:
+                  semantics: str | None = None, **options: Any) -> Any:
         """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon).
 
         ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
@@ -501,6 +502,7 @@ class Plan:
         Name, lr, weight decay and options are checked before the model is touched, and an apply
         made here is undone if building still fails.
         """
+        semantics = semantics or default_semantics()
         check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
         self._check_fresh("build an optimizer")
         applied_here = not self.applied

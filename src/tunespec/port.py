@@ -6,17 +6,14 @@ directly. All-or-nothing: every name and shape is checked before anything is wri
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .dispatch import backend_for
 from .errors import SpecError
 from .files import excerpt
+from .framework_facts import is_ignored_state
 from .naming import NameMap, Rename
-
-# torch's BatchNorm batch counter has no Gluon counterpart: never ported, never missed.
-IGNORED = re.compile(r"(.*\.)?num_batches_tracked")
 
 
 @dataclass
@@ -42,8 +39,9 @@ class PortReport:
 
 
 def _tensors(listing: Any) -> tuple[dict[str, Any], list[str]]:
-    kept = {t.canonical: t for t in listing.tensors if not IGNORED.fullmatch(t.canonical)}
-    return kept, [t.canonical for t in listing.tensors if IGNORED.fullmatch(t.canonical)]
+    """State only one framework has (its facts' ignored_state) is never ported, never missed."""
+    kept = {t.canonical: t for t in listing.tensors if not is_ignored_state(t.canonical)}
+    return kept, [t.canonical for t in listing.tensors if is_ignored_state(t.canonical)]
 
 
 def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,

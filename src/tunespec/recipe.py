@@ -18,19 +18,27 @@ from typing import Any, Callable, Mapping
 
 from . import validate as V
 from .errors import SpecError
+from .framework_facts import default_semantics, semantics_names
 from .spec import RECIPE_SECTIONS, Spec, check_keys, read_recipe
 
-SEMANTICS = ("torch", "native")
 SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine")
 RECIPE_SECTIONS["optimizer"] = "optimizer name, lr, weight_decay, semantics and options"
 RECIPE_SECTIONS["schedule"] = "lr schedule: constant, step, multistep, cosine, with linear warmup"
 
 
 def check_semantics(value: Any) -> str:
-    if value not in SEMANTICS:
-        raise SpecError(f"semantics: {V.excerpt(value)} is not one of {', '.join(SEMANTICS)}; 'torch' "
-                        f"makes Gluon follow torch's update rules, 'native' keeps each framework's own")
+    """One of the optimizer semantics the registered backends offer (their facts say which)."""
+    names = semantics_names()
+    if value not in names:
+        raise SpecError(f"semantics: {V.excerpt(value)} is not one of {', '.join(names)} (the update-rule "
+                        f"semantics the backends offer; see docs/frameworks.md)")
     return value
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SEMANTICS":  # kept for callers of the old constant
+        return semantics_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,18 @@ class OptimizerSpec:
     name: str = "sgd"
     lr: float | None = None
     weight_decay: float = 0.0
-    semantics: str = "torch"
+    semantics: str | None = None  # None: the semantics every backend shares (framework_facts)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.semantics is None:
+            object.__setattr__(self, "semantics", default_semantics())
 
     @classmethod
     def from_dict(cls, data: Any) -> "OptimizerSpec":
         """Validate a whole optimizer section: name, lr, weight_decay, semantics and options.
 
-        The options of the optimizers in :data:`tunespec.validate.OPTIMIZER_OPTIONS` are checked
+        The options of the optimizers in :func:`tunespec.validate.optimizer_tables` are checked
         here; another name is left to the backend, which knows its framework's optimizers.
         """
         data = dict(V.mapping(data, "optimizer", "{name: sgd, lr: 0.01}"))
@@ -56,7 +68,7 @@ class OptimizerSpec:
             lr = V.number(lr, "optimizer.lr", minimum=0.0, min_exclusive=True, maximum=V.MAX_FACTOR)
         wd = V.number(data.pop("weight_decay", 0.0), "optimizer.weight_decay", minimum=0.0,
                       maximum=V.MAX_FACTOR)
-        semantics = check_semantics(data.pop("semantics", "torch"))
+        semantics = check_semantics(data.pop("semantics", default_semantics()))
         options = V.check_optimizer(name, data, "optimizer")
         return cls(name, lr, wd, semantics, options)
 

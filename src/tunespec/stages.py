@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from .backend_api import Group
-from .dispatch import backend_for
+from .backend_api import DistributedWrapping, Group
+from .dispatch import backend_for, check_backend_name
 from . import validate as V
 from .errors import SpecError
 from .plan import Plan, check_optimizer
@@ -255,8 +255,7 @@ class Schedule:
         model changes. Starting again is allowed only while still in stage 0 on the same,
         unchanged model (it re-applies stage 0); otherwise build a new Schedule.
         """
-        if backend is not None and not isinstance(backend, str):
-            raise SpecError(f"Schedule.start: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
+        check_backend_name(backend, "Schedule.start: backend")
         if self.plan is not None:
             if self.index > 0 or self.plan.model is not model:
                 raise SpecError(f"Schedule.start: this schedule already started (now in stage "
@@ -417,7 +416,7 @@ class Schedule:
         added = [d.tensor.handle for k, d in after.items() if k not in before]
         removed = [h for k, h in before.items() if k not in after]
         be.restage_optimizer(optimizer, layout, added, removed, lr_scheduler or self.lr_scheduler)
-        if (added or removed) and be.is_distributed_wrapper(model):
+        if (added or removed) and isinstance(be, DistributedWrapping) and be.is_distributed_wrapper(model):
             model = be.rewrap(model)
         self.plan = plan
         self.index += 1

@@ -1,0 +1,25 @@
+"""What the core knows about MXNet Gluon, declared without importing mxnet."""
+
+from tunespec.backend_api import FrameworkFacts
+
+FACTS = FrameworkFacts(
+    name="mxnet",
+    framework="mxnet",
+    backend="tunespec.backends.mxnet.backend:BACKEND",
+    extra="mxnet",
+    model_type="an mxnet.gluon.Block",
+    optimizer_type="a gluon.Trainer",
+    file_suffixes=(".params",),
+    # Gluon spells norm leaves its own way; canonical names use the other spelling.
+    leaf_spellings={"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
+                    "moving_var": "running_var"},
+    # 'torch' runs torch's update rules in Gluon (the default, for parity); 'native' MXNet's own.
+    semantics=("torch", "native"),
+    # Trainer and Optimizer arguments beyond the update rule's own, with the kind of value each takes.
+    optimizer_options={"clip_gradient": "optional_positive", "rescale_grad": "positive",
+                       "multi_precision": "boolean", "kvstore": "name_or_object",
+                       "update_on_kvstore": "optional_boolean", "compression_params": "compression",
+                       "lazy_update": "boolean"},
+    zoos=("gluoncv",),
+    server_role_variable="DMLC_ROLE",
+)
