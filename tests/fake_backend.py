@@ -210,7 +210,7 @@ class FakeBackend:
     def restage_optimizer(self, optimizer: FakeOptimizer, layout: Sequence[dict], added: Sequence[Any],
                           removed: Sequence[Any], lr_scheduler: Any) -> None:
         kept = len(optimizer)
-        for group, new in zip(optimizer, layout[:kept]):
+        for group, new in zip(optimizer, layout[:kept], strict=True):
             group["params"] = list(new["params"])
         base = optimizer.defaults["lr"]
         for new in layout[kept:]:
