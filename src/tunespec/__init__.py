@@ -14,6 +14,7 @@ from .loading import LoadReport, load
 from .naming import NameMap
 from .plan import Plan, VerifyReport
 from .port import PortReport, port
+from .sharding import shard
 from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
 from .spec import Rule, Spec
 from .stages import Schedule, Stage, StagesSpec
@@ -24,6 +25,6 @@ __all__ = [
     "StalePlanError", "TuneSpecWarning", "VerifyReport", "apply", "load_spec", "optimizer", "plan",
     "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
     "LoadReport", "load", "InitReport", "InitSpec", "initialize",
-    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint",
+    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint", "shard",
 ]
 __version__ = "0.1.0"
