@@ -156,8 +156,7 @@ def plan_units(model: Any, specs: Sequence[Spec], backend: Any) -> tuple[Units, 
     return shard_units(params), plans[0]
 
 
-def _sharding_backend(model: Any, backend: str | None) -> Any:
-    be = backend_for(model, backend)
+def _sharding_backend(be: Any) -> Any:
     if not callable(getattr(be, "shard", None)):
         raise SpecError(f"shard: the {be.name} backend cannot shard a model (sharded data parallelism "
                         f"is PyTorch FSDP2's); train this model unsharded, or with the framework's own "
@@ -184,13 +183,13 @@ def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None, reshard_af
     else:
         if spec is None:
             raise SpecError("shard: give the spec (or recipe) to shard by, or pass a plan")
-        be = None
+        if backend is not None and not isinstance(backend, str):
+            raise SpecError(f"shard: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
         recipe = load_recipe(spec)
-    if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"shard: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
+        be = backend_for(model, backend)
     if strict is not None and not isinstance(strict, bool):
         raise SpecError(f"shard: strict must be True, False or None (the spec's own), got {excerpt(strict)}")
-    be = _sharding_backend(model, backend if be is None else be.name)
+    be = _sharding_backend(be)
     validate.boolean(reshard_after_forward, "shard: reshard_after_forward")
     specs = [s.with_strict(strict) for s in _stage_specs(recipe)]
     with model_lock(model):
