@@ -33,8 +33,8 @@ def rows(ctx: Context) -> list[dict]:
             port = s.getsockname()[1]
         env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": str(ctx.threads)}
-        procs = [subprocess.Popen([sys.executable, __file__, "--rank-worker", out], env={**env, "RANK": str(r)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs = [subprocess.Popen([sys.executable, __file__, "--rank-worker", out],
+                                  env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for r in range(WORLD)]
         logs = [p.communicate(timeout=600)[0] for p in procs]
         if any(p.returncode for p in procs):
@@ -52,7 +52,8 @@ def rows(ctx: Context) -> list[dict]:
             **extra),
         row(f"torch FSDP2 / DDP, trainable gradient + state bytes per rank (target ~1/{WORLD})", share, "x",
             1.05 / WORLD, **extra),
-        row("torch DDP (unsharded): frozen parameters", max(f["ddp"]["frozen"] for f in found), "B", 0, **extra)]
+        row("torch DDP (unsharded): frozen parameters", max(f["ddp"]["frozen"] for f in found), "B", 0,
+            **extra)]
 
 
 def _held(model, opt) -> dict[str, int]:

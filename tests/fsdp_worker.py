@@ -120,6 +120,13 @@ def main() -> None:
     log["verify"] = schedule.plan.verify().ok
     final = full(net)
     local = {n: p.to_local().detach().numpy().copy() for n, p in net.named_parameters()}
+    # write() keeps this rank's slice of a whole array; read() gathers it back
+    w = net.layer2[0].conv1.weight
+    BACKEND.write(w, final["layer2.0.conv1.weight"] + 1)
+    log["write_read"] = bool(np.array_equal(BACKEND.read(w), final["layer2.0.conv1.weight"] + 1))
+    BACKEND.write(w, final["layer2.0.conv1.weight"])
+    log["write_restored"] = bool(np.array_equal(w.to_local().detach().numpy(),
+                                                local["layer2.0.conv1.weight"]))
 
     # A damaged shard is refused before anything changes; DCP's pickled .metadata is never read.
     if rank == 0:

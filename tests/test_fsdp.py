@@ -81,7 +81,8 @@ def test_shard_gives_the_backend_the_units_then_applies_the_spec():
     net = small_net()
     plan = fake_plan(net, {"freeze": [".*"], "train": [r"fc\..*"]}, be)
     sharded = shard(plan, reshard_after_forward=False)
-    assert be.sharded == [(("stem", "layer1", "layer2", "fc", ""), {"mesh": None, "reshard_after_forward": False})]
+    assert be.sharded == [(("stem", "layer1", "layer2", "fc", ""),
+                           {"mesh": None, "reshard_after_forward": False})]
     assert sharded.applied and [d.name for d in sharded.trainable] == ["fc.weight", "fc.bias"]
     assert not net.children["stem"].children["conv"].params["weight"].trainable
 
@@ -150,6 +151,7 @@ def ranks(tmp_path_factory):
 def test_units_follow_the_plan_and_names_see_through_fsdp(ranks):
     for log, _ in ranks:
         assert log["names_equal"] and log["dtensor_params"]
+        assert log["write_read"] and log["write_restored"]  # write keeps the rank's slice, read gathers
         # frozen stem and layer1-4 (uniform in both stages: layer4 turns trainable whole), the head, the root
         assert log["fsdp_modules"] == ["", "bn1", "conv1", "fc", "layer1", "layer2", "layer3", "layer4"]
 

@@ -160,7 +160,7 @@ def _reader(path: str, metadata: Any) -> Any:
 
 class TorchSharding:
     # --- sharding -------------------------------------------------------------------------
-    def check_shard(self, model: nn.Module, mesh: Any = None, reshard_after_forward: bool = True,
+    def check_shard(self, model: nn.Module, mesh: Any = None, reshard_after_forward: bool | None = None,
                     **options: Any) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise SpecError("shard: torch.distributed is not initialised; call "

@@ -9,8 +9,8 @@ from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file,
 from .listing import Listing, ListingBuilder, class_names
 from .validate import excerpt
 
-__all__ = ["MAX_DIMS", "Backend", "GraphNode", "Group", "Sharding", "Listing", "ListingBuilder", "class_names",
-           "decode_tree", "encode_tree", "excerpt", "read_bytes", "regular_file", "write_checked"]
+__all__ = ["MAX_DIMS", "Backend", "GraphNode", "Group", "Sharding", "Listing", "ListingBuilder",
+           "class_names", "decode_tree", "encode_tree", "excerpt", "read_bytes", "regular_file", "write_checked"]
 
 
 @dataclass(frozen=True)

@@ -158,22 +158,24 @@ def plan_units(model: Any, specs: Sequence[Spec], backend: Any) -> tuple[Units, 
 
 def _sharding_backend(be: Any) -> Any:
     if not callable(getattr(be, "shard", None)):
-        raise SpecError(f"shard: the {be.name} backend cannot shard a model (sharded data parallelism "
-                        f"is PyTorch FSDP2's); train this model unsharded, or with the framework's own "
-                        f"data parallelism")
+        raise SpecError(f"shard: the {be.name} backend cannot shard a model (it has no sharded data "
+                        f"parallelism); train this model unsharded, or with the framework's own data "
+                        f"parallelism")
     return be
 
 
-def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None, reshard_after_forward: bool = True,
-          backend: str | None = None, strict: bool | None = None, **options: Any) -> Plan:
+def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None,
+          reshard_after_forward: bool | None = None, backend: str | None = None, strict: bool | None = None,
+          **options: Any) -> Plan:
     """Shard ``model`` so that every unit has uniform trainability, then apply the spec.
 
     ``model`` is a model (with ``spec``: a spec, recipe or path) or a :class:`Plan` (its model and
     spec). With a recipe that has ``stages``, units are uniform in every stage. ``mesh``,
-    ``reshard_after_forward`` and ``options`` go to the backend's sharding call (torch:
-    ``fully_shard``). Returns the plan of the sharded model, applied: build its optimizer with
-    ``plan.optimizer(...)`` (or start a :class:`tunespec.Schedule` on the model), which then holds
-    the sharded parameters. Everything is checked before the model is sharded.
+    ``reshard_after_forward`` (None: the wrapper's own default) and ``options`` go to the
+    backend's sharding call (torch: ``fully_shard``, every unit alike). Returns the plan of the
+    sharded model, applied: build its optimizer with ``plan.optimizer(...)`` (or start a
+    :class:`tunespec.Schedule` on the model), which then holds the sharded parameters. Everything
+    is checked before the model is sharded; sharding itself cannot be undone.
     """
     if isinstance(model, Plan):
         if spec is not None:
@@ -190,7 +192,8 @@ def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None, reshard_af
     if strict is not None and not isinstance(strict, bool):
         raise SpecError(f"shard: strict must be True, False or None (the spec's own), got {excerpt(strict)}")
     be = _sharding_backend(be)
-    validate.boolean(reshard_after_forward, "shard: reshard_after_forward")
+    if reshard_after_forward is not None:
+        validate.boolean(reshard_after_forward, "shard: reshard_after_forward")
     specs = [s.with_strict(strict) for s in _stage_specs(recipe)]
     with model_lock(model):
         be.check_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, **options)
