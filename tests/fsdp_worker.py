@@ -145,6 +145,11 @@ def main() -> None:
     except tunespec.SpecError as exc:
         log["damaged"] = str(exc)
     log["damaged_left_unstarted"] = schedule2.plan is None
+    try:
+        tunespec.resume(ckpt, SmallResNet(), tunespec.Schedule(RECIPE, steps_per_epoch=STEPS))
+        log["unsharded_into"] = "accepted"
+    except tunespec.SpecError as exc:
+        log["unsharded_into"] = str(exc)
     net2, opt2, meta = tunespec.resume(ckpt, net2, schedule2)
     log["resumed_meta"] = meta
     log["resumed_stage"] = schedule2.index

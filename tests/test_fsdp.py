@@ -122,6 +122,18 @@ def test_torch_shard_needs_a_process_group():
     assert net[0].weight.requires_grad  # refused before anything changed
 
 
+def test_a_checkpoint_directory_outside_a_process_group_is_refused(tmp_path):
+    torch = needs("torch")
+    import tunespec
+
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(SpecError, match="sharded run checkpoint; resume it on every rank"):
+        tunespec.resume(tmp_path, net, optimizer=opt)
+
+
 # --- FSDP2, two ranks -------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -185,3 +197,4 @@ def test_sharded_checkpoint_resumes_bit_identically_and_refuses_a_damaged_shard(
         assert log["resume_identical"], "the resumed run differs from the uninterrupted one"
         assert log["resumed_stage"] == 1 and log["resumed_meta"] == {"epoch": 1, "extra": {"step": 1}}
         assert "digest does not match" in log["damaged"] and log["damaged_left_unstarted"]
+        assert "shard the fresh model the same way first" in log["unsharded_into"]

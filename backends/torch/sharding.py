@@ -244,6 +244,9 @@ class TorchSharding:
     def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
         """The sidecar's run JSON and the run state, with every digest checked; tensors are
         described (meta tensors of the saved shapes) and read only by ``load_run_state``."""
+        if not (dist.is_available() and dist.is_initialized()):
+            raise SpecError(f"{where}: {path!r} is a sharded run checkpoint; resume it on every rank of "
+                            f"the run's process group (call torch.distributed.init_process_group first)")
         root = Path(path)
         sidecar = root / SIDECAR
         if not sidecar.is_file():
@@ -296,6 +299,17 @@ class TorchSharding:
                "best_names": best, "optimizer": opt, "lr_scheduler": sched,
                "trees": (state["optimizer"], state["lr_scheduler"])}
         return data["meta"], run
+
+    def check_run_model(self, run: dict[str, Any], model: nn.Module) -> None:
+        """A sharded run resumes into a sharded model and a file checkpoint into an unsharded one;
+        then the saved tensors are compared as for any run."""
+        if run.get("sharded") and not self.is_sharded(model):
+            raise SpecError("resume: this checkpoint is of a sharded run; shard the fresh model the same "
+                            "way first (tunespec.shard(model, recipe)), then resume into it")
+        if not run.get("sharded") and self.is_sharded(model):
+            raise SpecError("resume: this checkpoint is of an unsharded run, the model is sharded; resume "
+                            "into an unsharded model (or tunespec.load its weights, then shard)")
+        super().check_run_model(run, model)  # type: ignore[misc]
 
     def load_run_state(self, run: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                        lr_scheduler: Any) -> None:
