@@ -96,7 +96,10 @@ def rank_worker(out: str) -> None:
 
     torch.manual_seed(0)
     net = torchvision.models.resnet18(weights=None, num_classes=10)
-    plan = tunespec.shard(net, SPEC_L4)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    # a CPU mesh (fully_shard's default is the accelerator's), to compare with DDP on the CPU
+    plan = tunespec.shard(net, SPEC_L4, mesh=init_device_mesh("cpu", (WORLD,)))
     fsdp = train(net, plan.optimizer("adam", lr=1e-3))
     Path(out, f"rank{rank}.json").write_text(json.dumps({"ddp": ddp, "fsdp": fsdp}))
     dist.destroy_process_group()

@@ -77,9 +77,13 @@ def full(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def fresh() -> tuple[nn.Module, tunespec.Plan]:
+    from torch.distributed.device_mesh import init_device_mesh
+
     torch.manual_seed(0)  # the same initial weights on both ranks
     net = SmallResNet()
-    return net, tunespec.shard(net, RECIPE)
+    # A CPU mesh: fully_shard's default is the accelerator's, which would move the model to a GPU
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    return net, tunespec.shard(net, RECIPE, mesh=mesh)
 
 
 def run(model: nn.Module, opt: torch.optim.Optimizer, schedule: tunespec.Schedule, rank: int,
