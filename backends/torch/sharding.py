@@ -172,6 +172,10 @@ class TorchSharding:
             raise SpecError("shard: the model is already sharded; shard a fresh model once")
         accepted = [k for k in inspect.signature(_fully_shard()).parameters if k not in _OWN_OPTIONS]
         for key in options:
+            if key == "ignored_params":
+                raise SpecError("shard: ignored_params would leave parameters out of the units the plan "
+                                "chose; freeze them in the spec instead (frozen units hold no gradients "
+                                "and no optimizer state)")
             if key not in accepted:
                 raise SpecError(f"shard: unknown option {excerpt(key, 40)}; fully_shard takes "
                                 f"{', '.join(accepted)} (and mesh, reshard_after_forward)")
