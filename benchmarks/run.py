@@ -14,7 +14,9 @@ The figures come in families, one module each (``common.py`` says what a family 
 - cached_prefix.py: tunespec.cache_frozen, epochs 2..N against the uncached frozen step;
 - memory.py: gradient and Adam-state bytes held for frozen parameters; peak process memory of
   full versus layer4+fc fine-tuning, each in a fresh process;
-- detector.py: one GluonCV detector (SSD, MobileNet 0.25): overhead, heads-only against full.
+- detector.py: one GluonCV detector (SSD, MobileNet 0.25): overhead, heads-only against full;
+- fsdp.py: per-rank gradient + optimizer-state bytes under torch FSDP2 (tunespec.shard), two gloo
+  ranks, against unsharded DDP.
 
 Each framework runs in its own fresh process (MXNet's oneDNN dislikes many nets in one process),
 with one compute thread by default (--threads). torch uses CUDA when available; PyPI's MXNet
@@ -34,13 +36,14 @@ import warnings
 
 import cached_prefix
 import detector
+import fsdp
 import imports
 import memory
 import planning
 import steps
 from common import BATCH, LARGE, SIZE, Context, fmt, per_framework
 
-FAMILIES = [imports, planning, steps, cached_prefix, memory, detector]  # the table's order
+FAMILIES = [imports, planning, steps, cached_prefix, memory, detector, fsdp]  # the table's order
 BY_NAME = {family.FAMILY: family for family in FAMILIES}
 
 

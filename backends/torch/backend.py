@@ -1,7 +1,8 @@
 """PyTorch backend: lists an ``nn.Module``'s tensors and executes a plan on it.
 
 One class per job, each in its own module (the same module names in every backend): listing,
-execute, optimizers, checkpoints, graph (cached prefixes), distributed, zoo (models for the CLI).
+execute, optimizers, checkpoints, graph (cached prefixes), distributed, sharding (FSDP2), zoo
+(models for the CLI).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from .execute import FrozenStats, TorchExecute
 from .graph import TorchGraph
 from .listing import TorchListing
 from .optimizers import TorchOptimizers
+from .sharding import TorchSharding
 from .zoo import build_model
 
 
-class TorchBackend(TorchListing, TorchExecute, TorchOptimizers, TorchCheckpoints, TorchGraph,
+class TorchBackend(TorchListing, TorchExecute, TorchOptimizers, TorchSharding, TorchCheckpoints, TorchGraph,
                    TorchDistributed):
     name = "torch"
     facts = FACTS

@@ -79,14 +79,39 @@ class TorchExecute:
 
     # --- tensors and optimizers -----------------------------------------------------------
     def tensor_bytes(self, handle: torch.Tensor) -> bytes | None:
+        """A sharded (DTensor) tensor gives this rank's shard: each rank checksums what it holds,
+        with no communication, so ``verify()`` on every rank covers every element once."""
         if _shape(handle) is None or handle.device.type == "meta":
             return None
-        return handle.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        local = _local(handle)
+        return local.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
     def read(self, handle: torch.Tensor) -> Any:
-        return handle.detach().cpu().numpy().copy()
+        """The whole tensor; a sharded one is gathered (a collective: every rank reads the same
+        tensors in the same order, as the core does), since best weights and rollbacks need the
+        values with the tensor's shape."""
+        t = handle.detach()
+        if _is_dtensor(t):
+            t = t.full_tensor()
+        return t.cpu().numpy().copy()
 
     def write(self, handle: torch.Tensor, array: Any) -> None:
+        """A whole array; a sharded tensor keeps this rank's slice of it (no communication)."""
         with torch.no_grad():
-            handle.copy_(torch.as_tensor(array).to(dtype=handle.dtype))
+            value = torch.as_tensor(array).to(dtype=handle.dtype)
+            if _is_dtensor(handle):
+                from torch.distributed.tensor import distribute_tensor
 
+                value = distribute_tensor(value.to(handle.device), handle.device_mesh, handle.placements,
+                                          src_data_rank=None).to_local()
+                handle.to_local().copy_(value)
+            else:
+                handle.copy_(value)
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "device_mesh") and callable(getattr(t, "to_local", None))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if _is_dtensor(t) else t

@@ -16,6 +16,7 @@ from .naming import NameMap
 from .plan import Plan, VerifyReport
 from .port import PortReport, port
 from .registry import register_backend, unregister_backend
+from .sharding import shard
 from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
 from .spec import Rule, Spec
 from .stages import Schedule, Stage, StagesSpec
@@ -26,7 +27,7 @@ __all__ = [
     "StalePlanError", "TuneSpecWarning", "VerifyReport", "apply", "load_spec", "optimizer", "plan",
     "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
     "LoadReport", "load", "InitReport", "InitSpec", "initialize",
-    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint",
+    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint", "shard",
     "FrameworkFacts", "register_backend", "unregister_backend",
 ]
 __version__ = "0.1.0"

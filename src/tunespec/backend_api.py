@@ -29,7 +29,7 @@ from .validate import excerpt
 
 __all__ = ["MAX_DIMS", "Backend", "CheckpointFiles", "DistributedWrapping", "FrameworkFacts", "GraphNode",
            "GraphTracing", "Group", "Listing", "ListingBuilder", "ModelZoo", "ParameterServer", "Restaging",
-           "RunCheckpoints", "class_names", "decode_tree", "encode_tree", "excerpt", "read_bytes",
+           "RunCheckpoints", "Sharding", "class_names", "decode_tree", "encode_tree", "excerpt", "read_bytes",
            "regular_file", "require", "write_checked"]
 
 
@@ -241,6 +241,29 @@ class ParameterServer(Protocol):
 
     def serve_parameters(self) -> None:
         """Run this process's server or scheduler loop until the workers finish."""
+
+
+@runtime_checkable
+class Sharding(Protocol):
+    """Optional capability: sharded data parallelism (torch: FSDP2). The core decides the units
+    (``tunespec.sharding``); a backend without these methods makes ``tunespec.shard`` a SpecError."""
+
+    def check_shard(self, model: Any, **options: Any) -> None:
+        """SpecError for anything that would make ``shard`` fail (no process group, already
+        sharded, an unknown option), before the model changes."""
+
+    def shard(self, model: Any, units: Sequence[str], **options: Any) -> None:
+        """Shard the modules at the canonical paths ``units`` (children first, root ``''`` last)."""
+
+    def is_sharded(self, model: Any) -> bool:
+        """Whether the model's parameters are sharded (its run checkpoints are directories)."""
+
+    def save_sharded_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
+                         best: dict[str, Any] | None) -> None:
+        """Write a run checkpoint directory (every rank calls it): shards plus a JSON sidecar."""
+
+    def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
+        """(the run's JSON meta, the backend's run state) of a checked checkpoint directory."""
 
 
 def require(backend: Any, capability: type, what: str) -> Any:
