@@ -130,6 +130,7 @@ def test_a_checkpoint_directory_outside_a_process_group_is_refused(tmp_path):
         pytest.skip("a process group is already initialised in this process")
     net = torch.nn.Sequential(torch.nn.Linear(2, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    (tmp_path / "tunespec-run.json").write_text("{}")  # what a sharded run's directory holds
     with pytest.raises(SpecError, match="sharded run checkpoint; resume it on every rank"):
         tunespec.resume(tmp_path, net, optimizer=opt)
 

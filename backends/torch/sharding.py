@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tunespec.backend_api import decode_tree, encode_tree, excerpt, read_bytes
+from tunespec.backend_api import RUN_LAYOUT, decode_tree, encode_tree, excerpt, read_bytes
 from tunespec.errors import SpecError
 
 from .checkpoints import _check_optimizer_structure, _scheduler_state
@@ -126,7 +126,7 @@ def _model_key(name: str, t: torch.Tensor, rank: int) -> str:
     """A sharded tensor is one entry (each rank writes its shard); a plain one (a buffer: BatchNorm
     statistics, which FSDP2 neither shards nor synchronises) is saved per rank, so that each rank
     resumes with its own and the resumed run is the uninterrupted one on every rank."""
-    return f"model/{name}" if _is_dtensor(t) else f"rank{rank}/model/{name}"
+    return f"{RUN_LAYOUT.model}{name}" if _is_dtensor(t) else f"rank{rank}/{RUN_LAYOUT.model}{name}"
 
 
 def _writer(path: str) -> Any:
@@ -212,7 +212,7 @@ class TorchSharding:
 
         model_state = _unwrap(model).state_dict()
         tensors.update({_model_key(k, t, rank): t.detach() for k, t in model_state.items()})
-        tensors.update({f"best/{k}": torch.from_numpy(v) for k, v in (best or {}).items()})
+        tensors.update({f"{RUN_LAYOUT.best}{k}": torch.from_numpy(v) for k, v in (best or {}).items()})
         state = {"world": dist.get_world_size(),
                  "model": {k: [_dtype_name(t.dtype), list(t.shape)] for k, t in model_state.items()},
                  "best": None if best is None else {k: [_dtype_name(torch.from_numpy(v).dtype), list(v.shape)]
@@ -248,14 +248,14 @@ class TorchSharding:
     def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
         """The sidecar's run JSON and the run state, with every digest checked; tensors are
         described (meta tensors of the saved shapes) and read only by ``load_run_state``."""
-        if not (dist.is_available() and dist.is_initialized()):
-            raise SpecError(f"{where}: {path!r} is a sharded run checkpoint; resume it on every rank of "
-                            f"the run's process group (call torch.distributed.init_process_group first)")
         root = Path(path)
         sidecar = root / SIDECAR
         if not sidecar.is_file():
             raise SpecError(f"{where}: {path!r} is a directory without {SIDECAR}; it is not a tunespec "
                             f"sharded run checkpoint")
+        if not (dist.is_available() and dist.is_initialized()):
+            raise SpecError(f"{where}: {path!r} is a sharded run checkpoint; resume it on every rank of "
+                            f"the run's process group (call torch.distributed.init_process_group first)")
         try:
             data = json.loads(read_bytes(str(sidecar), where))
             saved = data.pop("digest")
@@ -327,8 +327,8 @@ class TorchSharding:
         rank = dist.get_rank()
         targets = {_model_key(k, t, rank): t.detach().clone() for k, t in live.items()}
         for k in run["best_names"] or ():
-            s = run["metadata"].state_dict_metadata[f"best/{k}"]
-            targets[f"best/{k}"] = torch.empty(s.size, dtype=s.properties.dtype)
+            s = run["metadata"].state_dict_metadata[f"{RUN_LAYOUT.best}{k}"]
+            targets[f"{RUN_LAYOUT.best}{k}"] = torch.empty(s.size, dtype=s.properties.dtype)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         opt_tree, sched_tree = run["trees"]
         index_of: dict[str, torch.Tensor] = {}  # opt tensor name -> the parameter it belongs to
@@ -367,4 +367,4 @@ class TorchSharding:
         if lr_scheduler is not None and sched is not None:
             lr_scheduler.load_state_dict(sched)
         if run["best_names"] is not None:
-            run["best"] = {k: targets[f"best/{k}"].numpy() for k in run["best_names"]}
+            run["best"] = {k: targets[f"{RUN_LAYOUT.best}{k}"].numpy() for k in run["best_names"]}

@@ -29,7 +29,7 @@ from .validate import excerpt
 
 __all__ = ["MAX_DIMS", "Backend", "CheckpointFiles", "DistributedWrapping", "FrameworkFacts", "GraphNode",
            "GraphTracing", "Group", "Listing", "ListingBuilder", "ModelZoo", "ParameterServer", "Restaging",
-           "RunCheckpoints", "Sharding", "class_names", "decode_tree", "encode_tree", "excerpt", "read_bytes",
+           "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "class_names", "decode_tree", "encode_tree", "excerpt", "read_bytes",
            "regular_file", "require", "write_checked"]
 
 
@@ -54,6 +54,51 @@ class FrameworkFacts:
     optimizer_options: Mapping[str, str] = field(default_factory=dict)  # extra option -> value kind
     zoos: tuple[str, ...] = ()  # model zoos its ModelZoo capability builds from
     server_role_variable: str = ""  # environment variable naming a parameter-server process's role
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """How a run checkpoint file is laid out, decided by the core: every backend writes the same
+    names, so the core (``load(..., key='best')``, digests, resume) reads any backend's file."""
+
+    model: str = "model/"  # the model's tensors, by the framework's own state names
+    best: str = "best/"  # the best epoch's weights, by canonical name
+    optimizer: str = "opt/"  # optimizer state arrays, numbered
+    scheduler: str = "sched/"  # lr-scheduler state arrays, numbered
+    meta_key: str = "tunespec.run"  # metadata entry: the run's JSON description (core)
+    state_key: str = "tunespec.state"  # metadata entry: the backend's state structure (JSON)
+
+    def pack(self, model: Mapping[str, Any], best: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Safetensors entries for the model and best weights (values already encoded)."""
+        return {**{self.model + k: v for k, v in model.items()},
+                **{self.best + k: v for k, v in (best or {}).items()}}
+
+    def namer(self, entries: dict[str, Any], prefix: str, encode: Any) -> Any:
+        """A function storing one array under the next free ``prefix`` number, returning its name
+        (what ``encode_tree`` puts in the JSON structure in its place)."""
+        def store(value: Any) -> str:
+            name = f"{prefix}{sum(k.startswith(prefix) for k in entries)}"
+            entries[name] = encode(value)
+            return name
+        return store
+
+    def metadata(self, meta: str, state: Any) -> dict[str, str]:
+        import json
+
+        return {self.meta_key: meta, self.state_key: json.dumps(state)}
+
+    def unpack(self, arrays: dict[str, Any], metadata: Mapping[str, str]) -> tuple[Any, dict, dict | None]:
+        """(the backend's state structure, model tensors, best weights or None), taking the model
+        and best entries out of ``arrays``; KeyError/ValueError for a file that lacks them."""
+        import json
+
+        state = json.loads(metadata[self.state_key])
+        model = {k: arrays.pop(self.model + k) for k in state["model"]}
+        best = None if state["best"] is None else {k: arrays.pop(self.best + k) for k in state["best"]}
+        return state, model, best
+
+
+RUN_LAYOUT = RunLayout()
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .backend_api import Sharding
+from .backend_api import RUN_LAYOUT, Sharding
 from .dispatch import backend_for
 from .errors import SpecError
 from .files import atomic_write, excerpt, read_checked, regular_file
 from .stages import Schedule
 
 FORMAT = "tunespec-run/2"
-RUN_KEY = "tunespec.run"  # the metadata entry holding the run's JSON description
+RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description
 
 
 # --- the recipe, canonical ----------------------------------------------------------------------

@@ -15,7 +15,13 @@ from .backend_api import CheckpointFiles, require
 from .dispatch import backend_for, load_backend
 from .errors import SpecError
 from .files import excerpt, has_digest, regular_file
-from .framework_facts import is_ignored_state, leaf_spellings, reader_for_suffix, wrapper_prefixes, wrapper_segments
+from .framework_facts import (
+    is_ignored_state,
+    leaf_spellings,
+    reader_for_suffix,
+    wrapper_prefixes,
+    wrapper_segments,
+)
 from .listing import Listing, TensorInfo
 from .naming import NameMap, Rename
 
@@ -188,6 +194,26 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
     else:
         raise SpecError(f"load: expected a checkpoint path or a {{name: tensor}} mapping, "
                         f"got {type(checkpoint).__name__}")
+    report, writes, listing = match_state(be, model, state, names, "load")
+    if not writes and not state:
+        raise SpecError("load: the checkpoint holds no tensors")
+    names.check_used("load", strict)
+    if select is not None and not writes and not report.unexpected and not report.mismatched:
+        raise SpecError(f"load: select={select!r} matches none of the checkpoint's keys "
+                        f"(they look like {', '.join(list(state)[:3])})")
+    if strict and not report.ok:
+        raise SpecError(f"{report}\nnothing was loaded; fix select/rename, or pass strict=False to "
+                        f"load what fits")
+    report.loaded = write_all(be, writes, "load", "nothing was loaded")
+    return report
+
+
+def match_state(be: Any, model: Any, state: Mapping[str, Any], names: NameMap,
+                where: str) -> tuple[LoadReport, dict[int, tuple[TensorInfo, Any]], Listing]:
+    """Where each of ``state``'s keys lands in ``model`` (``select``/``rename`` applied, then the
+    model's canonical names and aliases, then the key's canonical spelling), as a report of
+    everything that does not fit plus the writes that do; nothing is written here. ``port`` uses
+    it too, with the source model's canonical names as keys."""
     listing = be.listing(model)
     index = _index(listing)
     report = LoadReport()
@@ -203,37 +229,44 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
             (report.ignored if is_ignored_state(new) else report.unexpected).append(label)
             continue
         if target.shape is None or 0 in target.shape:
-            raise SpecError(f"load: model tensor {target.canonical!r} has no shape yet; initialise "
-                            f"the model (one forward pass) before loading into it")
+            raise SpecError(f"{where}: model tensor {target.canonical!r} has no shape yet; initialise "
+                            f"the model (one forward pass) before {where}ing into it")
         shape = tuple(value.shape)
         if shape != tuple(target.shape):
             report.mismatched.append((target.canonical, shape, tuple(target.shape)))
         elif id(target.handle) in writes:
-            raise SpecError(f"load: checkpoint keys {label!r} and another one both map onto "
+            raise SpecError(f"{where}: keys {label!r} and another one both map onto "
                             f"{target.canonical!r}; narrow select or fix rename")
         else:
             writes[id(target.handle)] = (target, value)
-    if not writes and not state:
-        raise SpecError("load: the checkpoint holds no tensors")
-    names.check_used("load", strict)
-    if select is not None and not writes and not report.unexpected and not report.mismatched:
-        raise SpecError(f"load: select={select!r} matches none of the checkpoint's keys "
-                        f"(they look like {', '.join(list(state)[:3])})")
-    if strict and not report.ok:
-        raise SpecError(f"{report}\nnothing was loaded; fix select/rename, or pass strict=False to "
-                        f"load what fits")
+    report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
+                      and not is_ignored_state(t.canonical)]
+    return report, writes, listing
+
+
+def write_all(be: Any, writes: Mapping[int, tuple[TensorInfo, Any]], where: str, undone: str) -> list[str]:
+    """Write every matched value, or none: a failing write puts back what was written before it.
+    A value with a ``read()`` (a source tensor ``port`` has not copied yet) is read only now."""
     backup = [(t, be.read(t.handle)) for t, _ in writes.values()]
-    current = None
+    done, current = [], None
     try:
         for t, value in writes.values():
             current = t.canonical
-            be.write(t.handle, value)
-            report.loaded.append(t.canonical)
+            be.write(t.handle, value.read() if isinstance(value, Deferred) else value)
+            done.append(t.canonical)
     except Exception as exc:
         for t, array in backup:
             be.write(t.handle, array)
-        raise SpecError(f"load: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
-                        f"nothing was loaded") from None
-    report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
-                      and not is_ignored_state(t.canonical)]
-    return report
+        raise SpecError(f"{where}: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
+                        f"{undone}") from None
+    return done
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A tensor's shape now and its values on demand: ``port`` matches a whole model before it
+    copies any value out of it."""
+
+    shape: tuple[int, ...]
+    read: Any  # () -> the values
+    dtype: Any = None
