@@ -14,7 +14,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import report
 from .backend_api import Backend, Group
-from .cards import card_for, preset_rules
+from .cards import Card, card_for, preset_rules
+from .decay import captured_numbers, layer_ids, scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .matching import Matcher
@@ -190,22 +191,70 @@ def _digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], str]:
+def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], Card | None]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
     card = card_for((listing.model_type, *listing.base_types), listing.param_names())
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []
     if spec.preset_name is not None:
-        for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type)):
+        names = list(listing.param_names()) if card is not None and card.blocks else ()
+        for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type, names)):
             rules.append(Rule.from_dict(raw, f"preset {spec.preset_name!r}[{i}]", user=False))
-    return rules + list(spec.rules), groups, card.family if card else ""
+    return rules + list(spec.rules), groups, card
+
+
+def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matcher,
+                  groups: Mapping[str, str]) -> list[float] | None:
+    """Each parameter's ``layer_decay`` scale (in ``param_rows`` order), or None without decay."""
+    decay = spec.layer_decay
+    if decay is None:
+        return None
+    entries, where = decay.layers, "layer_decay.layers"
+    if entries is None:
+        if card is None or card.layers is None:
+            what = f"the {card.family} card has no ordered layers" if card else \
+                f"no model card knows {listing.model_type}'s layers"
+            raise SpecError(f"layer_decay: {what}; list them from input to output in "
+                            f"layer_decay.layers (regexes or @groups), or register a card with layers")
+        entries, where = card.layers, f"the {card.family} card's layers"
+    names = listing.names
+    rows = listing.param_rows
+    hits, captures = [], []
+    for i, entry in enumerate(entries):
+        origin = f"{where}[{i}]"
+        found = matcher.select(entry.match, groups, origin)
+        if not found:
+            message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
+            if spec.strict or decay.layers is None:
+                raise SpecError(message + "; fix the layer list" + (
+                    "" if decay.layers is None else ", or set strict: false to allow it"))
+            warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
+        regex = entry.match
+        while regex.startswith("@") and regex[1:] in groups:
+            regex = groups[regex[1:]]
+        pattern = validate.compiled(regex) if not regex.startswith("@") else None
+        if pattern is None or not pattern.groups:
+            captures.append([()] * len(found))
+        else:
+            caps = []
+            for k in found:
+                row = rows[k]
+                m = next(filter(None, map(pattern.fullmatch, (names[row], *listing.aliases.get(row, ())))))
+                caps.append(captured_numbers(m, origin))
+            captures.append(caps)
+        hits.append(found)
+    ids, count = layer_ids(entries, hits, captures, len(rows))
+    return scales(decay.rate, ids, count)
 
 
 def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
-    """Run the rules in order over the parameters; each matching rule overrides what it sets."""
-    rules, groups, family = _expand_rules(spec, listing)
+    """Run the rules in order over the parameters; each matching rule overrides what it sets.
+    ``layer_decay`` then multiplies each trainable parameter's lr_mult by its layer's scale."""
+    rules, groups, card = _expand_rules(spec, listing)
+    family = card.family if card else ""
     matcher = Matcher(listing)
+    layer_scale = _layer_scales(spec, card, listing, matcher, groups)
     matches = [matcher.select(r.match, groups, r.origin) for r in rules]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
@@ -234,6 +283,8 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     for i in range(n):
         if not trainable[i]:  # a frozen tensor has no lr; keep its multipliers neutral
             lr_mult[i] = wd_mult[i] = 1.0
+        elif layer_scale is not None:
+            lr_mult[i] *= layer_scale[i]
     for rule, hits in zip(rules, matches, strict=True):
         sets_mult = rule.lr_mult is not None or rule.wd_mult is not None
         if sets_mult and hits and not any(trainable[i] for i in hits):

@@ -1,0 +1,3 @@
+"""Cards for Hugging Face transformers models."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Cards for timm models."""
+
+from __future__ import annotations
