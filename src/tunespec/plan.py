@@ -224,11 +224,10 @@ def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matc
     for i, entry in enumerate(entries):
         origin = f"{where}[{i}]"
         found = matcher.select(entry.match, groups, origin)
-        if not found:
+        if not found and decay.layers is not None:  # a card's entry may be absent in a variant
             message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
-            if spec.strict or decay.layers is None:
-                raise SpecError(message + "; fix the layer list" + (
-                    "" if decay.layers is None else ", or set strict: false to allow it"))
+            if spec.strict:
+                raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
             warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
         regex = entry.match
         while regex.startswith("@") and regex[1:] in groups:
@@ -244,6 +243,9 @@ def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matc
                 caps.append(captured_numbers(m, origin))
             captures.append(caps)
         hits.append(found)
+    if decay.layers is None and not any(hits):
+        raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
+                        f"card does not fit this model: list its layers in layer_decay.layers")
     ids, count = layer_ids(entries, hits, captures, len(rows))
     return scales(decay.rate, ids, count)
 

@@ -23,6 +23,7 @@ from ..errors import SpecError
 
 STAGES = ("stage2", "stage3", "stage4", "stage5")
 HEAD_GROUPS = ("neck", "rpn", "heads")  # what the 'heads' preset trains, in rule order
+ABOVE_BLOCKS = ("final_norm", "pooler")  # between the blocks and the heads: 'last-K' trains them
 LAST_K = re.compile(r"last-([1-9]\d{0,3})")  # the 'last-K' presets of cards with blocks
 
 
@@ -135,7 +136,8 @@ def preset_rules(card: Card | None, preset: str, model_type: str,
 
 
 def _last_k(card: Card, k: int, names: Sequence[str], preset: str) -> tuple[Mapping[str, Any], ...]:
-    """Freeze everything, then train the last ``k`` blocks (by block number) and the heads."""
+    """Freeze everything, then train the last ``k`` blocks (by block number), what sits above the
+    blocks (a final norm, a pooler) and the heads."""
     assert card.blocks is not None
     pattern = re.compile(card._numbered())
     numbers = sorted({int(m.group(1)) for m in map(pattern.fullmatch, names) if m})
@@ -143,8 +145,8 @@ def _last_k(card: Card, k: int, names: Sequence[str], preset: str) -> tuple[Mapp
         raise SpecError(f"preset {preset!r}: this {card.family} has {len(numbers)} blocks; use "
                         f"last-1 .. last-{len(numbers)}, or 'all'")
     narrowed = card._numbered("(?:" + "|".join(str(n) for n in numbers[-k:]) + ")")
-    heads = [{"match": f"@{g}", "trainable": True} for g in HEAD_GROUPS if g in card.groups]
-    return ({"match": ".*", "trainable": False}, {"match": narrowed, "trainable": True}, *heads)
+    above = [{"match": f"@{g}", "trainable": True} for g in ABOVE_BLOCKS + HEAD_GROUPS if g in card.groups]
+    return ({"match": ".*", "trainable": False}, {"match": narrowed, "trainable": True}, *above)
 
 
 # --- helpers the zoo modules build their cards with --------------------------------------------
@@ -166,4 +168,4 @@ def _backbone(groups: dict[str, str]) -> dict[str, str]:
 # follow timm's ResNet: the stem, then each residual block in order, then the classifier.
 RESNET = Card("ResNet", {**_backbone(_resnet_body("", r"(conv1|bn1)\..*", tuple(
     rf"layer{i}\..*" for i in range(1, 5)))), "heads": r"fc\..*"},
-    layers=(r"(conv1|bn1)\..*", r"layer(\d+)\.(\d+)\..*", r"fc\..*"))
+    layers=(r"(?:conv1|bn1)\..*", r"layer(\d+)\.(\d+)\..*", r"fc\..*"))

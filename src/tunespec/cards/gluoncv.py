@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..decay import Layer
 from .base import RESNET, Card, _backbone, _resnet_body, register_card
 
 register_card("gluoncv.model_zoo.resnetv1b.ResNetV1b", RESNET)
@@ -65,3 +66,19 @@ register_card(_GCV_CENTERNET, Card("CenterNet (GluonCV, unstaged backbone)", {
 register_card(_GCV_CENTERNET, Card("CenterNet (GluonCV, ResNet v1b)", _backbone(_resnet_body(
     r"base_network\.base_network\.", r"[01]\..*", tuple(rf"{i}\..*" for i in range(4, 8))))
     | _CENTERNET_REST, detect=r"base_network\.base_network\.4\..*"))
+
+# --- MobileNet classifiers. v1: unit i (conv, bn, relu) at features.3i, 27 units; the stride
+# bands follow the detector cards' (units 0-2 /2, 3-6 /4, 7-10 /8, 11-22 /16, 23-26 /32).
+register_card("gluoncv.model_zoo.mobilenet.MobileNet", Card("MobileNet (GluonCV)", _backbone({
+    "stem": r"features\.[0-8]\..*", "stage2": r"features\.(9|1\d|20)\..*",
+    "stage3": r"features\.(2[1-9]|3[0-2])\..*", "stage4": r"features\.(3[3-9]|[45]\d|6[0-8])\..*",
+    "stage5": r"features\.(69|7\d)\..*"}) | {"heads": r"output\..*"},
+    layers=(*(rf"features\.(?:{3 * i}|{3 * i + 1})\..*" for i in range(27)), r"output\..*")))
+# v2: conv+bn stem (features.0-1), 17 bottlenecks (features.3-19), a last conv+bn (20-21) kept
+# with the last block, as timm keeps its conv_head; strides by the paper's table.
+register_card("gluoncv.model_zoo.mobilenet.MobileNetV2", Card("MobileNetV2 (GluonCV)", _backbone({
+    "stem": r"features\.[0-3]\..*", "stage2": r"features\.[45]\..*", "stage3": r"features\.[6-8]\..*",
+    "stage4": r"features\.(9|1[0-5])\..*", "stage5": r"features\.(1[6-9]|2[01])\..*"})
+    | {"heads": r"output\..*"},
+    layers=(r"features\.[01]\..*", r"features\.([3-9]|1\d)\..*", Layer(r"features\.2[01]\..*", with_previous=True),
+            r"output\..*")))

@@ -2,9 +2,8 @@
 classifiers (with ordered layers for ``layer_decay``), and the detectors.
 
 Layers follow timm's ordering of the same architectures: the stem first, then every block in
-order, the final norm with the last block, the classifier on top. timm puts a downsampling
-layer with the first block after it; torchvision keeps it in a ``features`` entry of its own
-between stages, and here it is a layer of its own.
+order (a downsampling layer with the block after it), the final norm or head convolution with
+the last block, the classifier on top.
 """
 
 from __future__ import annotations
@@ -26,14 +25,21 @@ register_card("torchvision.models.vision_transformer.VisionTransformer", Card("V
 # ConvNeXt and Swin: features.0 = stem, odd entries = the four stages, even ones = downsampling.
 _STAGED_FEATURES = {"stem": r"features\.0\..*", "stage2": r"features\.1\..*",
                     "stage3": r"features\.[23]\..*", "stage4": r"features\.[45]\..*"}
+# timm puts each downsampling layer with the first block after it; so do these layers.
+def _stage_layers(downsample: str) -> tuple[str, ...]:
+    """One entry per stage (features.1, 3, 5, 7): its blocks by number, the downsampling before it
+    (features.2, 4, 6) numbered 0, so it joins block 0 of the stage it leads into."""
+    return tuple(rf"features\.(?:{f - 1}\.{downsample}|{f}\.(\d+)\.).*" if f > 1 else rf"features\.1\.(\d+)\..*"
+                 for f in (1, 3, 5, 7))
+
+
 register_card("torchvision.models.convnext.ConvNeXt", Card("ConvNeXt (torchvision)", _backbone(
     {**_STAGED_FEATURES, "stage5": r"features\.[67]\..*"}) | {"heads": r"classifier\..*"},
-    layers=(r"features\.0\..*", r"features\.([1-7])\.(?:(\d+)\.(?:block\..*|layer_scale)|[01]\.(?:weight|bias))",
-            r"classifier\..*")))
+    layers=(r"features\.0\..*", *_stage_layers(r"[01]\."), r"classifier\..*")))
 register_card("torchvision.models.swin_transformer.SwinTransformer", Card("Swin (torchvision)", _backbone(
     {**_STAGED_FEATURES, "stage5": r"features\.[67]\..*|norm\..*"}) | {"heads": r"head\..*"},
-    layers=(r"features\.0\..*", r"features\.([1-7])\.(?:(\d+)\.|reduction\.|norm\.).*",
-            Layer(r"norm\..*", with_previous=True), r"head\..*")))
+    layers=(r"features\.0\..*", *_stage_layers(r"(?:reduction|norm)\."), Layer(r"norm\..*", with_previous=True),
+            r"head\..*")))
 
 # EfficientNet: features.0 = stem, 1..7 = MBConv stages (strides /2, /4, /8, /16, /16, /32, /32),
 # features.8 = the 1x1 head convolution (timm's conv_head + bn2, kept with the last block).
