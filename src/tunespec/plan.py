@@ -528,40 +528,57 @@ class Plan:
             by_mult[key]["param_names"].append(names[row])
         return list(by_mult.values())
 
-    def param_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """torch-style parameter groups with each group's lr and weight decay already scaled."""
+    def param_groups(self, lr: float | None = None, weight_decay: float = 0.0,
+                     lr_scale: bool = False) -> list[dict[str, Any]]:
+        """torch-style parameter groups with each group's lr and weight decay already scaled.
+
+        ``lr_scale`` adds the keys timm's schedulers read: ``lr_scale`` (the group's lr_mult) and
+        ``initial_lr`` (the base lr). A timm scheduler computes one schedule from ``initial_lr``
+        and sets each group's lr to it times ``lr_scale``, so warm-up start and floor scale with
+        the group too. A torch lr scheduler also reads ``initial_lr`` and would then drop the
+        multipliers: use these groups with a timm scheduler only.
+        """
         if lr is not None:
             check_number(lr, "param_groups: lr", positive=True)
         check_number(weight_decay, "param_groups: weight_decay")
+        validate.boolean(lr_scale, "param_groups: lr_scale")
         groups = self.groups()
-        if lr is None and any(g["lr_mult"] != 1.0 for g in groups):
+        if lr is None and (lr_scale or any(g["lr_mult"] != 1.0 for g in groups)):
             raise SpecError("param_groups: give lr, so that each group's lr_mult can scale it")
         out = []
         for g in groups:
             group = dict(g)
             if lr is not None:
                 group["lr"] = lr * g["lr_mult"]
+            if lr_scale:
+                group["lr_scale"] = g["lr_mult"]
+                group["initial_lr"] = lr
             group["weight_decay"] = weight_decay * g["wd_mult"]
             out.append(group)
         return out
 
     def optimizer(self, name: Any = "sgd", lr: float | None = None, weight_decay: float = 0.0,
-                  semantics: str = "torch", **options: Any) -> Any:
+                  semantics: str = "torch", lr_scale: bool = False, **options: Any) -> Any:
         """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon).
 
         ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
         Adam epsilon); ``'native'`` keeps MXNet's own. torch optimizers are always torch's.
         Name, lr, weight decay and options are checked before the model is touched, and an apply
-        made here is undone if building still fails.
+        made here is undone if building still fails. ``lr_scale``: see :meth:`param_groups`.
         """
         check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
+        validate.boolean(lr_scale, "optimizer: lr_scale")
         self._check_fresh("build an optimizer")
         applied_here = not self.applied
         if applied_here:
             self.apply()
         try:
-            return self.backend.build_optimizer(self.param_groups(lr, weight_decay), name, lr,
-                                                weight_decay, semantics=semantics, **options)
+            opt = self.backend.build_optimizer(self.param_groups(lr, weight_decay, lr_scale), name, lr,
+                                               weight_decay, semantics=semantics, **options)
+            if lr_scale and not all("lr_scale" in g for g in getattr(opt, "param_groups", [{}])):
+                raise SpecError(f"optimizer: lr_scale is for optimizers with parameter groups that a "
+                                f"timm scheduler drives; this {type(opt).__name__} has none: drop lr_scale")
+            return opt
         except BaseException:
             if applied_here:
                 self._rollback()
