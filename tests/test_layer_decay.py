@@ -259,3 +259,78 @@ def test_lr_scale_groups_train_at_their_lr_without_a_scheduler_and_gluon_refuses
     with pytest.raises(tunespec.SpecError, match="lr_scale is for optimizers with parameter groups"):
         tunespec.optimizer(net, {"layer_decay": {"rate": 0.5}}, name="sgd", lr=0.1, lr_scale=True)
     assert_unchanged(before, state_of(net))
+
+
+# --- parity with MMDetection's layer-decay constructor (ConvNeXt backbones) -------------------
+def _mmdet_constructor():
+    """MMDetection's LearningRateDecayOptimizerConstructor, loaded from its file: mmdet's package
+    import needs mmcv's compiled ops only to check their version, and this module uses none."""
+    import importlib.util
+    import sys
+    import types
+
+    pytest.importorskip("mmengine", reason="needs mmengine: pip install mmengine==0.10.7")
+    found = importlib.util.find_spec("mmdet")
+    if found is None:
+        pytest.skip("needs mmdet: pip install --no-deps mmdet==3.3.0 (its mmcv dependency does not build here)")
+    from mmengine.registry import Registry
+
+    root = found.submodule_search_locations[0]
+    package, registry = types.ModuleType("mmdet"), types.ModuleType("mmdet.registry")
+    package.__path__ = [root]
+    registry.OPTIM_WRAPPER_CONSTRUCTORS = Registry("optim wrapper constructor")
+    saved = {k: sys.modules.get(k) for k in ("mmdet", "mmdet.registry")}
+    sys.modules.update({"mmdet": package, "mmdet.registry": registry})
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "mmdet_layer_decay", f"{root}/engine/optimizers/layer_decay_optimizer_constructor.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+    return module.LearningRateDecayOptimizerConstructor
+
+
+def _detector_with_convnext():
+    """A detector-shaped module whose backbone follows mmpretrain's ConvNeXt naming."""
+    needs("torch")
+    from torch import nn
+
+    class ConvNeXt(nn.Module):
+        def __init__(self, depths=(1, 2, 9, 1)):
+            super().__init__()
+            self.downsample_layers = nn.ModuleList(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(1, 4))
+                                                   for _ in range(4))
+            self.stages = nn.ModuleList(nn.Sequential(*(nn.Sequential(nn.Conv2d(4, 4, 3), nn.LayerNorm(4),
+                                                                      nn.Linear(4, 4)) for _ in range(d)))
+                                        for d in depths)
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.neck, self.bbox_head = ConvNeXt(), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+    return Detector()
+
+
+def test_layer_decay_matches_mmdetection_convnext_constructor():
+    constructor = _mmdet_constructor()
+    model = _detector_with_convnext()
+    wrapper = constructor(dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)),
+                          dict(decay_rate=0.9, decay_type="layer_wise", num_layers=6))(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ref = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups for p in g["params"]}
+    # MMDetection's ConvNeXt map (num_layers 6): stem 0, stage 0 -> 1, stage 1 -> 2, stage 2 in
+    # threes from 3, stage 3 -> 6, the rest on top; each downsampling layer with its stage.
+    recipe = {"layer_decay": {"rate": 0.9, "layers": [
+        r"backbone\.(?:cls_token|mask_token|pos_embed|downsample_layers\.0\..*)", r"backbone\.stages\.0\..*",
+        r"backbone\.(?:downsample_layers|stages)\.1\..*", r"backbone\.(?:downsample_layers\.2|stages\.2\.[0-2])\..*",
+        r"backbone\.stages\.2\.[3-5]\..*", r"backbone\.stages\.2\.[6-8]\..*",
+        r"backbone\.(?:downsample_layers|stages)\.3\..*"]},
+        "wd_mult": {"@1d": 0, r".*\.bias": 0}}
+    assert _tunespec_effective(model, {**recipe, "optimizer": {"weight_decay": 0.05}}, "adamw", 1e-3) == ref
+    assert len({lr for lr, _ in ref.values()}) == 8

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..decay import Layer, layer_entries
+from ..decay import Layer
 from ..errors import SpecError
 
 STAGES = ("stage2", "stage3", "stage4", "stage5")
@@ -55,9 +55,25 @@ class Card:
             except re.error as exc:
                 raise SpecError(f"card {self.family!r}: group {name!r} has an invalid regex: {exc}") from None
         if self.layers is not None:
-            object.__setattr__(self, "layers", layer_entries(self.layers, f"card {self.family!r}: layers"))
+            object.__setattr__(self, "layers", self._checked_layers())
         if self.presets is None:
             object.__setattr__(self, "presets", _derived_presets(self.groups))
+
+    def _checked_layers(self) -> tuple[Layer, ...]:
+        """The layers as :class:`Layer` entries, each regex compiled (with ``re``, as groups are:
+        cards are code, and importing them must not load the engine user patterns run on)."""
+        assert self.layers is not None
+        entries = tuple(e if isinstance(e, Layer) else Layer(e) for e in self.layers)
+        for i, entry in enumerate(entries):
+            if not entry.match.startswith("@"):
+                try:
+                    re.compile(entry.match)
+                except re.error as exc:
+                    raise SpecError(f"card {self.family!r}: layers[{i}] has an invalid regex: {exc}") from None
+        if not entries or entries[0].with_previous:
+            raise SpecError(f"card {self.family!r}: layers must be non-empty and the first cannot join a "
+                            f"previous one")
+        return entries
 
     def applies_to(self, names: Iterable[str]) -> bool:
         if self.detect is None:
