@@ -334,3 +334,33 @@ def test_layer_decay_matches_mmdetection_convnext_constructor():
         "wd_mult": {"@1d": 0, r".*\.bias": 0}}
     assert _tunespec_effective(model, {**recipe, "optimizer": {"weight_decay": 0.05}}, "adamw", 1e-3) == ref
     assert len({lr for lr, _ in ref.values()}) == 8
+
+
+def test_layers_may_name_groups_and_join_the_previous_layer():
+    model = _resnet()
+    plan = tunespec.plan(model, {"groups": {"deep": r"layer[34]\..*"}, "layer_decay": {"rate": 0.5, "layers": [
+        "@stem", r"layer(\d+)\..*", {"match": "@heads", "with_previous": True}]}})
+    # stem 0, layer1..layer4 = 1..4, fc joins layer4: five layers, and the user group 'deep' is unused
+    assert plan["bn1.weight"].lr_mult == 0.5 ** 4 and plan["layer3.1.conv2.weight"].lr_mult == 0.5
+    assert plan["layer4.0.conv1.weight"].lr_mult == plan["fc.bias"].lr_mult == 1.0
+
+
+def test_a_card_without_layers_is_an_error_naming_the_fix():
+    torch = needs("torch")
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+
+    from tunespec.cards import _CARDS
+
+    tunespec.register_card(Tiny, tunespec.Card("Tiny", {"heads": r"head\..*"}))
+    try:
+        with pytest.raises(tunespec.SpecError, match="the Tiny card has no ordered layers; list them"):
+            tunespec.plan(Tiny(), {"layer_decay": {"rate": 0.5}})
+        tunespec.register_card(Tiny, tunespec.Card("Tiny", {"heads": r"head\..*"}, layers=(r"body\..*",)))
+        plan = tunespec.plan(Tiny(), {"layer_decay": {"rate": 0.5}})
+        assert plan["body.weight"].lr_mult == 0.5 and plan["head.weight"].lr_mult == 1.0
+    finally:
+        _CARDS.pop(f"{Tiny.__module__}.{Tiny.__qualname__}")

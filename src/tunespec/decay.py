@@ -6,10 +6,10 @@ layer_decay: {rate: 0.75, layers: ['embeddings\\..*', 'encoder\\.layer\\.(\\d+)\
 ```
 
 Layers run from the input (first) to the output (last). Each entry is a regex on canonical
-names or an ``@group``; a parameter belongs to the first entry that matches it. An entry with
+names or an ``@group``; a parameter belongs to the first entry that matches it. A regex with
 capture groups is one layer per distinct tuple of captured numbers, in numeric order (a group
-that did not take part counts as 0), and ``{match: ..., with_previous: true}`` joins the layer
-before it. This is timm's ``group_matcher`` grouping, so cards can reproduce timm's layer ids
+that did not take part counts as 0); an ``@group`` is one layer. ``{match: ...,
+with_previous: true}`` joins the layer before it. This is timm's ``group_matcher`` grouping, so cards can reproduce timm's layer ids
 exactly: ``blocks\\.(\\d+)\\..*`` is one layer per block, the final norm joins the last block.
 Parameters in no entry form the top layer, as timm puts a model's unmatched head.
 

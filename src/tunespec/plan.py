@@ -229,10 +229,8 @@ def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matc
             if spec.strict:
                 raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
             warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
-        regex = entry.match
-        while regex.startswith("@") and regex[1:] in groups:
-            regex = groups[regex[1:]]
-        pattern = validate.compiled(regex) if not regex.startswith("@") else None
+        # A group is one layer: its regex was written to select, not to number layers.
+        pattern = None if entry.match.startswith("@") else validate.compiled(entry.match)
         if pattern is None or not pattern.groups:
             captures.append([()] * len(found))
         else:
