@@ -133,11 +133,14 @@ def scales(rate: float, ids: Sequence[int], count: int) -> list[float]:
 
 def captured_numbers(match: Any, where: str) -> tuple[int, ...]:
     """The numbers a layer regex captured; a group that did not take part counts as 0."""
+    groups = match.groups()
+    if None not in groups and all(groups) and "".join(groups).isdecimal():  # the usual case, fast
+        return tuple(map(int, groups))
     out = []
-    for value in match.groups():
+    for value in groups:
         if value is None:
             out.append(0)
-        elif value.isdigit():
+        elif value.isdecimal():
             out.append(int(value))
         else:
             raise SpecError(f"{where}: captured {V.excerpt(value)}, not a layer number; capture only "

@@ -18,7 +18,7 @@ from .cards import Card, card_for, preset_rules
 from .decay import captured_numbers, layer_ids, scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
-from .matching import Matcher
+from .matching import Matcher, simple
 from .recipe import check_semantics
 from .spec import Rule, Spec, _close
 from . import validate
@@ -218,9 +218,9 @@ def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matc
             raise SpecError(f"layer_decay: {what}; list them from input to output in "
                             f"layer_decay.layers (regexes or @groups), or register a card with layers")
         entries, where = card.layers, f"the {card.family} card's layers"
-    names = listing.names
     rows = listing.param_rows
-    hits, captures = [], []
+    hits: list[list[int]] = []
+    captures: list[list[tuple[int, ...]]] = []
     for i, entry in enumerate(entries):
         origin = f"{where}[{i}]"
         found = matcher.select(entry.match, groups, origin)
@@ -229,23 +229,31 @@ def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matc
             if spec.strict:
                 raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
             warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
-        # A group is one layer: its regex was written to select, not to number layers.
-        pattern = None if entry.match.startswith("@") else validate.compiled(entry.match)
-        if pattern is None or not pattern.groups:
-            captures.append([()] * len(found))
-        else:
-            caps = []
-            for k in found:
-                row = rows[k]
-                m = next(filter(None, map(pattern.fullmatch, (names[row], *listing.aliases.get(row, ())))))
-                caps.append(captured_numbers(m, origin))
-            captures.append(caps)
         hits.append(found)
+        captures.append(_captures(entry.match, found, listing, origin))
     if decay.layers is None and not any(hits):
         raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
                         f"card does not fit this model: list its layers in layer_decay.layers")
     ids, count = layer_ids(entries, hits, captures, len(rows))
     return scales(decay.rate, ids, count)
+
+
+def _captures(match: str, found: Sequence[int], listing: Listing, origin: str) -> list[tuple[int, ...]]:
+    """The layer numbers a layer entry captured from each parameter it matched (positions in
+    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
+    if match.startswith("@"):
+        return [()] * len(found)
+    pattern = re.compile(match) if simple(match) else validate.compiled(match)  # re is the fast one
+    if not pattern.groups:
+        return [()] * len(found)
+    names, rows, aliases = listing.names, listing.param_rows, listing.aliases
+    out = []
+    for k in found:
+        m = pattern.fullmatch(names[rows[k]])
+        if m is None:  # it matched an alias (a tied parameter's other name)
+            m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
+        out.append(captured_numbers(m, origin))
+    return out
 
 
 def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
