@@ -38,12 +38,13 @@ import cached_prefix
 import detector
 import fsdp
 import imports
+import layer_decay
 import memory
 import planning
 import steps
 from common import BATCH, LARGE, SIZE, Context, fmt, per_framework
 
-FAMILIES = [imports, planning, steps, cached_prefix, memory, detector, fsdp]  # the table's order
+FAMILIES = [imports, planning, layer_decay, steps, cached_prefix, memory, detector, fsdp]  # the table's order
 BY_NAME = {family.FAMILY: family for family in FAMILIES}
 
 

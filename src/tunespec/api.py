@@ -51,14 +51,15 @@ def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool |
 
 def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = None,
               weight_decay: float | None = None, backend: str | None = None,
-              semantics: str | None = None, **options: Any) -> Any:
+              semantics: str | None = None, lr_scale: bool = False, **options: Any) -> Any:
     """A torch optimizer or a Gluon Trainer for ``spec``, applying it first unless it already is.
 
     Arguments left out come from the recipe's ``optimizer`` section. ``semantics='torch'``
     (default) makes Gluon follow torch's update rules; ``'native'`` keeps MXNet's own.
     Everything is checked before the model changes; if building still fails, an apply made here
     is undone. The spec is (re-)applied unless the model has exactly its settings now: another
-    plan applied since, or a hand-made change, never leaves a stale optimizer.
+    plan applied since, or a hand-made change, never leaves a stale optimizer. ``lr_scale`` gives
+    torch groups the keys a timm scheduler reads (:meth:`tunespec.Plan.param_groups`).
     """
     _check_call(backend, None)
     recipe = load_recipe(spec)
@@ -77,11 +78,13 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
             current = None
         if current is not None and current.spec == recipe.spec and current.backend.name == be.name \
                 and current.is_live():
-            return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+            return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
+                                     lr_scale=lr_scale, **options)
         fresh = plan(model, recipe.spec, be.name)  # planning changes nothing
         fresh.apply()
         try:
-            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
+                                  lr_scale=lr_scale, **options)
         except BaseException:
             fresh._rollback()
             raise

@@ -14,11 +14,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import report
 from .backend_api import Backend, Group
-from .cards import card_for, preset_rules
+from .cards import Card, card_for, preset_rules
+from .decay import captured_numbers, layer_ids, scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
-from .matching import Matcher
 from .framework_facts import default_semantics
+from .matching import Matcher, simple
 from .recipe import check_semantics
 from .spec import Rule, Spec, _close
 from . import validate
@@ -191,22 +192,78 @@ def _digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], str]:
+def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], Card | None]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
     card = card_for((listing.model_type, *listing.base_types), listing.param_names())
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []
     if spec.preset_name is not None:
-        for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type)):
+        names = list(listing.param_names()) if card is not None and card.blocks else ()
+        for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type, names)):
             rules.append(Rule.from_dict(raw, f"preset {spec.preset_name!r}[{i}]", user=False))
-    return rules + list(spec.rules), groups, card.family if card else ""
+    return rules + list(spec.rules), groups, card
+
+
+def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matcher,
+                  groups: Mapping[str, str]) -> list[float] | None:
+    """Each parameter's ``layer_decay`` scale (in ``param_rows`` order), or None without decay."""
+    decay = spec.layer_decay
+    if decay is None:
+        return None
+    entries, where = decay.layers, "layer_decay.layers"
+    if entries is None:
+        if card is None or card.layers is None:
+            what = f"the {card.family} card has no ordered layers" if card else \
+                f"no model card knows {listing.model_type}'s layers"
+            raise SpecError(f"layer_decay: {what}; list them from input to output in "
+                            f"layer_decay.layers (regexes or @groups), or register a card with layers")
+        entries, where = card.layers, f"the {card.family} card's layers"
+    rows = listing.param_rows
+    hits: list[list[int]] = []
+    captures: list[list[tuple[int, ...]]] = []
+    for i, entry in enumerate(entries):
+        origin = f"{where}[{i}]"
+        found = matcher.select(entry.match, groups, origin)
+        if not found and decay.layers is not None:  # a card's entry may be absent in a variant
+            message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
+            if spec.strict:
+                raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
+            warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
+        hits.append(found)
+        captures.append(_captures(entry.match, found, listing, origin))
+    if decay.layers is None and not any(hits):
+        raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
+                        f"card does not fit this model: list its layers in layer_decay.layers")
+    ids, count = layer_ids(entries, hits, captures, len(rows))
+    return scales(decay.rate, ids, count)
+
+
+def _captures(match: str, found: Sequence[int], listing: Listing, origin: str) -> list[tuple[int, ...]]:
+    """The layer numbers a layer entry captured from each parameter it matched (positions in
+    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
+    if match.startswith("@"):
+        return [()] * len(found)
+    pattern = re.compile(match) if simple(match) else validate.compiled(match)  # re is the fast one
+    if not pattern.groups:
+        return [()] * len(found)
+    names, rows, aliases = listing.names, listing.param_rows, listing.aliases
+    out = []
+    for k in found:
+        m = pattern.fullmatch(names[rows[k]])
+        if m is None:  # it matched an alias (a tied parameter's other name)
+            m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
+        out.append(captured_numbers(m, origin))
+    return out
 
 
 def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
-    """Run the rules in order over the parameters; each matching rule overrides what it sets."""
-    rules, groups, family = _expand_rules(spec, listing)
+    """Run the rules in order over the parameters; each matching rule overrides what it sets.
+    ``layer_decay`` then multiplies each trainable parameter's lr_mult by its layer's scale."""
+    rules, groups, card = _expand_rules(spec, listing)
+    family = card.family if card else ""
     matcher = Matcher(listing)
+    layer_scale = _layer_scales(spec, card, listing, matcher, groups)
     matches = [matcher.select(r.match, groups, r.origin) for r in rules]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
@@ -235,6 +292,8 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     for i in range(n):
         if not trainable[i]:  # a frozen tensor has no lr; keep its multipliers neutral
             lr_mult[i] = wd_mult[i] = 1.0
+        elif layer_scale is not None:
+            lr_mult[i] *= layer_scale[i]
     for rule, hits in zip(rules, matches, strict=True):
         sets_mult = rule.lr_mult is not None or rule.wd_mult is not None
         if sets_mult and hits and not any(trainable[i] for i in hits):
@@ -476,41 +535,58 @@ class Plan:
             by_mult[key]["param_names"].append(names[row])
         return list(by_mult.values())
 
-    def param_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """torch-style parameter groups with each group's lr and weight decay already scaled."""
+    def param_groups(self, lr: float | None = None, weight_decay: float = 0.0,
+                     lr_scale: bool = False) -> list[dict[str, Any]]:
+        """torch-style parameter groups with each group's lr and weight decay already scaled.
+
+        ``lr_scale`` adds the keys timm's schedulers read: ``lr_scale`` (the group's lr_mult) and
+        ``initial_lr`` (the base lr). A timm scheduler computes one schedule from ``initial_lr``
+        and sets each group's lr to it times ``lr_scale``, so warm-up start and floor scale with
+        the group too. A torch lr scheduler also reads ``initial_lr`` and would then drop the
+        multipliers: use these groups with a timm scheduler only.
+        """
         if lr is not None:
             check_number(lr, "param_groups: lr", positive=True)
         check_number(weight_decay, "param_groups: weight_decay")
+        validate.boolean(lr_scale, "param_groups: lr_scale")
         groups = self.groups()
-        if lr is None and any(g["lr_mult"] != 1.0 for g in groups):
+        if lr is None and (lr_scale or any(g["lr_mult"] != 1.0 for g in groups)):
             raise SpecError("param_groups: give lr, so that each group's lr_mult can scale it")
         out = []
         for g in groups:
             group = dict(g)
             if lr is not None:
                 group["lr"] = lr * g["lr_mult"]
+            if lr_scale:
+                group["lr_scale"] = g["lr_mult"]
+                group["initial_lr"] = lr
             group["weight_decay"] = weight_decay * g["wd_mult"]
             out.append(group)
         return out
 
     def optimizer(self, name: Any = "sgd", lr: float | None = None, weight_decay: float = 0.0,
-                  semantics: str | None = None, **options: Any) -> Any:
+                  semantics: str | None = None, lr_scale: bool = False, **options: Any) -> Any:
         """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon).
 
         ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
         Adam epsilon); ``'native'`` keeps MXNet's own. torch optimizers are always torch's.
         Name, lr, weight decay and options are checked before the model is touched, and an apply
-        made here is undone if building still fails.
+        made here is undone if building still fails. ``lr_scale``: see :meth:`param_groups`.
         """
         semantics = semantics or default_semantics()
         check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
+        validate.boolean(lr_scale, "optimizer: lr_scale")
         self._check_fresh("build an optimizer")
         applied_here = not self.applied
         if applied_here:
             self.apply()
         try:
-            return self.backend.build_optimizer(self.param_groups(lr, weight_decay), name, lr,
-                                                weight_decay, semantics=semantics, **options)
+            opt = self.backend.build_optimizer(self.param_groups(lr, weight_decay, lr_scale), name, lr,
+                                               weight_decay, semantics=semantics, **options)
+            if lr_scale and not all("lr_scale" in g for g in getattr(opt, "param_groups", [{}])):
+                raise SpecError(f"optimizer: lr_scale is for optimizers with parameter groups that a "
+                                f"timm scheduler drives; this {type(opt).__name__} has none: drop lr_scale")
+            return opt
         except BaseException:
             if applied_here:
                 self._rollback()

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from . import validate as V
+from .decay import LayerDecay
 from .errors import SpecError
 
 BN_POLICIES = ("train", "freeze", "freeze_frozen")
 BUILTIN_GROUPS = ("bias", "norm", "1d")
 RULE_KEYS = ("match", "trainable", "lr_mult", "wd_mult")
 # Spec keys in the order their rules are desugared (whatever order they were written in).
-SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups", "bn", "strict")
+SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups", "bn", "strict",
+             "layer_decay")
 # Sections of a recipe file that belong to other features; each registers itself here.
 RECIPE_SECTIONS: dict[str, str] = {}
 
@@ -38,10 +40,7 @@ def check_keys(data: Mapping[str, Any], section: str, keys: Sequence[str]) -> No
 def _check_regex(pattern: Any, where: str) -> str:
     """A rule's ``match``: a regex that compiles, or a ``@group`` reference."""
     if isinstance(pattern, str) and pattern.startswith("@"):
-        if len(pattern) > 200 or not re.fullmatch(r"@[A-Za-z0-9_][\w+-]*", pattern):
-            raise SpecError(f"{where}: {V.excerpt(pattern)} is not a group reference like '@heads' "
-                            f"or '@bias'")
-        return pattern  # resolved at plan time, when model cards' groups are known too
+        return V.group_reference(pattern, where)
     return V.regex(pattern, where)
 
 
@@ -117,6 +116,7 @@ class Spec:
     bn: str = "freeze_frozen"
     strict: bool = True
     preset_name: str | None = None
+    layer_decay: LayerDecay | None = None  # scales lr_mult by depth (tunespec.decay)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Spec":
@@ -150,7 +150,8 @@ class Spec:
                     isinstance(preset, int) and not 0 <= preset <= 1000):
                 raise V.fail("preset", "a preset name like 'heads' or '4+'", preset)
             V.string(str(preset), "preset", max_length=200)
-        return cls(tuple(rules), groups, bn, strict, None if preset is None else str(preset))
+        decay = None if data.get("layer_decay") is None else LayerDecay.from_dict(data["layer_decay"])
+        return cls(tuple(rules), groups, bn, strict, None if preset is None else str(preset), decay)
 
     @classmethod
     def preset(cls, name: str, **extra: Any) -> "Spec":
@@ -180,7 +181,7 @@ class Spec:
 
     def with_strict(self, strict: bool | None) -> "Spec":
         return self if strict is None or strict == self.strict else Spec(
-            self.rules, self.groups, self.bn, strict, self.preset_name)
+            self.rules, self.groups, self.bn, strict, self.preset_name, self.layer_decay)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -191,6 +192,8 @@ class Spec:
             out["groups"] = dict(self.groups)
         out["bn"] = self.bn
         out["strict"] = self.strict
+        if self.layer_decay is not None:
+            out["layer_decay"] = self.layer_decay.to_dict()
         return out
 
 

@@ -43,7 +43,7 @@ TRIGGERS = ("at_epoch", "at_step", "on_plateau")
 STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
 # Spec keys a stage takes from the recipe unless it gives its own: what trains changes between
 # stages, how multipliers, groups and BatchNorm are set up usually does not.
-INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict")
+INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict", "layer_decay")
 RECIPE_SECTIONS["stages"] = "staged unfreezing: later specs switched to at an epoch, step or plateau"
 
 

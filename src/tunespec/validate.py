@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 import reprlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -209,6 +210,13 @@ def regex(value: Any, path: str) -> str:
     except (engine().error, OverflowError, RecursionError, ValueError) as exc:
         raise SpecError(f"{path}: invalid regex {excerpt(value)}: {excerpt(str(exc))[1:-1]}. Escape "
                         f"literal dots and brackets, e.g. 'fc\\..*'") from None
+    return value
+
+
+def group_reference(value: Any, path: str) -> str:
+    """A ``@group`` reference (resolved at plan time, when model cards' groups are known too)."""
+    if not isinstance(value, str) or len(value) > 200 or not re.fullmatch(r"@[A-Za-z0-9_][\w+-]*", value):
+        raise SpecError(f"{path}: {excerpt(value)} is not a group reference like '@heads' or '@bias'")
     return value
 
 

@@ -1,0 +1,148 @@
+"""Layer-wise learning-rate decay: the ``layer_decay`` spec key, and each parameter's scale.
+
+```yaml
+layer_decay: {rate: 0.75}                 # the model card's layers
+layer_decay: {rate: 0.75, layers: ['embeddings\\..*', 'encoder\\.layer\\.(\\d+)\\..*', '@heads']}
+```
+
+Layers run from the input (first) to the output (last). Each entry is a regex on canonical
+names or an ``@group``; a parameter belongs to the first entry that matches it. A regex with
+capture groups is one layer per distinct tuple of captured numbers, in numeric order (a group
+that did not take part counts as 0); an ``@group`` is one layer. ``{match: ...,
+with_previous: true}`` joins the layer before it. This is timm's ``group_matcher`` grouping, so cards can reproduce timm's layer ids
+exactly: ``blocks\\.(\\d+)\\..*`` is one layer per block, the final norm joins the last block.
+Parameters in no entry form the top layer, as timm puts a model's unmatched head.
+
+With L layers, layer i's lr is scaled by ``rate ** (L - 1 - i)`` (timm's
+``param_groups_layer_decay``): the top layer keeps the base lr. The scale multiplies the
+parameter's ``lr_mult`` from the rules. Layer ids are counted over all parameters, frozen ones
+too, so a stage that unfreezes layers does not move the lr of layers already training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from . import validate as V
+from .errors import SpecError
+
+KEYS = ("rate", "layers")
+LAYER_KEYS = ("match", "with_previous")
+MAX_LAYERS = 10_000
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One entry of an ordered layer list: a regex or ``@group``; ``with_previous`` joins the
+    layer(s) it matches to the layer before it (timm's ``MATCH_PREV_GROUP``)."""
+
+    match: str
+    with_previous: bool = False
+
+
+def _check_match(value: Any, path: str) -> str:
+    if isinstance(value, str) and value.startswith("@"):
+        return V.group_reference(value, path)
+    return V.regex(value, path)
+
+
+def layer_entries(raw: Any, path: str) -> tuple[Layer, ...]:
+    """An ordered, non-empty list of layers: regexes, ``@group`` names or ``{match, with_previous}``."""
+    items = V.sequence(raw, path, what="a non-empty list of regexes or @groups, first = the input's",
+                       max_length=MAX_LAYERS, nonempty=True)
+    out: list[Layer] = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        if isinstance(item, Layer):
+            out.append(Layer(_check_match(item.match, where), V.boolean(item.with_previous, where)))
+        elif isinstance(item, Mapping):
+            V.keys(item, where, LAYER_KEYS, "layer key")
+            if "match" not in item:
+                raise SpecError(f"{where}: a layer mapping needs 'match' (a regex or '@group')")
+            joined = V.boolean(item.get("with_previous", False), f"{where}.with_previous")
+            out.append(Layer(_check_match(item["match"], f"{where}.match"), joined))
+        else:
+            out.append(Layer(_check_match(item, where)))
+    if out[0].with_previous:
+        raise SpecError(f"{path}[0]: the first layer has no layer before it to join; remove "
+                        f"with_previous")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LayerDecay:
+    """``rate`` in (0, 1]; ``layers`` None uses the model card's ordered layers."""
+
+    rate: float
+    layers: tuple[Layer, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "layer_decay") -> "LayerDecay":
+        if isinstance(data, LayerDecay):
+            return data
+        data = V.mapping(data, path, "{rate: 0.75}")
+        V.keys(data, path, KEYS)
+        if "rate" not in data:
+            raise SpecError(f"{path}: give rate (each layer's lr is rate times the next one's), e.g. "
+                            f"{{rate: 0.75}}")
+        rate = V.number(data["rate"], f"{path}.rate", minimum=0.0, min_exclusive=True, maximum=1.0)
+        layers = None if data.get("layers") is None else layer_entries(data["layers"], f"{path}.layers")
+        return cls(rate, layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rate": self.rate}
+        if self.layers is not None:
+            out["layers"] = [e.match if not e.with_previous else {"match": e.match, "with_previous": True}
+                             for e in self.layers]
+        return out
+
+
+def layer_ids(entries: Sequence[Layer], hits: Sequence[Sequence[int]], captures: Sequence[Sequence[tuple]],
+              n: int) -> tuple[list[int], int]:
+    """Each parameter's layer id (0 = the input's) and the number of layers.
+
+    ``hits[e]`` are the positions entry ``e`` matched, ``captures[e][k]`` the numbers it
+    captured for ``hits[e][k]``. A position takes the first entry matching it; positions in no
+    entry take the top layer.
+    """
+    key_of: list[tuple | None] = [None] * n
+    for e, (entry_hits, entry_caps) in enumerate(zip(hits, captures, strict=True)):
+        for i, numbers in zip(entry_hits, entry_caps, strict=True):
+            if key_of[i] is None:
+                key_of[i] = (e, *numbers)
+    keys = sorted({k for k in key_of if k is not None})
+    joins = {k for k in keys if entries[k[0]].with_previous}
+    layer_of: dict[tuple, int] = {}
+    lid = -1
+    for k in keys:
+        if lid < 0 or k not in joins:
+            lid += 1
+        layer_of[k] = lid
+    unmatched = any(k is None for k in key_of)
+    count = lid + 1 + (1 if unmatched else 0)
+    return [count - 1 if k is None else layer_of[k] for k in key_of], count
+
+
+def scales(rate: float, ids: Sequence[int], count: int) -> list[float]:
+    """``rate ** (count - 1 - id)`` per parameter, computed as timm does."""
+    top = count - 1
+    per_layer = [rate ** (top - i) for i in range(count)]
+    return [per_layer[i] for i in ids]
+
+
+def captured_numbers(match: Any, where: str) -> tuple[int, ...]:
+    """The numbers a layer regex captured; a group that did not take part counts as 0."""
+    groups = match.groups()
+    if None not in groups and all(groups) and "".join(groups).isdecimal():  # the usual case, fast
+        return tuple(map(int, groups))
+    out = []
+    for value in groups:
+        if value is None:
+            out.append(0)
+        elif value.isdecimal():
+            out.append(int(value))
+        else:
+            raise SpecError(f"{where}: captured {V.excerpt(value)}, not a layer number; capture only "
+                            f"the digits that number layers (write other groups as (?:...))")
+    return tuple(out)
