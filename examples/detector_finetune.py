@@ -360,3 +360,7 @@ def main(argv: list[str] | None = None) -> Result:
     print(plan.verify())
     print(f"wall time {time.perf_counter() - started:.0f}s")
     return Result(run, weights, net, plan, trainer, before, after)
+
+
+if __name__ == "__main__":
+    main()
