@@ -10,7 +10,8 @@
 5. Report mAP again and verify that every frozen tensor is bit-identical.
 
 Nothing is downloaded: models are built without pretrained weights, data is generated.
-Run: python examples/detector_finetune.py [--backend mxnet|torch] [--epochs N] [--workdir DIR]
+Run: python examples/detector_finetune.py [--backend mxnet|torch] [--epochs N] [--workdir DIR] [--smoke]
+(on a CPU shared with other work, OMP_NUM_THREADS=1 is faster: two threads wait on each other).
 """
 
 from __future__ import annotations
