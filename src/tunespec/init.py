@@ -29,7 +29,7 @@ from . import validate as V
 from .errors import SpecError
 from .listing import TensorInfo
 from .matching import Matcher
-from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
+from .recipe import Recipe, load_recipe
 from .spec import _check_regex, _close, check_keys
 from .validate import excerpt
 
@@ -49,7 +49,6 @@ LAYER_KINDS = {
     "embedding": lambda t: t.layer_type == "Embedding",
 }
 RULE_KEYS = ("match", "layer", "method")
-RECIPE_SECTIONS["init"] = "re-initialise parameters: seed and rules {match/layer, method, arguments}"
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,6 @@ class InitSpec:
         return cls(tuple(InitRule.from_dict(r, f"init.rules[{i}]") for i, r in enumerate(rules)), seed)
 
 
-SECTION_PARSERS["init"] = InitSpec.from_dict
 
 
 @dataclass

@@ -14,16 +14,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from . import validate as V
 from .errors import SpecError
 from .framework_facts import default_semantics, semantics_names
-from .spec import RECIPE_SECTIONS, Spec, check_keys, read_recipe
+from .sections import RECIPE_SECTIONS, SECTION_PARSERS  # noqa: F401  (old import path)
+from .spec import Spec, check_keys, read_recipe
 
 SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine")
-RECIPE_SECTIONS["optimizer"] = "optimizer name, lr, weight_decay, semantics and options"
-RECIPE_SECTIONS["schedule"] = "lr schedule: constant, step, multistep, cosine, with linear warmup"
 
 
 def check_semantics(value: Any) -> str:
@@ -165,8 +164,6 @@ class LRSchedule:
         return f
 
 
-# Parsers of the sections other modules own (``init``, ``stages``): name -> parse(value, data).
-SECTION_PARSERS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {}
 
 
 @dataclass(frozen=True)

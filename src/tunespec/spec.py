@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from . import validate as V
 from .decay import LayerDecay
 from .errors import SpecError
+from .sections import RECIPE_SECTIONS as _SECTIONS_TABLE
 
 BN_POLICIES = ("train", "freeze", "freeze_frozen")
 BUILTIN_GROUPS = ("bias", "norm", "1d")
@@ -24,8 +25,8 @@ RULE_KEYS = ("match", "trainable", "lr_mult", "wd_mult")
 # Spec keys in the order their rules are desugared (whatever order they were written in).
 SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups", "bn", "strict",
              "layer_decay")
-# Sections of a recipe file that belong to other features; each registers itself here.
-RECIPE_SECTIONS: dict[str, str] = {}
+# Sections of a recipe file that belong to other features (tunespec.sections has the table).
+RECIPE_SECTIONS = _SECTIONS_TABLE
 
 
 def _close(word: Any, choices: Iterable[str]) -> str:

@@ -35,7 +35,7 @@ from .dispatch import backend_for, check_backend_name
 from . import validate as V
 from .errors import SpecError
 from .plan import Plan, check_optimizer
-from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
+from .recipe import Recipe, load_recipe
 from .spec import SPEC_KEYS, Spec, check_keys
 from .validate import excerpt
 
@@ -44,7 +44,6 @@ STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
 # Spec keys a stage takes from the recipe unless it gives its own: what trains changes between
 # stages, how multipliers, groups and BatchNorm are set up usually does not.
 INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict", "layer_decay")
-RECIPE_SECTIONS["stages"] = "staged unfreezing: later specs switched to at an epoch, step or plateau"
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,6 @@ class StagesSpec:
                 last[stage.trigger] = (stage.at, origin)
 
 
-SECTION_PARSERS["stages"] = StagesSpec.from_dict
 
 T = TypeVar("T")
 
