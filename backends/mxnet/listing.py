@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mxnet import gluon
 
-from tunespec.backend_api import Listing, ListingBuilder, class_names
+from tunespec.backend_api import Listing, ListingBuilder, class_names, flat_prefix_length
 
 from .facts import FACTS
 
@@ -34,14 +33,6 @@ class SymbolNorm:
 
     def _symbol(self) -> Any:
         return self.block._cached_graph[1].get_internals()[self.node + "_output"]
-
-
-def _token_prefix(names: Sequence[str]) -> str:
-    """The names' common prefix, cut back to a '_' boundary ('ssd0_mobilenet0_conv' -> 'ssd0_')."""
-    if not names:
-        return ""
-    prefix = os.path.commonprefix(list(names))
-    return prefix[: prefix.rfind("_") + 1]
 
 
 _Constant = gluon.Constant
@@ -108,7 +99,7 @@ class MXNetListing:
     def _list_symbol_block(self, block: gluon.SymbolBlock, path: tuple[str, ...], found: ListingBuilder) -> None:
         params = block.params
         full_names = list(params.keys())
-        strip = len(_token_prefix(full_names))
+        strip = flat_prefix_length(full_names)  # the core decides where the counter-free name starts
         graph = json.loads(block._cached_graph[1].tojson())
         nodes = graph["nodes"]
         norm_inputs: dict[str, tuple[str, list[str]]] = {}

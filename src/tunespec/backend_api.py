@@ -24,13 +24,14 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from .errors import SpecError
 from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
-from .listing import Listing, ListingBuilder, class_names
+from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from .validate import excerpt
 
-__all__ = ["MAX_DIMS", "Backend", "CheckpointFiles", "DistributedWrapping", "FrameworkFacts", "GraphNode",
-           "GraphTracing", "Group", "Listing", "ListingBuilder", "ModelZoo", "ParameterServer", "Restaging",
-           "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "class_names", "decode_tree", "encode_tree", "excerpt", "read_bytes",
-           "regular_file", "require", "write_checked"]
+__all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
+           "encode_tree", "excerpt", "flat_prefix_length", "FrameworkFacts", "GraphNode",
+           "GraphTracing", "Group", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
+           "ParameterServer", "read_bytes", "regular_file", "require", "Restaging", "RUN_LAYOUT",
+           "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import itertools
 import operator
+import os
 import re
 from array import array
 from contextlib import contextmanager
@@ -68,6 +69,16 @@ def norm_speller(spellings: Mapping[str, str] | None = None) -> Callable[[str], 
 def norm_leaf(leaf: str, spellings: Mapping[str, str] | None = None) -> str:
     """``leaf`` spelled canonically (see :func:`norm_speller`)."""
     return norm_speller(spellings)(leaf)
+
+
+def flat_prefix_length(names: Sequence[str]) -> int:
+    """How much of a flat block's tensor names to drop: their common prefix, cut back to a '_'
+    boundary ('ssd0_mobilenet0_conv0_weight', 'ssd0_expand_...' -> 'ssd0_'), which is where a
+    framework's per-process counter lives; what remains is the same in every process."""
+    if not names:
+        return 0
+    prefix = os.path.commonprefix(list(names))
+    return prefix.rfind("_") + 1
 
 
 def module_of(name: str) -> str:
