@@ -16,10 +16,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import validate as V
 from .errors import SpecError
+from .layer_kinds import SELECTORS, TOKEN, check_selector, parse_token
+from .matching import Selection
 
 BN_POLICIES = ("train", "freeze", "freeze_frozen")
 BUILTIN_GROUPS = ("bias", "norm", "1d")
-RULE_KEYS = ("match", "trainable", "lr_mult", "wd_mult")
+RULE_KEYS = ("match", "layer", "trainable", "lr_mult", "wd_mult")
 # Spec keys in the order their rules are desugared (whatever order they were written in).
 SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups", "bn", "strict")
 # Sections of a recipe file that belong to other features; each registers itself here.
@@ -36,7 +38,10 @@ def check_keys(data: Mapping[str, Any], section: str, keys: Sequence[str]) -> No
 
 
 def _check_regex(pattern: Any, where: str) -> str:
-    """A rule's ``match``: a regex that compiles, or a ``@group`` reference."""
+    """A rule's ``match``: a regex that compiles, a ``@group`` reference or an ``@layer:KIND``."""
+    if isinstance(pattern, str) and pattern.startswith(TOKEN):
+        check_selector(parse_token(pattern), f"{where} ({pattern[:200]!r})")
+        return pattern
     if isinstance(pattern, str) and pattern.startswith("@"):
         if len(pattern) > 200 or not re.fullmatch(r"@[A-Za-z0-9_][\w+-]*", pattern):
             raise SpecError(f"{where}: {V.excerpt(pattern)} is not a group reference like '@heads' "
@@ -45,21 +50,25 @@ def _check_regex(pattern: Any, where: str) -> str:
     return V.regex(pattern, where)
 
 
-def _check_mult(value: Any, key: str, where: str) -> float:
-    """A multiplier: finite, in [0, MAX_FACTOR]; lr_mult 0 is refused (it does not freeze)."""
+def _check_mult(value: Any, key: str, where: str, trains: bool = False) -> float:
+    """A multiplier: finite, in [0, MAX_FACTOR]; lr_mult 0 is refused (it does not freeze) unless
+    the same rule says ``trainable: true`` (``trains``): training at lr 0 on purpose (MMEngine's
+    ``lr_mult: 0``: gradients computed, BatchNorm statistics updated, weights kept)."""
     path = where if where.startswith(key) else f"{where}.{key}"
     value = V.number(value, path, minimum=0.0, maximum=V.MAX_FACTOR)
-    if key == "lr_mult" and value == 0:
+    if key == "lr_mult" and value == 0 and not trains:
         raise SpecError(
-            f"{where}: lr_mult 0 does not freeze (momentum and weight decay still move the "
-            f"weights, and BatchNorm statistics still update): write trainable: false instead"
+            f"{where}: lr_mult 0 does not freeze (gradients are still computed and BatchNorm "
+            f"statistics still update): write trainable: false instead, or a rule with "
+            f"trainable: true and lr_mult: 0 to train at lr 0 on purpose"
         )
     return value
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One ordered rule: parameters whose canonical name fullmatches ``match`` get the set fields."""
+    """One ordered rule: parameters whose canonical name fullmatches ``match`` (and, with
+    ``layer``, that belong to a layer of that kind) get the set fields."""
 
     match: str
     trainable: bool | None = None
@@ -67,31 +76,73 @@ class Rule:
     wd_mult: float | None = None
     origin: str = "rules[0]"
     user: bool = True  # user-written rules must match something; preset rules come from cards
+    layer: str | None = None  # a layer-kind selector (tunespec.layer_kinds.SELECTORS)
 
     @classmethod
     def from_dict(cls, data: Any, origin: str, user: bool = True) -> "Rule":
         if not isinstance(data, Mapping):
             raise V.fail(origin, "a rule mapping like {match: 'fc\\..*', lr_mult: 10}", data)
         V.keys(data, origin, RULE_KEYS, "rule key")
-        if "match" not in data:
-            raise SpecError(f"{origin}: a rule needs 'match' (a regex on canonical names or '@group')")
-        match = _check_regex(data["match"], origin)
+        layer = data.get("layer")
+        if layer is not None:
+            check_selector(layer, f"{origin}.layer")
+        if "match" not in data and layer is None:
+            raise SpecError(f"{origin}: a rule needs 'match' (a regex on canonical names, '@group' or "
+                            f"'@layer:KIND') and/or 'layer' (one of {', '.join(SELECTORS)})")
+        if "match" in data:
+            match = _check_regex(data["match"], origin)
+        else:  # a layer kind alone is the '@layer:KIND' selection
+            match, layer = TOKEN + layer, None
         trainable = data.get("trainable")
         if trainable is not None:
             V.boolean(trainable, f"{origin}.trainable")
-        lr = None if data.get("lr_mult") is None else _check_mult(data["lr_mult"], "lr_mult", origin)
+        lr = None if data.get("lr_mult") is None else _check_mult(data["lr_mult"], "lr_mult", origin,
+                                                                  trains=trainable is True)
         wd = None if data.get("wd_mult") is None else _check_mult(data["wd_mult"], "wd_mult", origin)
         if trainable is None and lr is None and wd is None:
             raise SpecError(f"{origin}: rule {V.excerpt(match)} sets nothing; give trainable, lr_mult "
                             f"or wd_mult")
-        return cls(match, trainable, lr, wd, origin, user)
+        return cls(match, trainable, lr, wd, origin, user, layer)
+
+    @property
+    def selection(self) -> str:
+        """What the rule selects, for messages ('.*\\.weight' in conv layers)."""
+        return repr(self.match) + (f" in {self.layer} layers" if self.layer else "")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"match": self.match}
+        if self.layer is not None:
+            out["layer"] = self.layer
         for key in ("trainable", "lr_mult", "wd_mult"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+def _group_parts(value: Any, where: str) -> list[Selection]:
+    """A group's value: a regex, '@layer:KIND', {layer: KIND, match: regex}, or a list of those."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise V.fail(where, "a regex, '@layer:KIND', {layer: KIND, match: regex} or a list of them", value)
+    parts = []
+    for item in items:
+        if isinstance(item, Mapping):
+            V.keys(item, where, ("layer", "match"), "group key")
+            layer = check_selector(item.get("layer"), f"{where}.layer")
+            match = item.get("match")
+            if match is not None and (not isinstance(match, str) or match.startswith("@")):
+                raise V.fail(f"{where}.match", "a regex", match)
+            parts.append(Selection(None if match is None else _check_regex(match, where), layer))
+        elif isinstance(item, str) and item.startswith(TOKEN):
+            parts.append(Selection(None, check_selector(parse_token(item), where)))
+        elif isinstance(item, str):
+            if item.startswith("@"):
+                raise SpecError(f"{where}: groups are regexes or layer kinds; {V.excerpt(item)} refers "
+                                f"to a group")
+            parts.append(Selection(_check_regex(item, where), None))
+        else:
+            raise V.fail(where, "a regex, '@layer:KIND', {layer: KIND, match: regex} or a list of them", item)
+    return parts
 
 
 def _as_list(value: Any, key: str) -> list[str]:
@@ -113,7 +164,7 @@ class Spec:
     """An ordered rule list plus named groups, a BatchNorm policy and strictness."""
 
     rules: tuple[Rule, ...] = ()
-    groups: Mapping[str, str] = field(default_factory=dict)
+    groups: Mapping[str, "str | tuple[Selection, ...]"] = field(default_factory=dict)
     bn: str = "freeze_frozen"
     strict: bool = True
     preset_name: str | None = None
@@ -158,10 +209,12 @@ class Spec:
         return cls.from_dict({"preset": name, **extra})
 
     @staticmethod
-    def _groups(raw: Any) -> dict[str, str]:
+    def _groups(raw: Any) -> dict[str, "str | tuple[Selection, ...]"]:
+        """Each group: one regex (several joined into one), or, where a layer kind takes part,
+        the union of its :class:`~tunespec.matching.Selection` s."""
         if not isinstance(raw, Mapping):
             raise V.fail("groups", "a mapping {name: regex}", raw)
-        groups: dict[str, str] = {}
+        groups: dict[str, str | tuple[Selection, ...]] = {}
         for name, value in raw.items():
             if not isinstance(name, str) or len(name) > 200 or not re.fullmatch(r"[A-Za-z_][\w+-]*", name):
                 raise SpecError(f"groups: {V.excerpt(name)} is not a valid group name (letters, digits, "
@@ -169,13 +222,12 @@ class Spec:
             if name in BUILTIN_GROUPS:
                 raise SpecError(f"groups: {name!r} is a built-in group (@bias, @norm, @1d); "
                                 "pick another name")
-            regexes = _as_list(value, f"groups.{name}")
-            for regex in regexes:
-                if regex.startswith("@"):
-                    raise SpecError(f"groups.{name}: groups are regexes; {V.excerpt(regex)} refers to "
-                                    f"a group")
-                _check_regex(regex, f"groups.{name}")
-            groups[name] = regexes[0] if len(regexes) == 1 else "|".join(f"(?:{r})" for r in regexes)
+            parts = _group_parts(value, f"groups.{name}")
+            if all(p.layer is None for p in parts):
+                regexes = [p.match for p in parts]
+                groups[name] = regexes[0] if len(regexes) == 1 else "|".join(f"(?:{r})" for r in regexes)
+            else:
+                groups[name] = tuple(parts)
         return groups
 
     def with_strict(self, strict: bool | None) -> "Spec":
@@ -188,7 +240,8 @@ class Spec:
             out["preset"] = self.preset_name
         out["rules"] = [r.to_dict() for r in self.rules]
         if self.groups:
-            out["groups"] = dict(self.groups)
+            out["groups"] = {name: value if isinstance(value, str) else [p.to_dict() for p in value]
+                             for name, value in self.groups.items()}
         out["bn"] = self.bn
         out["strict"] = self.strict
         return out
