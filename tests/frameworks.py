@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # the base install: numpy comes with torch or mxnet
     np = None
 
 EXTRAS = {"torch": "torch", "torchvision": "torch", "mxnet": "mxnet", "gluoncv": "mxnet",
-          "safetensors": "safetensors", "lightning": "lightning"}
+          "safetensors": "safetensors", "lightning": "lightning", "mmengine": "test"}
 
 
 def _reason(module: str) -> str:

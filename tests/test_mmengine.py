@@ -1,0 +1,152 @@
+"""tunespec.from_mmengine side by side with MMEngine's own DefaultOptimWrapperConstructor:
+every parameter's lr and weight decay equal (float ==) for the same paramwise_cfg."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import tunespec
+from frameworks import needing, needs
+from tunespec import SpecError
+
+BASE_LR, BASE_WD = 0.01, 1e-4
+
+
+def small_mixed():
+    """Depthwise convs, BN, GN, LN, bias-free convs, an embedding, a top-level 1-d tensor."""
+    torch = needs("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 8)
+            self.backbone = nn.Sequential(
+                nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8),
+                nn.Conv2d(8, 8, 3, groups=8), nn.GroupNorm(2, 8),          # depthwise, with bias
+                nn.Conv2d(8, 16, 1, bias=False), nn.Conv2d(16, 16, 3, groups=16, bias=False),
+                nn.Conv2d(16, 16, 3, groups=4))                              # grouped, not depthwise
+            self.neck = nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16))
+            self.head = nn.Linear(16, 4)
+            self.pos = nn.Parameter(torch.zeros(16))                         # top-level, 1-d
+            self.scale = nn.Parameter(torch.ones(2, 2))                      # top-level, 2-d
+
+    return Net()
+
+
+def mmengine_lrs(model, cfg, base_wd=BASE_WD):
+    needs("mmengine")
+    from mmengine.optim import DefaultOptimWrapperConstructor
+
+    optimizer = {"type": "SGD", "lr": BASE_LR, "momentum": 0.9}
+    if base_wd is not None:
+        optimizer["weight_decay"] = base_wd
+    wrapper = DefaultOptimWrapperConstructor({"optimizer": optimizer}, cfg)(model)
+    return {id(p): (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups for p in g["params"]}
+
+
+def tunespec_lrs(model, cfg, base_wd=BASE_WD):
+    recipe = tunespec.from_mmengine(cfg, base_lr=BASE_LR, base_wd=base_wd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tunespec.TuneSpecWarning)  # rules for kinds a model lacks
+        opt = tunespec.plan(model, recipe).optimizer("sgd", lr=BASE_LR, weight_decay=base_wd or 0.0,
+                                                     momentum=0.9)
+    return {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+
+
+def assert_same(model, cfg, base_wd=BASE_WD):
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours, theirs = tunespec_lrs(model, cfg, base_wd), mmengine_lrs(model, cfg, base_wd)
+    assert set(ours) == set(theirs)
+    differ = {names[i]: (ours[i], theirs[i]) for i in ours if ours[i] != theirs[i]}
+    assert not differ, differ
+
+
+CONFIGS = [
+    {"bias_lr_mult": 2.0, "bias_decay_mult": 0.0, "norm_decay_mult": 0.0},
+    {"dwconv_decay_mult": 0.5, "flat_decay_mult": 0.25},
+    {"bias_decay_mult": 0.5, "dwconv_decay_mult": 0.0, "flat_decay_mult": 0.1},  # dw bias: bias wins
+    {"norm_decay_mult": 0.3, "bias_decay_mult": 0.7, "flat_decay_mult": 0.2, "dwconv_decay_mult": 0.4,
+     "bias_lr_mult": 0.5},
+    # overlapping keys: the longest wins ('backbone.2' over 'backbone'), then alphabetical; a key
+    # with a leading '.' reaches top-level tensors ('.pos' is a substring of '.pos' only)
+    {"custom_keys": {"backbone": {"lr_mult": 0.1}, "backbone.2": {"lr_mult": 0.0, "decay_mult": 0.0},
+                     "ne": {"decay_mult": 3.0}, "ck": {"lr_mult": 5.0}, ".pos": {"decay_mult": 0.0},
+                     ".sc": {"lr_mult": 2.0}},
+     "norm_decay_mult": 0.0, "bias_lr_mult": 2.0},
+    {"custom_keys": {"head": {"lr_mult": 10.0}, "embed": {"lr_mult": 0.0}}, "flat_decay_mult": 0.0},
+]
+
+
+@needing("mmengine")
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_small_model_equals_mmengine(cfg):
+    assert_same(small_mixed(), cfg)
+
+
+@needing("mmengine")
+def test_without_base_weight_decay():
+    assert_same(small_mixed(), {"bias_lr_mult": 3.0, "custom_keys": {"head": {"lr_mult": 0.5}}}, base_wd=None)
+
+
+@needing("mmengine")
+@needing("torchvision")
+def test_mobilenet_v3_small_equals_mmengine():
+    from torchvision.models import mobilenet_v3_small
+
+    model = mobilenet_v3_small(weights=None)
+    assert_same(model, {"norm_decay_mult": 0.0, "dwconv_decay_mult": 0.0, "bias_decay_mult": 0.5,
+                        "bias_lr_mult": 2.0, "custom_keys": {"classifier": {"lr_mult": 10.0},
+                                                             "features.1": {"lr_mult": 0.0}}})
+
+
+MULTS = st.sampled_from([0.0, 0.5, 2.0])
+KEYS = st.sampled_from(["backbone", "backbone.0", "backbone.2.", "head", ".pos", "weight", "bias", "neck.1"])
+
+
+@needing("mmengine")
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(st.fixed_dictionaries({}, optional={k: MULTS for k in ("bias_lr_mult", "bias_decay_mult", "norm_decay_mult",
+                                                             "dwconv_decay_mult", "flat_decay_mult")}),
+       st.dictionaries(KEYS, st.fixed_dictionaries({}, optional={"lr_mult": MULTS, "decay_mult": MULTS}),
+                       max_size=4))
+def test_combinations_equal_mmengine(cfg, custom):
+    assert_same(small_mixed(), {**cfg, "custom_keys": custom} if custom else cfg)
+
+
+def test_recipe_is_plain_yaml_and_ordered():
+    yaml = pytest.importorskip("yaml")
+    recipe = tunespec.from_mmengine({"custom_keys": {"a": {"lr_mult": 0.0}, "ab": {"decay_mult": 0.5}},
+                                     "bias_lr_mult": 2.0}, base_lr=0.1, base_wd=0.01)
+    assert yaml.safe_load(yaml.safe_dump(recipe)) == recipe
+    matches = [r["match"] for r in recipe["rules"]]
+    assert matches[-2:] == [".*a.*", ".*ab.*"]  # the longer key decides: it comes last
+    assert recipe["rules"][-2] == {"match": ".*a.*", "lr_mult": 0.0, "trainable": True, "wd_mult": 1.0}
+    assert recipe["strict"] is False
+
+
+def test_optimizer_section_from_mmengine_optimizer():
+    recipe = tunespec.from_mmengine({"norm_decay_mult": 0},
+                                    optimizer={"type": "SGD", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4})
+    assert recipe["optimizer"] == {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4}
+    assert tunespec.load_recipe(recipe).optimizer.lr == 0.02
+
+
+@pytest.mark.parametrize("cfg, kwargs, fragment", [
+    ({"bypass_duplicate": True}, {}, "bypass_duplicate: not reproduced"),
+    ({"dcn_offset_lr_mult": 0.1}, {}, "dcn_offset_lr_mult: not reproduced"),
+    ({"norm_decay_mul": 0}, {"base_wd": 1e-4}, "did you mean 'norm_decay_mult'"),
+    ({"norm_decay_mult": 0}, {}, "needs the base weight decay"),
+    ({"flat_decay_mult": 0}, {}, "needs the base weight decay"),  # MMEngine ignores it silently
+    ({"custom_keys": {"head": {"lr": 0.1}}}, {}, r"custom_keys\['head'\].'lr': not reproduced"),
+    ({"custom_keys": {"head": {"decay_mult": 0}}}, {}, "needs the base weight decay"),
+    ({"bias_lr_mult": -1}, {}, "bias_lr_mult"),
+    ({}, {"optimizer": {"type": "LARS", "lr": 0.1}}, "'LARS' is not imported"),
+    ({}, {"optimizer": {"type": "AdamW", "lr": 0.1}}, "give weight_decay"),
+])
+def test_what_cannot_be_reproduced_is_refused(cfg, kwargs, fragment):
+    with pytest.raises(SpecError, match=fragment):
+        tunespec.from_mmengine(cfg, **kwargs)
