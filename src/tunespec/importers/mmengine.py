@@ -161,3 +161,60 @@ def _optimizer(cfg: Any, base_lr: Any, base_wd: Any) -> tuple[dict[str, Any], fl
     if wd is not None:
         section["weight_decay"] = wd
     return section, lr, wd
+
+
+# --- whole configs (the command line: tunespec convert --from mmengine CONFIG) ---------------
+WRAPPER_KEYS = ("type", "optimizer", "paramwise_cfg", "constructor")
+WRAPPER_TYPES = ("OptimWrapper", "AmpOptimWrapper")  # the same per-parameter lr and weight decay
+
+
+def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe from a whole MMEngine config: its ``optim_wrapper`` (optimizer + paramwise_cfg).
+
+    Anything in ``optim_wrapper`` that changes training beyond per-parameter lr and weight decay
+    (``clip_grad``, ``accumulative_counts``, another constructor) is refused, naming it.
+    """
+    config = V.mapping(config, "config", "{optim_wrapper: {optimizer: {...}, paramwise_cfg: {...}}}")
+    if "optim_wrapper" not in config:
+        import difflib
+
+        close = difflib.get_close_matches("optim_wrapper", [str(k) for k in config], n=1, cutoff=0.7)
+        hint = f"; is {close[0]!r} a misspelling of it?" if close else ""
+        raise SpecError(f"config: no optim_wrapper (the MMEngine section with optimizer and "
+                        f"paramwise_cfg){hint}")
+    wrapper = V.mapping(config["optim_wrapper"], "optim_wrapper", "{optimizer: {type: SGD, lr: 0.01}}")
+    for key in wrapper:
+        if key not in WRAPPER_KEYS:
+            raise SpecError(f"optim_wrapper.{V.excerpt(key)}: not converted (a recipe sets per-parameter "
+                            f"lr and weight decay only); remove it to convert the rest")
+    if wrapper.get("type", "OptimWrapper") not in WRAPPER_TYPES:
+        raise SpecError(f"optim_wrapper.type: {V.excerpt(wrapper['type'])} is not converted; "
+                        f"{', '.join(WRAPPER_TYPES)} are")
+    if wrapper.get("constructor", "DefaultOptimWrapperConstructor") != "DefaultOptimWrapperConstructor":
+        raise SpecError(f"optim_wrapper.constructor: {V.excerpt(wrapper['constructor'])} is not converted; "
+                        f"only DefaultOptimWrapperConstructor's paramwise_cfg is")
+    if "optimizer" not in wrapper:
+        raise SpecError("optim_wrapper: no optimizer; MMEngine reads lr and weight_decay from it")
+    return from_mmengine(wrapper.get("paramwise_cfg"), optimizer=wrapper["optimizer"])
+
+
+def read_config(path: str, allow_exec: bool = False) -> Mapping[str, Any]:
+    """An MMEngine config file as data: .json/.yaml/.yml are read as untrusted data; a .py config
+    is Python that runs when read, so only with ``allow_exec`` and through mmengine's Config."""
+    from ..spec import read_recipe
+
+    if not str(path).endswith(".py"):
+        return read_recipe(path)
+    if not allow_exec:
+        raise SpecError(f"{V.excerpt(str(path))}: a Python config runs its code when read; pass "
+                        f"--exec-config to allow that (trusted files only), or give it as .json/.yaml "
+                        f"(mmengine: Config.fromfile(path).dump('config.yaml'))")
+    try:
+        from mmengine.config import Config
+    except ImportError:
+        raise SpecError("reading a Python config needs mmengine: pip install mmengine==0.10.7, or give "
+                        "the config as .json/.yaml") from None
+    try:
+        return Config.fromfile(path).to_dict()
+    except Exception as exc:  # mmengine reports a bad config in many exception types
+        raise SpecError(f"{V.excerpt(str(path))}: mmengine cannot read it: {V.excerpt(str(exc))}") from None
