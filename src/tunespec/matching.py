@@ -112,6 +112,19 @@ class Matcher:
         hits = self._select(match, groups, origin)
         return self._in_kind(hits, layer, origin) if layer is not None else hits
 
+    def select_rule(self, rule: Any, groups: Mapping[str, Any]) -> list[int]:
+        """Positions a spec rule selects: by ``match`` or ``native``, then by ``layer``."""
+        if rule.native is None:
+            return self.select(rule.match, groups, rule.origin, rule.layer)
+        hits = self.select_native(rule.native, rule.origin)
+        return self._in_kind(hits, rule.layer, rule.origin) if rule.layer is not None else hits
+
+    def select_native(self, pattern: str, origin: str) -> list[int]:
+        """Positions of the parameters whose native name ``re.match``-es ``pattern`` (matched at
+        the start only, as Gluon's ``collect_params(pattern)`` selects by prefixed name)."""
+        natives = self.listing.natives
+        return scan(pattern, [natives[row] for row in self.rows], origin, full=False, until=self.until)
+
     def _in_kind(self, hits: Sequence[int], layer: str, origin: str) -> list[int]:
         ls = self.listing
         mask = layer_mask(layer, ls.layer_kinds, ls.layer_norms, origin)
@@ -151,11 +164,13 @@ class Matcher:
         hit = {owners[lo + k] for k in scan(match, self._names[lo:hi], origin, until=self.until)}
         return sorted(hit)
 
-    def suggest(self, regex: str, layer: str | None = None) -> str:
+    def suggest(self, regex: str, layer: str | None = None, native: bool = False) -> str:
         """A hint for a rule that matched nothing: close names, or why it missed."""
         if not self.rows:
             return "the model has no parameters"
         ls = self.listing
+        if native:
+            return "native names look like " + ", ".join(repr(ls.natives[r]) for r in self.rows[:3])
         if layer is not None or regex.startswith(TOKEN):
             kinds = sorted({ls.layer_kinds[ls.layers[row]] for row in self.rows})
             return f"its parameters' layer kinds are {', '.join(kinds)}"

@@ -21,7 +21,7 @@ from .matching import Selection
 
 BN_POLICIES = ("train", "freeze", "freeze_frozen")
 BUILTIN_GROUPS = ("bias", "norm", "1d")
-RULE_KEYS = ("match", "layer", "trainable", "lr_mult", "wd_mult")
+RULE_KEYS = ("match", "native", "layer", "trainable", "lr_mult", "wd_mult")
 # Spec keys in the order their rules are desugared (whatever order they were written in).
 SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups", "bn", "strict")
 # Sections of a recipe file that belong to other features; each registers itself here.
@@ -67,16 +67,19 @@ def _check_mult(value: Any, key: str, where: str, trains: bool = False) -> float
 
 @dataclass(frozen=True)
 class Rule:
-    """One ordered rule: parameters whose canonical name fullmatches ``match`` (and, with
-    ``layer``, that belong to a layer of that kind) get the set fields."""
+    """One ordered rule: parameters whose canonical name fullmatches ``match`` (or, instead,
+    whose native name the backend reports ``re.match``-es ``native``, the way Gluon's
+    ``collect_params(pattern)`` selects; and, with ``layer``, that belong to a layer of that kind)
+    get the set fields."""
 
-    match: str
+    match: str | None
     trainable: bool | None = None
     lr_mult: float | None = None
     wd_mult: float | None = None
     origin: str = "rules[0]"
     user: bool = True  # user-written rules must match something; preset rules come from cards
     layer: str | None = None  # a layer-kind selector (tunespec.layer_kinds.SELECTORS)
+    native: str | None = None  # a regex re.match-ed against native names (instead of match)
 
     @classmethod
     def from_dict(cls, data: Any, origin: str, user: bool = True) -> "Rule":
@@ -86,10 +89,20 @@ class Rule:
         layer = data.get("layer")
         if layer is not None:
             check_selector(layer, f"{origin}.layer")
-        if "match" not in data and layer is None:
+        native = data.get("native")
+        if native is not None:
+            if "match" in data:
+                raise SpecError(f"{origin}: give match (canonical names) or native (the framework's own "
+                                f"names, re.match like Gluon's collect_params), not both")
+            if not isinstance(native, str) or native.startswith("@"):
+                raise V.fail(f"{origin}.native", "a regex on native names, e.g. '.*dense'", native)
+            native = V.regex(native, f"{origin}.native")
+            match = None
+        elif "match" not in data and layer is None:
             raise SpecError(f"{origin}: a rule needs 'match' (a regex on canonical names, '@group' or "
-                            f"'@layer:KIND') and/or 'layer' (one of {', '.join(SELECTORS)})")
-        if "match" in data:
+                            f"'@layer:KIND'), 'native' (a regex on native names) and/or 'layer' (one "
+                            f"of {', '.join(SELECTORS)})")
+        elif "match" in data:
             match = _check_regex(data["match"], origin)
         else:  # a layer kind alone is the '@layer:KIND' selection
             match, layer = TOKEN + layer, None
@@ -100,17 +113,18 @@ class Rule:
                                                                   trains=trainable is True)
         wd = None if data.get("wd_mult") is None else _check_mult(data["wd_mult"], "wd_mult", origin)
         if trainable is None and lr is None and wd is None:
-            raise SpecError(f"{origin}: rule {V.excerpt(match)} sets nothing; give trainable, lr_mult "
-                            f"or wd_mult")
-        return cls(match, trainable, lr, wd, origin, user, layer)
+            raise SpecError(f"{origin}: rule {V.excerpt(match or native)} sets nothing; give trainable, "
+                            f"lr_mult or wd_mult")
+        return cls(match, trainable, lr, wd, origin, user, layer, native)
 
     @property
     def selection(self) -> str:
         """What the rule selects, for messages ('.*\\.weight' in conv layers)."""
-        return repr(self.match) + (f" in {self.layer} layers" if self.layer else "")
+        what = repr(self.match) if self.native is None else f"native {self.native!r}"
+        return what + (f" in {self.layer} layers" if self.layer else "")
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"match": self.match}
+        out: dict[str, Any] = {"match": self.match} if self.native is None else {"native": self.native}
         if self.layer is not None:
             out["layer"] = self.layer
         for key in ("trainable", "lr_mult", "wd_mult"):
