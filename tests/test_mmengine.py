@@ -150,3 +150,75 @@ def test_optimizer_section_from_mmengine_optimizer():
 def test_what_cannot_be_reproduced_is_refused(cfg, kwargs, fragment):
     with pytest.raises(SpecError, match=fragment):
         tunespec.from_mmengine(cfg, **kwargs)
+
+
+# --- MMDetection's frozen_stages / norm_eval ------------------------------------------------
+def mmdet_resnet():
+    """mmdet's ResNet class, importing mmdet 3.3.0 beside mmcv-lite 2.1.0 (no compiled ops: the
+    model modules import mmcv.ops names at import time, so those resolve to stubs that refuse use)."""
+    import importlib.abc
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("mmdet") is None or importlib.util.find_spec("mmcv") is None:
+        pytest.skip("needs mmdet==3.3.0 and mmcv-lite==2.1.0 (pip install --no-deps; plus pycocotools, "
+                    "shapely, terminaltables, six)")
+
+    class Missing:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("mmcv.ops is a stub here (mmcv-lite has no compiled ops)")
+
+    class Ops(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return Missing
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mmcv.ops" or name.startswith("mmcv.ops."):
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+            return None
+
+        def create_module(self, spec):
+            module = Ops(spec.name)
+            module.__path__ = []
+            return module
+
+        def exec_module(self, module):
+            pass
+
+    finder = Finder()
+    sys.meta_path.insert(0, finder)
+    try:
+        from mmdet.models.backbones.resnet import ResNet
+    finally:
+        sys.meta_path.remove(finder)
+    return ResNet
+
+
+def stats_updated(model):
+    """Names of the BatchNorm layers whose running mean moves in one training-mode forward pass."""
+    torch = needs("torch")
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    before = {n: m.running_mean.clone() for n, m in bns.items()}
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    return {n for n, m in bns.items() if not torch.equal(m.running_mean, before[n])}
+
+
+@pytest.mark.parametrize("norm_eval, bn", [(True, "freeze"), (False, "freeze_frozen")])
+def test_mmdet_frozen_stages_and_norm_eval(norm_eval, bn):
+    ResNet = mmdet_resnet()
+    theirs = ResNet(depth=18, frozen_stages=2, norm_eval=norm_eval)
+    ours = ResNet(depth=18, frozen_stages=-1, norm_eval=False)
+    ours.load_state_dict(theirs.state_dict())
+    recipe = {"freeze": [r"(conv1|bn1)\..*", r"layer[12]\..*"], "bn": bn}  # frozen_stages=2
+    tunespec.apply(ours, recipe)
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == \
+        {n for n, p in theirs.named_parameters() if p.requires_grad}
+    updated = stats_updated(theirs)
+    assert stats_updated(ours) == updated
+    assert bool(updated) is not norm_eval  # norm_eval: none move; else the trained stages' do
