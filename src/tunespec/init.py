@@ -26,7 +26,7 @@ from .cards import card_for
 from .dispatch import backend_for
 from . import validate as V
 from .errors import SpecError
-from .layer_kinds import SELECTORS, fans, layer_mask
+from .layer_kinds import SELECTORS, check_layouts, fans, layer_mask
 from .listing import TensorInfo
 from .matching import Matcher
 from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
@@ -221,6 +221,8 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
             chosen[i] = rule
     plans = []
     layouts = getattr(be, "weight_layouts", None)
+    if layouts is not None:
+        check_layouts(layouts, be.name)
     for i in sorted(chosen):  # every distribution is checked before anything is written
         t = params[i]
         if t.shape is None or 0 in t.shape:

@@ -93,7 +93,7 @@ class Rule:
         if native is not None:
             if "match" in data:
                 raise SpecError(f"{origin}: give match (canonical names) or native (the framework's own "
-                                f"names, re.match like Gluon's collect_params), not both")
+                                f"names, matched at their start), not both")
             if not isinstance(native, str) or native.startswith("@"):
                 raise V.fail(f"{origin}.native", "a regex on native names, e.g. '.*dense'", native)
             native = V.regex(native, f"{origin}.native")
