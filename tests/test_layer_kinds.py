@@ -204,3 +204,19 @@ def test_native_rules_on_torch_match_at_the_start_of_dotted_names():
         tunespec.plan(torch_net(), {"rules": [{"native": "8", "match": "8.*", "trainable": True}]})
     with pytest.raises(SpecError, match="give train_patterns"):
         tunespec.from_gluoncv()
+
+
+# --- the core alone, on the fake backend (no framework) -----------------------------------
+def test_kinds_and_native_rules_on_the_fake_backend():
+    from fake_backend import fake_plan, small_net
+
+    plan = fake_plan(small_net(), {"wd_mult": {"@layer:batch_norm": 0},
+                                   "rules": [{"layer": "linear", "lr_mult": 10},
+                                             {"native": "layer1_", "trainable": False}]})
+    got = {d.name: (d.trainable, d.lr_mult, d.wd_mult) for d in plan.decisions}
+    assert got["stem.bn.weight"] == (True, 1.0, 0.0) and got["stem.conv.weight"] == (True, 1.0, 1.0)
+    assert got["fc.weight"] == (True, 10.0, 1.0)
+    assert [n for n, (t, _, _) in got.items() if not t] == ["layer1.0.conv.weight", "layer1.0.bn.weight",
+                                                           "layer1.0.bn.bias"]
+    with pytest.raises(SpecError, match="layer kinds are batch_norm, conv, linear"):
+        fake_plan(small_net(), {"rules": [{"layer": "embedding", "trainable": False}]})
