@@ -10,6 +10,7 @@ import pytest
 import tunespec
 from frameworks import needing, needs
 from tunespec import SpecError
+from tunespec.importers import from_gluoncv
 from tunespec.layer_kinds import KINDS, SELECTORS
 
 
@@ -173,7 +174,7 @@ def test_faster_rcnn_train_patterns_train_what_gluon_collects():
     net = import_gluoncv().model_zoo.get_model("faster_rcnn_resnet50_v1b_voc", pretrained=False,
                                                pretrained_base=False)
     net.initialize()
-    recipe = tunespec.from_gluoncv(train_patterns=net.train_patterns)
+    recipe = from_gluoncv(train_patterns=net.train_patterns)
     assert recipe == {"freeze": [".*"], "rules": [{"native": net.train_patterns, "trainable": True}]}
     ours = gluon_trainable(net, recipe)
     assert ours == collected(net, net.train_patterns) and 0 < len(ours) < len(collected(net, ".*"))
@@ -187,7 +188,7 @@ def test_qa_freeze_pattern_and_no_wd_equal_gluon():
     net.initialize()
     dense = next(n for n in net.collect_params().keys() if "dense" in n).partition("dense")[0]
     pattern = f"(?!{dense}dense).*"  # the Q&A's '(?!dense).*' on a model whose names carry a prefix
-    plan = tunespec.plan(net, tunespec.from_gluoncv(freeze_patterns=pattern, no_wd=True))
+    plan = tunespec.plan(net, from_gluoncv(freeze_patterns=pattern, no_wd=True))
     frozen = {id(d.tensor.handle) for d in plan.frozen}
     assert frozen == collected(net, pattern) and len(plan.trainable) == 2
     no_wd = {id(d.tensor.handle) for d in plan.decisions if d.trainable and d.wd_mult == 0}
@@ -203,7 +204,7 @@ def test_native_rules_on_torch_match_at_the_start_of_dotted_names():
     with pytest.raises(SpecError, match="not both"):
         tunespec.plan(torch_net(), {"rules": [{"native": "8", "match": "8.*", "trainable": True}]})
     with pytest.raises(SpecError, match="give train_patterns"):
-        tunespec.from_gluoncv()
+        from_gluoncv()
 
 
 # --- the core alone, on the fake backend (no framework) -----------------------------------

@@ -58,9 +58,6 @@ _LAYER_KINDS: tuple[tuple[type, str], ...] = tuple((c, kind) for c, kind in (
 _OP_KINDS = {"Convolution": "conv", "Deconvolution": "conv", "FullyConnected": "linear",
              "Embedding": "embedding", "BatchNorm": "batch_norm", "LayerNorm": "layer_norm",
              "GroupNorm": "group_norm", "InstanceNorm": "instance_norm"}
-# Gluon's Dense (units, in_units) and NC* convolutions (channels, in_channels / groups, *kernel)
-# have torch's layout, and Gluon's own Xavier reads them the same way.
-WEIGHT_LAYOUTS = {"default": ("out", "in", "spatial")}
 
 
 def _block_kind(cls: type) -> tuple[str, bool, bool, str]:
@@ -101,8 +98,6 @@ def _shape(p: gluon.Parameter) -> tuple[int, ...] | None:
 
 
 class MXNetListing:
-    weight_layouts = WEIGHT_LAYOUTS
-
     def listing(self, model: gluon.Block) -> Listing:
         found = ListingBuilder(FACTS.leaf_spellings)
         add, layer = found.add, found.layer  # called per tensor / per block on 100,000-tensor models

@@ -50,9 +50,6 @@ _LAYER_KINDS: tuple[tuple[type, str], ...] = (
     (nn.GroupNorm, "group_norm"), (nn.LocalResponseNorm, "local_response_norm"),
     (nn.CrossMapLRN2d, "local_response_norm"),
 ) + (((nn.RMSNorm, "rms_norm"),) if hasattr(nn, "RMSNorm") else ())
-# Fan-in / fan-out of every weight: torch lays out (out, in / groups, *kernel), and torch.nn.init
-# reads transposed convolutions' weights the same way; tunespec's init follows torch's own.
-WEIGHT_LAYOUTS = {"default": ("out", "in", "spatial")}
 _KINDS: dict[type, tuple[bool, bool, str | None, str]] = {}
 
 
@@ -79,8 +76,6 @@ def _conv_kind(module: nn.Module) -> str:
 
 
 class TorchListing:
-    weight_layouts = WEIGHT_LAYOUTS
-
     def listing(self, model: nn.Module) -> Listing:
         found = ListingBuilder(FACTS.leaf_spellings)
         add, layer = found.add, found.layer  # bound once: called per tensor on 100,000-tensor models

@@ -188,7 +188,7 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
     if not isinstance(strict, bool):
         raise SpecError(f"initialize: strict must be True or False, got {excerpt(strict)}")
     if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"initialize: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
+        raise SpecError(f"initialize: backend must be a backend's name or None, got {excerpt(backend)}")
     groups: dict[str, str] = {}
     if not isinstance(init, InitSpec):
         recipe = load_recipe(init)
@@ -220,7 +220,7 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
         for i in hits:
             chosen[i] = rule
     plans = []
-    layouts = getattr(be, "weight_layouts", None)
+    layouts = be.facts.weight_layouts or None
     if layouts is not None:
         check_layouts(layouts, be.name)
     for i in sorted(chosen):  # every distribution is checked before anything is written
