@@ -141,8 +141,10 @@ class Matcher:
                 where = f"{origin} (group @{name})"
                 hit: set[int] = set()
                 for part in groups[name]:
-                    hit.update(self.select(part.match if part.match is not None else ".*", {}, where,
-                                           part.layer))
+                    if part.match is None:  # a kind alone: no name to match
+                        hit.update(self._in_kind(range(len(self.rows)), part.layer, where))
+                    else:
+                        hit.update(self.select(part.match, {}, where, part.layer))
                 return sorted(hit)
             if name in groups:
                 return self.select(groups[name], {}, f"{origin} (group @{name})")
