@@ -221,3 +221,10 @@ def test_kinds_and_native_rules_on_the_fake_backend():
                                                            "layer1.0.bn.bias"]
     with pytest.raises(SpecError, match="layer kinds are batch_norm, conv, linear"):
         fake_plan(small_net(), {"rules": [{"layer": "embedding", "trainable": False}]})
+
+
+@needing("torch")
+@needing("mxnet")
+def test_layer_norm_selector_is_the_norm_group():
+    for model in (torch_net(), gluon_net()):
+        assert selected(model, {"wd_mult": {"@layer:norm": 0}}) == selected(model, {"wd_mult": {"@norm": 0}})
