@@ -16,7 +16,7 @@ BASE_LR, BASE_WD = 0.01, 1e-4
 
 
 def small_mixed():
-    """Depthwise convs, BN, GN, LN, bias-free convs, an embedding, a top-level 1-d tensor."""
+    """Depthwise convs, BN, GN, LN, bias-free convs, an embedding, top-level tensors."""
     torch = needs("torch")
     nn = torch.nn
 
@@ -33,6 +33,8 @@ def small_mixed():
             self.head = nn.Linear(16, 4)
             self.pos = nn.Parameter(torch.zeros(16))                         # top-level, 1-d
             self.scale = nn.Parameter(torch.ones(2, 2))                      # top-level, 2-d
+            self.bias = nn.Parameter(torch.zeros(4))                         # a bias by its own name
+            self.q_bias = nn.Parameter(torch.zeros(4))                       # not a bias to MMEngine
 
     return Net()
 

@@ -28,7 +28,9 @@ CUSTOM_KEYS = ("lr_mult", "decay_mult")
 # MMEngine's norm layers: _BatchNorm, _InstanceNorm, GroupNorm, LayerNorm (no RMSNorm).
 NORM_KINDS = ("batch_norm", "instance_norm", "group_norm", "layer_norm")
 NORM_GROUP, NORM_BIAS_GROUP = "mmengine_norm", "mmengine_norm_bias"
-BIAS = r"(?:.*\.)?bias"  # MMEngine tests the tensor's own name: 'bias', never 'q_bias'
+# MMEngine tests the tensor's own name: 'bias', never 'q_bias' (an alternation rather than an
+# optional group keeps the regex on the fast matcher)
+BIAS = r"bias|.*\.bias"
 OPTIMIZERS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
 WHERE = "paramwise_cfg"
 
