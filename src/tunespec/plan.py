@@ -210,7 +210,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     matches = [matcher.select_rule(r, groups) for r in rules]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
-            raise SpecError(f"{r.origin}: the {family} card's {r.match!r} matches no parameter of this "
+            raise SpecError(f"{r.origin}: the {family} card's {r.selection} matches no parameter of this "
                             f"{listing.model_type}; the card does not fit this model. Register a card "
                             f"for it (tunespec.register_card) or write freeze/train rules")
     missed = [r for r, hits in zip(rules, matches, strict=True) if not hits and r.user]
