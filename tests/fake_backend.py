@@ -22,6 +22,7 @@ FACTS = FrameworkFacts(
     name="fake", framework=__name__, backend=f"{__name__}:BACKEND", extra="",
     model_type="a fake_backend.FakeLayer", optimizer_type="a fake optimizer",
     file_suffixes=(".fake",),
+    weight_layouts={"default": ("out", "in", "spatial")},
 )
 
 
@@ -102,6 +103,10 @@ class FakeLRScheduler:
     optimizer: FakeOptimizer
 
 
+# The fake layer kinds as tunespec's layer kinds (what a real backend maps its classes onto).
+LAYER_KINDS = {"conv": "conv", "linear": "linear", "norm": "batch_norm"}
+
+
 class FakeBackend:
     name = "fake"
     facts = FACTS
@@ -117,7 +122,7 @@ class FakeBackend:
         found = ListingBuilder(FACTS.leaf_spellings)
 
         def walk(layer: FakeLayer, path: tuple[str, ...], wrappers: frozenset[int]) -> None:
-            found.layer(path, layer.kind, layer.kind == "norm", wrappers)
+            found.layer(path, layer.kind, layer.kind == "norm", wrappers, LAYER_KINDS.get(layer.kind, "other"))
             for table, state in ((layer.params, False), (layer.stats, True)):
                 for leaf, t in table.items():
                     found.add(t, leaf, native="_".join(path + (leaf,)), shape=t.shape, is_state=state,

@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # the base install: numpy comes with torch or mxnet
 
 EXTRAS = {"torch": "torch", "torchvision": "torch", "mxnet": "mxnet", "gluoncv": "mxnet",
           "safetensors": "safetensors", "lightning": "lightning", "timm": "test",
-          "transformers": "huggingface"}
+          "transformers": "huggingface", "mmengine": "test"}
 
 
 def _reason(module: str) -> str:

@@ -22,4 +22,7 @@ FACTS = FrameworkFacts(
                        "lazy_update": "boolean"},
     zoos=("gluoncv",),
     server_role_variable="DMLC_ROLE",
+    # Dense (units, in_units) and NC* convolutions (channels, in_channels / groups, *kernel) have
+    # torch's layout, and Gluon's own Xavier reads them the same way.
+    weight_layouts={"default": ("out", "in", "spatial")},
 )

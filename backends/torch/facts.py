@@ -20,4 +20,7 @@ FACTS = FrameworkFacts(
     ignored_state=r"(.*\.)?num_batches_tracked",
     semantics=("torch",),
     zoos=("torchvision",),
+    # (out, in / groups, *kernel); torch.nn.init reads transposed convolutions' weights the same
+    # way, and tunespec's init follows torch's own.
+    weight_layouts={"default": ("out", "in", "spatial")},
 )

@@ -10,7 +10,7 @@ from .cache import FrozenPrefix, cache_frozen
 from .cards import Card, register_card
 from .checkpoint import resume, save_checkpoint
 from .errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWarning
-from .importers import from_timm
+from .importers import from_mmengine, from_timm
 from .init import InitReport, InitSpec, initialize
 from .loading import LoadReport, load
 from .naming import NameMap
@@ -28,7 +28,7 @@ __all__ = [
     "StalePlanError", "TuneSpecWarning", "VerifyReport", "apply", "load_spec", "optimizer", "plan",
     "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
     "LoadReport", "load", "InitReport", "InitSpec", "initialize",
-    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint", "shard", "from_timm",
+    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint", "shard", "from_timm", "from_mmengine",
     "FrameworkFacts", "register_backend", "unregister_backend",
 ]
 __version__ = "0.1.0"

@@ -55,6 +55,10 @@ class FrameworkFacts:
     optimizer_options: Mapping[str, str] = field(default_factory=dict)  # extra option -> value kind
     zoos: tuple[str, ...] = ()  # model zoos its ModelZoo capability builds from
     server_role_variable: str = ""  # environment variable naming a parameter-server process's role
+    # Per layer kind (tunespec.layer_kinds.KINDS; 'default' for the rest), how a weight's
+    # dimensions are laid out: ('out', 'in', 'spatial') names fan-out, fan-in and the kernel
+    # dims, for init's fan-based methods. Empty: the backend declares none (those methods refuse).
+    weight_layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     tunespec plan RECIPE --model ZOO:NAME          what a recipe does to a model
     tunespec diff RECIPE --a ZOO:NAME --b ZOO:NAME  where two models' plans differ
     tunespec port SRC DST --from ZOO:NAME --to ZOO:NAME   convert weights between frameworks
+    tunespec convert --from mmengine CONFIG [--out RECIPE.yaml]   a peer's config as a recipe
 
 ZOO is a model zoo a backend builds from offline (see each backend's facts) or a Python module.
 """
@@ -110,6 +111,28 @@ def save_weights(model: Any, path: str) -> None:
     atomic_write(path, lambda tmp: be.save_file(model, tmp), "port")
 
 
+def _convert_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .files import atomic_write
+    from .importers.mmengine import from_mmengine_config, read_config
+
+    recipe = from_mmengine_config(read_config(args.config, allow_exec=args.exec_config))
+    text = f"# converted from {args.config} by tunespec convert --from {args.source}\n" + \
+        yaml.safe_dump(recipe, sort_keys=False)
+    if args.out is None:
+        print(text, end="")
+        return 0
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(args.out, write, "convert --out")
+    print(f"wrote {args.out}: {len(recipe['rules'])} rules")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunespec", description=__doc__)
     model_help = " or ".join([*(f"{z}:NAME" for z in zoos()), "module.path:factory"])
@@ -139,6 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="read a SRC that needs pickle (runs code from the file: trusted files only)")
     port_p.add_argument("--input-size", type=int)
     port_p.set_defaults(func=_port_command)
+    convert_p = sub.add_parser("convert", help="a peer's fine-tuning config as a recipe YAML")
+    convert_p.add_argument("config", help="MMEngine config (.json, .yaml; .py with --exec-config)")
+    convert_p.add_argument("--from", dest="source", required=True, choices=["mmengine"],
+                           help="whose config it is")
+    convert_p.add_argument("--out", help="recipe file to write (default: print it)")
+    convert_p.add_argument("--exec-config", action="store_true",
+                           help="read a .py config with mmengine's Config (runs its code: trusted files only)")
+    convert_p.set_defaults(func=_convert_command)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

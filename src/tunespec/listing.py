@@ -101,6 +101,7 @@ class TensorInfo:
     lr_mult: float
     wd_mult: float
     aliases: tuple[str, ...] = ()  # other canonical names of the same tensor (tied weights)
+    layer_kind: str = "other"  # the owning layer's kind (tunespec.layer_kinds.KINDS)
 
     @property
     def ndim(self) -> int | None:
@@ -146,6 +147,7 @@ class Listing:
     layers: Sequence[int]  # row -> index into layer_types / layer_norms
     layer_types: list[str]
     layer_norms: list[bool]
+    layer_kinds: list[str]  # per layer, one of tunespec.layer_kinds.KINDS
     is_state: Sequence[int]  # 0/1 (numeric columns are arrays: see ListingBuilder)
     trainable: Sequence[int]  # 0/1
     lr_mults: Sequence[float]
@@ -162,7 +164,7 @@ class Listing:
         return TensorInfo(self.handles[row], self.names[row], self.natives[row], self.shapes[row],
                           self.layer_types[layer], self.layer_norms[layer], bool(self.is_state[row]),
                           bool(self.trainable[row]), self.lr_mults[row], self.wd_mults[row],
-                          self.aliases.get(row, ()))
+                          self.aliases.get(row, ()), self.layer_kinds[layer])
 
     def is_norm(self, row: int) -> bool:
         return self.layer_norms[self.layers[row]]
@@ -193,7 +195,8 @@ class Listing:
 class ListingBuilder:
     """Collects what a backend finds while walking a model, straight into a listing's columns.
 
-    The backend announces each layer with ``layer(path, layer_type, is_norm, wrappers)``, then
+    The backend announces each layer with ``layer(path, layer_type, is_norm, wrappers, kind)``
+    (``kind``: one of :data:`tunespec.layer_kinds.KINDS`), then
     adds its tensors with ``add(handle, leaf, native, shape, is_state, trainable, lr_mult,
     wd_mult)``; a tensor met again (tied weights, shared Gluon parameters) becomes an alias.
     Both are closures over the columns, not methods: ``add`` runs once per tensor, 100,000 times
@@ -211,18 +214,20 @@ class ListingBuilder:
         layers = array("l")
         layer_types: list[str] = []
         layer_norms: list[bool] = []
+        layer_kinds: list[str] = []
         states, trainables = array("b"), array("b")
         lr_mults, wd_mults = array("d"), array("d")
         # The current layer: index, canonical 'a.b.', native 'a.module.b.', renames leaves.
         layer_index, prefix, native_prefix, renames, norm = -1, "", "", False, False
 
         def layer(path: tuple[str, ...], layer_type: str, is_norm: bool = False,
-                  wrappers: Collection[int] = ()) -> None:
+                  wrappers: Collection[int] = (), kind: str = "other") -> None:
             """Start a layer at ``path`` (``wrappers``: positions in it that are wrapper attributes)."""
             nonlocal layer_index, prefix, native_prefix, renames, norm
             layer_index = len(layer_types)
             layer_types.append(layer_type)
             layer_norms.append(is_norm)
+            layer_kinds.append(kind)
             native_prefix = ".".join(path) + "." if path else ""
             if wrappers:
                 kept = [s for i, s in enumerate(path) if i not in wrappers]
@@ -257,8 +262,8 @@ class ListingBuilder:
             return prefix[:-1]
 
         self.layer, self.add, self._current = layer, add, current
-        self._columns = (handles, names, natives, shapes, layers, layer_types, layer_norms, states,
-                         trainables, lr_mults, wd_mults)
+        self._columns = (handles, names, natives, shapes, layers, layer_types, layer_norms, layer_kinds,
+                         states, trainables, lr_mults, wd_mults)
         self.norms: list[NormInfo] = []
         self._ids: tuple[int, set[int]] | None = None
 
@@ -305,10 +310,10 @@ class ListingBuilder:
             elif names[row] != names[at] and names[row] not in aliases.get(at, ()):
                 aliases[at] = aliases.get(at, ()) + (names[row],)
         renumber = {row: new for new, row in enumerate(keep)}
-        handles, names, natives, shapes, layers, layer_types, layer_norms, *flags = columns
+        handles, names, natives, shapes, layers, layer_types, layer_norms, layer_kinds, *flags = columns
         kept: list[Any] = [[column[row] for row in keep] for column in (handles, names, natives, shapes)]
         kept += [array(column.typecode, [column[row] for row in keep]) for column in (layers, *flags)]
-        return Listing(model_type, *kept[:5], layer_types, layer_norms, *kept[5:],
+        return Listing(model_type, *kept[:5], layer_types, layer_norms, layer_kinds, *kept[5:],
                        {renumber[row]: names for row, names in aliases.items()}, self.norms, base_types)
 
 

@@ -264,17 +264,17 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     family = card.family if card else ""
     matcher = Matcher(listing)
     layer_scale = _layer_scales(spec, card, listing, matcher, groups)
-    matches = [matcher.select(r.match, groups, r.origin) for r in rules]
+    matches = [matcher.select_rule(r, groups) for r in rules]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
-            raise SpecError(f"{r.origin}: the {family} card's {r.match!r} matches no parameter of this "
+            raise SpecError(f"{r.origin}: the {family} card's {r.selection} matches no parameter of this "
                             f"{listing.model_type}; the card does not fit this model. Register a card "
                             f"for it (tunespec.register_card) or write freeze/train rules")
     missed = [r for r, hits in zip(rules, matches, strict=True) if not hits and r.user]
     if missed:
         # Suggestions cost a scan each: a few are enough to show the pattern of a mistake.
-        first = [f"{r.origin}: {r.match!r} matches no parameter of {listing.model_type}; "
-                 f"{matcher.suggest(r.match)}" for r in missed[:3]]
+        first = [f"{r.origin}: {r.selection} matches no parameter of {listing.model_type}; "
+                 f"{matcher.suggest(r.match or r.native, r.layer, r.native is not None)}" for r in missed[:3]]
         if spec.strict:
             raise SpecError(first[0] + ". Fix the rule, or set strict: false to allow it")
         more = f" (and {len(missed) - 3} more rules matching nothing)" if len(missed) > 3 else ""
@@ -297,7 +297,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     for rule, hits in zip(rules, matches, strict=True):
         sets_mult = rule.lr_mult is not None or rule.wd_mult is not None
         if sets_mult and hits and not any(trainable[i] for i in hits):
-            warnings.warn(f"{rule.origin}: the multiplier of {rule.match!r} lands only on frozen "
+            warnings.warn(f"{rule.origin}: the multiplier of {rule.selection} lands only on frozen "
                           f"parameters and has no effect", TuneSpecWarning, stacklevel=4)
     decided = Decided(rules, matches, trainable, lr_mult, wd_mult)
     handles = listing.handles
