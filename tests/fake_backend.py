@@ -283,4 +283,4 @@ tunespec.register_backend(FACTS)
 def fake_plan(model: FakeLayer, spec: Any, backend: FakeBackend | None = None) -> Plan:
     backend = backend or FakeBackend()
     spec = spec if isinstance(spec, Spec) else Spec.from_dict(spec)
-    return Plan(model, spec, backend, backend.listing(model))
+    return Plan.make(model, spec, backend)

@@ -8,8 +8,7 @@ from typing import Any, Mapping
 from .dispatch import backend_for, backend_for_optimizer, check_backend_name
 from .framework_facts import default_semantics
 from .errors import SpecError
-from .listing import gc_paused
-from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock
+from .plan import APPLIED, Plan, remember_applied, check_optimizer, model_lock
 from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import Spec
 from . import validate
@@ -37,15 +36,13 @@ def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | 
     """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
     _check_call(backend, strict)
     be = backend_for(model, backend)
-    s = as_spec(spec).with_strict(strict)
-    with gc_paused():  # see gc_paused: a burst of small objects, none in cycles
-        return Plan(model, s, be, be.listing(model))
+    return Plan.make(model, as_spec(spec).with_strict(strict), be)
 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
     """Plan and apply; returns the applied plan (``plan.restore()`` undoes it)."""
     p = plan(model, spec, backend, strict).apply()
-    _remember(model, p)
+    remember_applied(model, p)
     return p
 
 
@@ -86,9 +83,9 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
             opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
                                   lr_scale=lr_scale, **options)
         except BaseException:
-            fresh._rollback()
+            fresh.rollback()
             raise
-        _remember(model, fresh)
+        remember_applied(model, fresh)
         return opt
 
 

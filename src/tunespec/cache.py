@@ -126,7 +126,7 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
         from .api import plan as make_plan
 
         plan = make_plan(model, spec, backend)
-    plan._check_fresh("cache a frozen prefix")
+    plan.check_fresh("cache a frozen prefix")
     tracer = require(plan.backend, GraphTracing, "cache_frozen")
     applied_here = not plan.applied
     if applied_here:
@@ -138,6 +138,6 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
         front, head = tracer.cut_at(traced, entry, prefix)
     except BaseException:
         if applied_here:  # a refusal leaves the model as it was
-            plan._rollback()
+            plan.rollback()
         raise
     return FrozenPrefix(plan, split, front, head)

@@ -30,7 +30,7 @@ from .layer_kinds import SELECTORS, check_layouts, fans, layer_mask
 from .listing import TensorInfo
 from .matching import Matcher
 from .recipe import Recipe, load_recipe
-from .spec import _check_regex, _close, check_keys
+from .spec import check_keys, check_pattern
 from .validate import excerpt
 
 METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defaults
@@ -61,12 +61,12 @@ class InitRule:
         allowed = RULE_KEYS + tuple(METHODS[method])
         for key in data:
             if key not in allowed:
-                raise SpecError(f"{origin}: {method} takes no {V.excerpt(key)}{_close(key, allowed)}; "
+                raise SpecError(f"{origin}: {method} takes no {V.excerpt(key)}{V.suggestion(key, allowed)}; "
                                 f"its keys are {', '.join(allowed)}")
         if data.get("match") is None and data.get("layer") is None:
             raise SpecError(f"{origin}: give match (a regex or '@group') and/or layer "
                             f"({', '.join(SELECTORS)} or a layer class name)")
-        match = None if data.get("match") is None else _check_regex(data["match"], f"{origin}.match")
+        match = None if data.get("match") is None else check_pattern(data["match"], f"{origin}.match")
         layer = data.get("layer")
         if layer is not None:
             V.string(layer, f"{origin}.layer", max_length=200)

@@ -21,7 +21,7 @@ from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .framework_facts import default_semantics
 from .matching import Matcher, simple
 from .recipe import check_semantics
-from .spec import Rule, Spec, _close
+from .spec import Rule, Spec
 from . import validate
 from .validate import excerpt
 
@@ -51,7 +51,7 @@ def model_lock(model: Any) -> threading.RLock:
 APPLIED: "weakref.WeakKeyDictionary[Any, Plan]" = weakref.WeakKeyDictionary()
 
 
-def _remember(model: Any, plan: "Plan | None") -> None:
+def remember_applied(model: Any, plan: "Plan | None") -> None:
     try:
         if plan is None:
             APPLIED.pop(model, None)
@@ -83,7 +83,7 @@ def check_optimizer(backend: Backend, name: Any, lr: Any, weight_decay: Any, sem
     for key in options:
         if not isinstance(key, str) or key not in accepted:
             raise SpecError(f"optimizer: unknown option {excerpt(key, 40)} for {label}"
-                            f"{_close(str(key), sorted(accepted))}; it takes {', '.join(sorted(accepted))}")
+                            f"{validate.suggestion(str(key), sorted(accepted))}; it takes {', '.join(sorted(accepted))}")
     if weight_decay and "weight_decay" not in accepted:
         raise SpecError(f"optimizer: {label} takes no weight_decay; pass weight_decay=0 or pick an "
                         f"optimizer that has it")
@@ -328,6 +328,13 @@ def _norm_decision(norm: NormInfo, policy: str, listing: Listing, trainable: Seq
 class Plan:
     """What a spec does to one model; nothing changes until :meth:`apply`."""
 
+    @classmethod
+    def make(cls, model: Any, spec: Spec, backend: Backend, listing: Listing | None = None) -> "Plan":
+        """The one way every call makes a plan: ``listing`` (the backend's, listed here when not
+        given, e.g. to share one listing between several specs) plus the spec, nothing applied."""
+        with gc_paused():  # see gc_paused: a burst of small objects, none in cycles
+            return cls(model, spec, backend, backend.listing(model) if listing is None else listing)
+
     def __init__(self, model: Any, spec: Spec, backend: Backend, listing: Listing):
         self.model = model
         self.spec = spec
@@ -399,7 +406,9 @@ class Plan:
     def _fingerprint(listing: Listing) -> array:
         return array("Q", map(id, listing.handles))
 
-    def _check_fresh(self, action: str) -> None:
+    def check_fresh(self, action: str) -> None:
+        """StalePlanError unless the model still has exactly the tensors this plan was made for
+        (a replaced head or a re-wrapped module means re-planning); ``action`` says what waits."""
         with gc_paused():
             now = self.backend.listing(self.model)
         if self._fingerprint(now) != self._identity:
@@ -422,7 +431,7 @@ class Plan:
         concurrent applies to one model happen one after the other.
         """
         with model_lock(self.model):
-            self._check_fresh("apply")
+            self.check_fresh("apply")
             be = self.backend
             saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
             saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
@@ -432,7 +441,7 @@ class Plan:
                 for n in self.norms:
                     be.set_norm_stats_frozen(n.norm.handle, n.frozen, self.model)
                 be.commit(self.model)
-                checksums = self._take_checksums()
+                checksums = self.take_checksums()
             except BaseException:
                 self._put_back(saved, saved_norms, rollback=True)
                 raise
@@ -450,7 +459,7 @@ class Plan:
         """
         self._restore(rollback=False)
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         """Undo an apply made by a call that then failed: :meth:`restore`, plus what apply dropped
         (torch gradients of tensors it froze), so the failed call leaves everything as it was."""
         self._restore(rollback=True)
@@ -464,7 +473,7 @@ class Plan:
             self._checksums = {}
             self._live = None
             if APPLIED.get(self.model) is self:
-                _remember(self.model, None)
+                remember_applied(self.model, None)
 
     def _put_back(self, saved: dict[int, Any], saved_norms: list[bool], rollback: bool = False) -> None:
         for _, handle, *_ in self._settings():
@@ -484,7 +493,7 @@ class Plan:
         if self._saved is None or self._live is None:
             return False
         try:
-            self._check_fresh("compare")
+            self.check_fresh("compare")
         except StalePlanError:
             return False
         return self._live_settings() == self._live
@@ -499,16 +508,24 @@ class Plan:
                 watched += [("stat", state_rows[id(h)]) for h in n.norm.stats if id(h) in state_rows]
         return watched
 
-    def _take_checksums(self) -> dict[str, str | None]:
+    def take_checksums(self) -> dict[str, str | None]:
+        """Digests of every tensor the plan promises not to change (frozen weights, frozen norm
+        statistics), for ``verify``; taken again after weights are loaded (``rebaseline``)."""
         ls = self.listing
         return {f"{kind}:{ls.names[row]}": _digest(self.backend.tensor_bytes(ls.handles[row]))
                 for kind, row in self._watched()}
+
+
+    # the names these had before they were shared across modules
+    _check_fresh = check_fresh
+    _rollback = rollback
+    _take_checksums = take_checksums
 
     def verify(self) -> VerifyReport:
         """Compare frozen parameters and frozen norm statistics with their bytes at apply time."""
         if self._saved is None:
             raise SpecError("verify: apply the plan first (plan.apply())")
-        now = self._take_checksums()
+        now = self.take_checksums()
         changed_params, changed_stats, unchecked = [], [], []
         for key, digest in now.items():
             kind, _, name = key.partition(":")
@@ -576,7 +593,7 @@ class Plan:
         semantics = semantics or default_semantics()
         check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
         validate.boolean(lr_scale, "optimizer: lr_scale")
-        self._check_fresh("build an optimizer")
+        self.check_fresh("build an optimizer")
         applied_here = not self.applied
         if applied_here:
             self.apply()
@@ -589,14 +606,14 @@ class Plan:
             return opt
         except BaseException:
             if applied_here:
-                self._rollback()
+                self.rollback()
             raise
 
     def check(self, optimizer: Any) -> None:
         """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
         if not self.backend.owns_optimizer(optimizer):
             raise SpecError(f"check: expected a {self.backend.name} optimizer, got {type(optimizer).__name__}")
-        self._check_fresh("check an optimizer")
+        self.check_fresh("check an optimizer")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
         names = self.listing.names
         frozen = [names[row] for row, h, trainable, *_ in self._settings() if not trainable and id(h) in held]

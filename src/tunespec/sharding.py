@@ -30,7 +30,7 @@ from typing import Any, Hashable, Iterable, Sequence
 from .dispatch import backend_for, check_backend_name
 from .errors import SpecError, TuneSpecWarning
 from .listing import gc_paused
-from .plan import Plan, _remember, model_lock
+from .plan import Plan, remember_applied, model_lock
 from .recipe import Recipe, load_recipe
 from .spec import Spec
 from . import validate
@@ -148,7 +148,7 @@ def plan_units(model: Any, specs: Sequence[Spec], backend: Any) -> tuple[Units, 
     """The units for ``model`` under every spec in ``specs`` (stage 0 first); nothing changes."""
     with gc_paused():
         listing = backend.listing(model)
-        plans = [Plan(model, s, backend, listing) for s in specs]
+        plans = [Plan.make(model, s, backend, listing) for s in specs]
     ls = listing
     columns = [p._decided.trainable for p in plans]
     params = [(ls.names[row], ls.aliases.get(row, ()), tuple(bool(c[i]) for c in columns))
@@ -208,7 +208,7 @@ def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None,
         be.shard(model, units.paths, mesh=mesh, reshard_after_forward=reshard_after_forward, **options)
         # The wrapper replaced the parameter objects: plan (and apply) on the sharded ones.
         with gc_paused():
-            plan = Plan(model, specs[0], be, be.listing(model))
+            plan = Plan.make(model, specs[0], be)
         plan.apply()
-        _remember(model, plan)
+        remember_applied(model, plan)
         return plan

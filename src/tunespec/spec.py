@@ -12,7 +12,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import validate as V
 from .decay import LayerDecay
@@ -31,16 +31,12 @@ SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups
 RECIPE_SECTIONS = _SECTIONS_TABLE
 
 
-def _close(word: Any, choices: Iterable[str]) -> str:
-    return V.suggestion(word, choices)
-
-
 def check_keys(data: Mapping[str, Any], section: str, keys: Sequence[str]) -> None:
     """Refuse a key a recipe section does not have, suggesting the closest one it does."""
     V.keys(data, section, keys)
 
 
-def _check_regex(pattern: Any, where: str) -> str:
+def check_pattern(pattern: Any, where: str) -> str:
     """A rule's ``match``: a regex that compiles, a ``@group`` reference or an ``@layer:KIND``."""
     if isinstance(pattern, str) and pattern.startswith(TOKEN):
         check_selector(parse_token(pattern), f"{where} ({pattern[:200]!r})")
@@ -103,7 +99,7 @@ class Rule:
                             f"'@layer:KIND'), 'native' (a regex on native names) and/or 'layer' (one "
                             f"of {', '.join(SELECTORS)})")
         elif "match" in data:
-            match = _check_regex(data["match"], origin)
+            match = check_pattern(data["match"], origin)
         else:  # a layer kind alone is the '@layer:KIND' selection
             match, layer = TOKEN + layer, None
         trainable = data.get("trainable")
@@ -146,14 +142,14 @@ def _group_parts(value: Any, where: str) -> list[Selection]:
             match = item.get("match")
             if match is not None and (not isinstance(match, str) or match.startswith("@")):
                 raise V.fail(f"{where}.match", "a regex", match)
-            parts.append(Selection(None if match is None else _check_regex(match, where), layer))
+            parts.append(Selection(None if match is None else check_pattern(match, where), layer))
         elif isinstance(item, str) and item.startswith(TOKEN):
             parts.append(Selection(None, check_selector(parse_token(item), where)))
         elif isinstance(item, str):
             if item.startswith("@"):
                 raise SpecError(f"{where}: groups are regexes or layer kinds; {V.excerpt(item)} refers "
                                 f"to a group")
-            parts.append(Selection(_check_regex(item, where), None))
+            parts.append(Selection(check_pattern(item, where), None))
         else:
             raise V.fail(where, "a regex, '@layer:KIND', {layer: KIND, match: regex} or a list of them", item)
     return parts
