@@ -22,10 +22,19 @@ too, so a stage that unfreezes layers does not move the lr of layers already tra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+import re
+import warnings
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import validate as V
-from .errors import SpecError
+from .errors import SpecError, TuneSpecWarning
+from .matching import simple
+
+if TYPE_CHECKING:
+    from .cards import Card
+    from .listing import Listing
+    from .matching import Matcher
+    from .spec import Spec
 
 KEYS = ("rate", "layers")
 LAYER_KEYS = ("match", "with_previous")
@@ -146,3 +155,57 @@ def captured_numbers(match: Any, where: str) -> tuple[int, ...]:
             raise SpecError(f"{where}: captured {V.excerpt(value)}, not a layer number; capture only "
                             f"the digits that number layers (write other groups as (?:...))")
     return tuple(out)
+
+
+# --- planning: each parameter's scale -------------------------------------------------------
+
+def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher: "Matcher",
+                  groups: Mapping[str, str]) -> list[float] | None:
+    """Each parameter's ``layer_decay`` scale (in ``param_rows`` order), or None without decay."""
+    decay = spec.layer_decay
+    if decay is None:
+        return None
+    entries, where = decay.layers, "layer_decay.layers"
+    if entries is None:
+        if card is None or card.layers is None:
+            what = f"the {card.family} card has no ordered layers" if card else \
+                f"no model card knows {listing.model_type}'s layers"
+            raise SpecError(f"layer_decay: {what}; list them from input to output in "
+                            f"layer_decay.layers (regexes or @groups), or register a card with layers")
+        entries, where = card.layers, f"the {card.family} card's layers"
+    rows = listing.param_rows
+    hits: list[list[int]] = []
+    captures: list[list[tuple[int, ...]]] = []
+    for i, entry in enumerate(entries):
+        origin = f"{where}[{i}]"
+        found = matcher.select(entry.match, groups, origin)
+        if not found and decay.layers is not None:  # a card's entry may be absent in a variant
+            message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
+            if spec.strict:
+                raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
+            warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
+        hits.append(found)
+        captures.append(_captures(entry.match, found, listing, origin))
+    if decay.layers is None and not any(hits):
+        raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
+                        f"card does not fit this model: list its layers in layer_decay.layers")
+    ids, count = layer_ids(entries, hits, captures, len(rows))
+    return scales(decay.rate, ids, count)
+
+
+def _captures(match: str, found: Sequence[int], listing: "Listing", origin: str) -> list[tuple[int, ...]]:
+    """The layer numbers a layer entry captured from each parameter it matched (positions in
+    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
+    if match.startswith("@"):
+        return [()] * len(found)
+    pattern = re.compile(match) if simple(match) else V.compiled(match)  # re is the fast one
+    if not pattern.groups:
+        return [()] * len(found)
+    names, rows, aliases = listing.names, listing.param_rows, listing.aliases
+    out = []
+    for k in found:
+        m = pattern.fullmatch(names[rows[k]])
+        if m is None:  # it matched an alias (a tied parameter's other name)
+            m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
+        out.append(captured_numbers(m, origin))
+    return out

@@ -15,11 +15,11 @@ from typing import Any, Iterator, Mapping, Sequence
 from . import report
 from .backend_api import Backend, Group
 from .cards import Card, card_for, preset_rules
-from .decay import captured_numbers, layer_ids, scales
+from .decay import layer_scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .framework_facts import default_semantics
-from .matching import Matcher, simple
+from .matching import Matcher
 from .recipe import check_semantics
 from .spec import Rule, Spec
 from . import validate
@@ -205,65 +205,13 @@ def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, s
     return rules + list(spec.rules), groups, card
 
 
-def _layer_scales(spec: Spec, card: Card | None, listing: Listing, matcher: Matcher,
-                  groups: Mapping[str, str]) -> list[float] | None:
-    """Each parameter's ``layer_decay`` scale (in ``param_rows`` order), or None without decay."""
-    decay = spec.layer_decay
-    if decay is None:
-        return None
-    entries, where = decay.layers, "layer_decay.layers"
-    if entries is None:
-        if card is None or card.layers is None:
-            what = f"the {card.family} card has no ordered layers" if card else \
-                f"no model card knows {listing.model_type}'s layers"
-            raise SpecError(f"layer_decay: {what}; list them from input to output in "
-                            f"layer_decay.layers (regexes or @groups), or register a card with layers")
-        entries, where = card.layers, f"the {card.family} card's layers"
-    rows = listing.param_rows
-    hits: list[list[int]] = []
-    captures: list[list[tuple[int, ...]]] = []
-    for i, entry in enumerate(entries):
-        origin = f"{where}[{i}]"
-        found = matcher.select(entry.match, groups, origin)
-        if not found and decay.layers is not None:  # a card's entry may be absent in a variant
-            message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
-            if spec.strict:
-                raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
-            warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
-        hits.append(found)
-        captures.append(_captures(entry.match, found, listing, origin))
-    if decay.layers is None and not any(hits):
-        raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
-                        f"card does not fit this model: list its layers in layer_decay.layers")
-    ids, count = layer_ids(entries, hits, captures, len(rows))
-    return scales(decay.rate, ids, count)
-
-
-def _captures(match: str, found: Sequence[int], listing: Listing, origin: str) -> list[tuple[int, ...]]:
-    """The layer numbers a layer entry captured from each parameter it matched (positions in
-    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
-    if match.startswith("@"):
-        return [()] * len(found)
-    pattern = re.compile(match) if simple(match) else validate.compiled(match)  # re is the fast one
-    if not pattern.groups:
-        return [()] * len(found)
-    names, rows, aliases = listing.names, listing.param_rows, listing.aliases
-    out = []
-    for k in found:
-        m = pattern.fullmatch(names[rows[k]])
-        if m is None:  # it matched an alias (a tied parameter's other name)
-            m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
-        out.append(captured_numbers(m, origin))
-    return out
-
-
 def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     """Run the rules in order over the parameters; each matching rule overrides what it sets.
     ``layer_decay`` then multiplies each trainable parameter's lr_mult by its layer's scale."""
     rules, groups, card = _expand_rules(spec, listing)
     family = card.family if card else ""
     matcher = Matcher(listing)
-    layer_scale = _layer_scales(spec, card, listing, matcher, groups)
+    layer_scale = layer_scales(spec, card, listing, matcher, groups)
     matches = [matcher.select_rule(r, groups) for r in rules]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
