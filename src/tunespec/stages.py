@@ -26,6 +26,7 @@ re-wrapped, because DDP fixes the parameters it all-reduces when it is built.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -35,12 +36,13 @@ from .dispatch import backend_for, check_backend_name
 from . import validate as V
 from .errors import SpecError
 from .plan import Plan, check_optimizer
-from .recipe import Recipe, load_recipe
+from .ramps import LRClock, Ramp
+from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import SPEC_KEYS, Spec, check_keys
 from .validate import excerpt
 
 TRIGGERS = ("at_epoch", "at_step", "on_plateau")
-STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
+STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor", "ramp", "restart", "schedule")
 # Spec keys a stage takes from the recipe unless it gives its own: what trains changes between
 # stages, how multipliers, groups and BatchNorm are set up usually does not.
 INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict", "layer_decay")
@@ -57,6 +59,13 @@ class Stage:
     min_delta: float = 0.0
     restore_best: bool = False
     lr_factor: float = 1.0
+    ramp: Ramp | None = None  # how the lr of the parameters it newly unfreezes grows
+    restart: bool = False  # the lr schedule starts again at the stage's first step
+    schedule: LRSchedule | None = None  # the stage's own lr schedule, from its first step
+
+    @property
+    def resets_schedule(self) -> bool:
+        return self.restart or self.schedule is not None
 
     @classmethod
     def from_dict(cls, data: Any, origin: str, base: Mapping[str, Any]) -> "Stage":
@@ -97,7 +106,18 @@ class Stage:
             raw_name = str(raw_name)  # YAML reads `name: 2` as an int
         name = spec.preset_name or origin if raw_name is None else V.string(
             raw_name, f"{origin}.name", max_length=200)
-        return cls(name, spec, trigger, at, delta, restore, factor)
+        ramp = None if data.get("ramp") is None else Ramp.from_dict(data["ramp"], f"{origin}.ramp")
+        restart = V.boolean(data.get("restart", False), f"{origin}.restart")
+        schedule = None
+        if data.get("schedule") is not None:
+            if "restart" in data:
+                raise SpecError(f"{origin}.restart: a stage's own schedule always starts at the stage's "
+                                f"first step; remove restart")
+            try:
+                schedule = LRSchedule.from_dict(data["schedule"])
+            except SpecError as exc:
+                raise SpecError(f"{origin}.{exc}") from None
+        return cls(name, spec, trigger, at, delta, restore, factor, ramp, restart, schedule)
 
 
 @dataclass(frozen=True)
@@ -118,7 +138,19 @@ class StagesSpec:
                           nonempty=True)
         stages = tuple(Stage.from_dict(s, f"stages.then[{i}]", recipe or {}) for i, s in enumerate(then))
         cls._check_order(stages, [f"stages.then[{i}]" for i in range(len(stages))])
+        cls._check_restarts(stages, (recipe or {}).get("schedule") is not None)
         return cls(stages, mode)
+
+    @staticmethod
+    def _check_restarts(stages: tuple[Stage, ...], recipe_schedule: bool) -> None:
+        """``restart`` needs an lr schedule to restart: the recipe's or an earlier stage's."""
+        have = recipe_schedule
+        for i, stage in enumerate(stages):
+            if stage.restart and not have:
+                raise SpecError(f"stages.then[{i}].restart: there is no lr schedule to restart (the "
+                                f"recipe has no schedule section and no earlier stage gives one); add "
+                                f"one, or give the stage its own schedule")
+            have = have or stage.schedule is not None
 
     @staticmethod
     def _check_order(stages: tuple[Stage, ...], origins: list[str]) -> None:
@@ -139,10 +171,10 @@ class StagesSpec:
 T = TypeVar("T")
 
 
-class Schedule:
-    """Applies a recipe's stages to a live model and optimizer, in a hand-written loop::
+class StageRunner:
+    """Runs a recipe's stages on a live model and optimizer, in a hand-written loop::
 
-        schedule = tunespec.Schedule("two_phase.yaml")
+        schedule = tunespec.StageRunner("two_phase.yaml")
         model, opt = schedule.start(model)           # stage 0 applied, optimizer (+ lr scheduler)
         for epoch in range(epochs):
             ...train, with schedule.lr_scheduler.step() after each opt.step() in torch...
@@ -161,6 +193,11 @@ class Schedule:
     nothing: it checks what it can first and, if a later part fails, puts back the weights,
     trainability, multipliers, norm modes, optimizer groups and state, lr scheduler and this
     schedule's own state.
+
+    The core decides every lr: after a stage change (and as a ``ramp`` grows) it computes each
+    group's lr and initial lr (torch) or each Parameter's ``lr_mult`` (Gluon) and the backend
+    installs them. (This class was called ``Schedule``; that name is a deprecated alias: learning-
+    rate schedules are :class:`tunespec.LRSchedule` and :func:`tunespec.scheduler`.)
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
@@ -178,6 +215,13 @@ class Schedule:
         self.history: list[tuple[int, str]] = []  # (epoch, stage name) of each change
         self._reset_best()
         self._factors: dict[int, float] = {}  # id(parameter) -> lr factor it joined with
+        self._ramp_of: dict[int, int] = {}  # id(parameter) -> index of the stage whose ramp it follows
+        # stage index -> epoch of the step() call that started it (None: not known yet, see _grow),
+        # or for a per-step ramp the optimizer step it started at
+        self._ramp_from: dict[int, int | None] = {}
+        self._last_epoch: int | None = None  # the epoch of the last step() call
+        self.clock = LRClock()  # the recipe's schedule joins it in start()
+        self._check_steps_per_epoch()
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -190,20 +234,55 @@ class Schedule:
         self.bad_epochs = 0
         self.best_state: dict[str, Any] | None = None
 
+    def _check_steps_per_epoch(self) -> None:
+        """A stage's own schedule counted in epochs needs steps_per_epoch, like the recipe's."""
+        for stage in self.stages:
+            if stage.schedule is not None:
+                try:
+                    stage.schedule.in_steps(self.steps_per_epoch)
+                except SpecError:
+                    raise SpecError(f"stage {stage.name!r}: its schedule counts epochs (unit: epoch); "
+                                    f"pass steps_per_epoch to StageRunner") from None
+
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs besides weights and optimizer state (JSON-serialisable)."""
-        return {"index": self.index, "best": self.best, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "history": [list(h) for h in self.history]}
+        out = {"index": self.index, "best": self.best, "best_epoch": self.best_epoch,
+               "bad_epochs": self.bad_epochs, "history": [list(h) for h in self.history]}
+        if self._ramp_from or self.clock.offset:
+            out["ramps"] = {str(k): v for k, v in self._ramp_from.items()}
+            out["lr_offset"] = self.clock.offset
+            out["last_epoch"] = self._last_epoch
+        return out
 
-    _FIELDS = ("index", "plan", "lr_scheduler", "best", "best_epoch", "bad_epochs", "best_state")
+    def load_lr_state(self, state: Mapping[str, Any]) -> None:
+        """Resuming: where the ramps started and where the lr schedule last restarted."""
+        ramps = state.get("ramps", {})
+        offset = state.get("lr_offset", 0)
+        if not isinstance(ramps, Mapping) or isinstance(offset, bool) or not isinstance(offset, int):
+            raise SpecError("resume: the checkpoint's ramp / lr schedule state is not valid")
+        try:
+            self._ramp_from = {int(k): None if v is None else int(v) for k, v in ramps.items()}
+        except (TypeError, ValueError):
+            raise SpecError("resume: the checkpoint's ramp state is not valid") from None
+        self.clock.offset = offset
+        last = state.get("last_epoch")
+        self._last_epoch = last if isinstance(last, int) and not isinstance(last, bool) else None
+
+    _FIELDS = ("index", "plan", "lr_scheduler", "best", "best_epoch", "bad_epochs", "best_state",
+               "_last_epoch")
+    _COPIED = ("history", "_factors", "_ramp_of", "_ramp_from")
 
     def _save(self) -> dict[str, Any]:
         saved = {k: getattr(self, k) for k in self._FIELDS}
-        return {**saved, "history": list(self.history), "_factors": dict(self._factors)}
+        saved.update({k: type(getattr(self, k))(getattr(self, k)) for k in self._COPIED})
+        return {**saved, "_clock": (self.clock.schedule, self.clock.offset)}
 
     def _load(self, saved: Mapping[str, Any]) -> None:
         for key, value in saved.items():
-            setattr(self, key, list(value) if key == "history" else dict(value) if key == "_factors" else value)
+            if key == "_clock":
+                self.clock.schedule, self.clock.offset = value
+            else:
+                setattr(self, key, type(value)(value) if key in self._COPIED else value)
 
     def _all_or_nothing(self, model: Any, optimizer: Any, lr_scheduler: Any,
                         change: Callable[[list[Plan]], T], save_weights: bool) -> T:
@@ -275,6 +354,10 @@ class Schedule:
         lr_schedule = None
         if self.recipe.schedule is not None:
             lr_schedule = self.recipe.schedule.in_steps(self.steps_per_epoch)
+        # Stages that restart the schedule, give their own or ramp per step need an lr scheduler
+        # even when the recipe's schedule is constant (factor 1 until then).
+        clocked = lr_schedule is not None or any(
+            st.resets_schedule or (st.ramp is not None and st.ramp.per == "step") for st in self.stages)
         saved = self._save()
         opt_saved = None if optimizer is None else be.optimizer_snapshot(optimizer, None)
         plan.apply()
@@ -282,7 +365,8 @@ class Schedule:
             if optimizer is None:
                 optimizer = plan.optimizer(o.name, lr=o.lr, weight_decay=o.weight_decay,
                                            semantics=o.semantics, **dict(o.options))
-            lr_scheduler = None if lr_schedule is None else be.attach_schedule(optimizer, lr_schedule.factor)
+            self.clock.schedule, self.clock.offset = lr_schedule, 0
+            lr_scheduler = be.attach_schedule(optimizer, self.clock.function()) if clocked else None
         except BaseException:
             plan._rollback()
             if opt_saved is not None:
@@ -292,6 +376,7 @@ class Schedule:
         self.plan, self.index, self.history, self.lr_scheduler = plan, 0, [], lr_scheduler
         self._reset_best()
         self._factors = {id(d.tensor.handle): 1.0 for d in plan.trainable}
+        self._ramp_of, self._ramp_from = {}, {}
         return model, optimizer
 
     # --- stepping -----------------------------------------------------------------------------
@@ -357,7 +442,11 @@ class Schedule:
         if not due:
             best_state = self._weights(model) if take_best else self.best_state
             self.best, self.best_epoch, self.bad_epochs, self.best_state = best, best_epoch, bad, best_state
-            return model, optimizer
+            self._last_epoch = epoch
+            if not self._growing(epoch):
+                return model, optimizer
+            return self._all_or_nothing(model, optimizer, lr_scheduler, lambda applied: self._grow(
+                epoch, model, optimizer, lr_scheduler), save_weights=False)
         first = due[0]
         if first.restore_best and not take_best and self.best_state is None:
             raise SpecError(f"stage {first.name!r} restores the best weights, but step() was never "
@@ -373,15 +462,19 @@ class Schedule:
             if write_best:
                 self._put_weights(model, best_state)
             m, o = model, optimizer
+            self._last_epoch = epoch
             for stage, plan in zip(due, plans, strict=True):
                 self.history.append((epoch, stage.name))
-                m, o = self._advance(m, o, lr_scheduler, applied, plan)
+                m, o = self._advance(m, o, lr_scheduler, applied, plan, epoch)
+            if self._growing(epoch):
+                self._grow(epoch, m, o, lr_scheduler)
             return m, o
 
         return self._all_or_nothing(model, optimizer, lr_scheduler, change, save_weights=write_best)
 
     def advance(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> tuple[Any, Any]:
-        """Switch to the next stage now (``step`` calls this when it is due; resuming replays it)."""
+        """Switch to the next stage now (``step`` calls this when it is due; resuming replays it).
+        A per-epoch ramp the stage starts grows from the next ``step`` call on."""
         if self.plan is None:
             raise SpecError("Schedule.advance: call schedule.start(model) first")
         if self.index + 1 >= len(self.stages):
@@ -397,23 +490,33 @@ class Schedule:
             lambda applied: self._advance(model, optimizer, lr_scheduler, applied, plan), save_weights=False)
 
     def _advance(self, model: Any, optimizer: Any, lr_scheduler: Any, applied: list[Plan],
-                 plan: Plan) -> tuple[Any, Any]:
+                 plan: Plan, epoch: int | None = None) -> tuple[Any, Any]:
         """One stage change; the caller undoes it (and the plans in ``applied``) if it fails."""
-        nxt = self.stages[self.index + 1]
+        index = self.index + 1
+        nxt = self.stages[index]
         be = self.plan.backend
+        sched = lr_scheduler or self.lr_scheduler
         before = {id(d.tensor.handle): d.tensor.handle for d in self.plan.trainable}
+        fresh = [id(d.tensor.handle) for d in plan.trainable if id(d.tensor.handle) not in before]
+        self._check_lr_options(nxt, fresh, lr_scheduler, plan)
+        state = be.lr_state(optimizer, sched)
         applied.append(plan.apply())
         after = {id(d.tensor.handle): d for d in plan.trainable}
-        for key in [k for k in self._factors if k not in after]:
-            del self._factors[key]
+        for table in (self._factors, self._ramp_of):
+            for key in [k for k in table if k not in after]:
+                del table[key]
         for key in after:
             self._factors.setdefault(key, nxt.lr_factor)
-        for key, d in after.items():  # Gluon reads multipliers from the Parameter (torch ignores them)
-            be.set_param(d.tensor.handle, True, d.lr_mult * self._factors[key], d.wd_mult)
-        layout = self._layout(be.optimizer_groups(optimizer), plan)
+        if nxt.ramp is not None:
+            self._ramp_of.update({key: index for key in fresh})
+            self._ramp_from[index] = state["step"] if nxt.ramp.per == "step" else epoch
+        if nxt.resets_schedule:
+            self.clock.offset = state["step"]
+            if nxt.schedule is not None:
+                self.clock.schedule = nxt.schedule.in_steps(self.steps_per_epoch)
         added = [d.tensor.handle for k, d in after.items() if k not in before]
         removed = [h for k, h in before.items() if k not in after]
-        be.restage_optimizer(optimizer, layout, added, removed, lr_scheduler or self.lr_scheduler)
+        self._install(optimizer, sched, plan, added, removed, epoch, state, nxt.resets_schedule)
         if (added or removed) and isinstance(be, DistributedWrapping) and be.is_distributed_wrapper(model):
             model = be.rewrap(model)
         self.plan = plan
@@ -421,21 +524,145 @@ class Schedule:
         self._reset_best()
         return model, optimizer
 
+    def _check_lr_options(self, stage: Stage, fresh: list[int], lr_scheduler: Any, plan: Plan) -> None:
+        """A ramp needs parameters to ramp; a restart needs the runner's own lr scheduler."""
+        if stage.ramp is not None and not fresh:
+            message = (f"stage {stage.name!r}: its ramp has no effect, the stage unfreezes no parameter "
+                       f"that was frozen; remove the ramp or unfreeze more")
+            if plan.spec.strict:
+                raise SpecError(message)
+            warnings.warn(message, stacklevel=4)
+        if stage.resets_schedule and lr_scheduler is not None and lr_scheduler is not self.lr_scheduler:
+            raise SpecError(f"stage {stage.name!r} restarts the lr schedule, which only the runner's own "
+                            f"lr scheduler (schedule.lr_scheduler) follows; leave lr_scheduler out")
+
+    # --- lrs: the core computes every number, the backend installs them ------------------------
+    def _install(self, optimizer: Any, sched: Any, plan: Plan, added: list[Any], removed: list[Any],
+                 epoch: int | None, state: Mapping[str, Any] | None = None, restarted: bool = False) -> None:
+        """Give every trainable parameter its multipliers (Gluon reads lr_mult from the Parameter)
+        and every optimizer group its lr (torch), then let the backend install them."""
+        be = plan.backend
+        state = state if state is not None else be.lr_state(optimizer, sched)
+        for d in plan.trainable:
+            be.set_param(d.tensor.handle, True, self._multiplier(d, epoch), d.wd_mult)
+        current = be.optimizer_groups(optimizer, sched)
+        layout = self._layout(current, plan)
+        self._group_lrs(layout, current, sched, state, epoch, restarted)
+        be.restage_optimizer(optimizer, layout, added, removed, sched)
+
+    def _ramp_k(self, index: int, epoch: int | None) -> int:
+        """How many times stage ``index``'s per-epoch ramp has grown by now: once per epoch since
+        the step(epoch) call that started it (``epoch`` None: the last epoch step() was given)."""
+        start = self._ramp_from.get(index)
+        if start is None:
+            if epoch is None:
+                return 0  # started by advance(), no step() since
+            # started by advance() after the previous step(): it ran the epoch that just ended
+            start = self._ramp_from[index] = epoch - 1
+        now = epoch if epoch is not None else self._last_epoch
+        return 0 if now is None else max(now - start, 0)
+
+    def _target(self, key: tuple, base: float) -> float:
+        """A group's lr without its ramp: base lr x lr_mult x lr_factor."""
+        return base * key[0] * key[2]
+
+    def _ramped(self, ramp_index: int | None, target: float, epoch: int | None) -> tuple[float, Any]:
+        """(initial lr, per-step factor function or None) of a group under stage ``ramp_index``'s ramp."""
+        if ramp_index is None:
+            return target, None
+        ramp = self.stages[ramp_index].ramp
+        if ramp.per == "epoch":
+            return ramp.lr(target, self._ramp_k(ramp_index, epoch)), None
+        ratio, clock = self._step_ramp(ramp_index), self.clock
+
+        def factor(t: int) -> float:
+            return clock.factor(t) * ratio(t)
+
+        return target, factor
+
+    def _step_ramp(self, ramp_index: int) -> Callable[[int], float]:
+        """A per-step ramp's factor at optimizer step t, reading where the ramp started when called
+        (resuming restores that)."""
+        runner, ramp = self, self.stages[ramp_index].ramp
+
+        def ratio(t: int) -> float:
+            start = runner._ramp_from.get(ramp_index) or 0
+            return ramp.lr(1.0, max(t - start, 0))
+
+        return ratio
+
+    def _multiplier(self, d: Any, epoch: int | None) -> float:
+        """A trainable parameter's Gluon lr_mult: lr_mult x lr_factor, ramped where it ramps."""
+        key = id(d.tensor.handle)
+        ramp_index = self._ramp_of.get(key)
+        mult = d.lr_mult * self._factors[key]
+        if ramp_index is None:
+            return mult
+        ramp = self.stages[ramp_index].ramp
+        if ramp.per == "step":
+            return ramp.lr(mult, 0)  # the lr scheduler grows it from here
+        return ramp.lr(mult, self._ramp_k(ramp_index, epoch))
+
     def _layout(self, current: list[Group], plan: Plan) -> list[Group]:
         """Every trainable parameter's group: existing groups keep their place, new ones follow."""
-        key_of = [(g["lr_mult"], g["wd_mult"], g["lr_factor"]) for g in current]
-        layout = [Group(params=[], param_names=[], lr_mult=k[0], wd_mult=k[1], lr_factor=k[2])
+        key_of = [(g["lr_mult"], g["wd_mult"], g["lr_factor"], g.get("ramp")) for g in current]
+        layout = [Group(params=[], param_names=[], lr_mult=k[0], wd_mult=k[1], lr_factor=k[2], ramp=k[3])
                   for k in key_of]
         for d in plan.trainable:
-            key = (d.lr_mult, d.wd_mult, self._factors[id(d.tensor.handle)])
+            key = (d.lr_mult, d.wd_mult, self._factors[id(d.tensor.handle)],
+                   self._ramp_of.get(id(d.tensor.handle)))
             if key not in key_of:
                 key_of.append(key)
                 layout.append(Group(params=[], param_names=[], lr_mult=key[0], wd_mult=key[1],
-                                    lr_factor=key[2]))
+                                    lr_factor=key[2], ramp=key[3]))
             group = layout[key_of.index(key)]
             group["params"].append(d.tensor.handle)
             group["param_names"].append(d.name)
         return layout
+
+    def _group_lrs(self, layout: list[Group], current: list[Group], sched: Any, state: Mapping[str, Any],
+                   epoch: int | None, restarted: bool) -> None:
+        """Each group's lr and initial lr (the lr scheduler's base lr), where they change: new groups,
+        ramped groups, and every group when the lr schedule restarts. Existing groups keep theirs
+        otherwise. The lr is the initial lr x the schedule's factor now."""
+        base, wd = state["lr"], state["weight_decay"]
+        if base is None:
+            return
+        scale = 1.0
+        if sched is not None and current and current[0]["initial_lr"]:
+            scale = current[0]["lr"] / current[0]["initial_lr"]
+        if restarted:
+            scale = self.clock.factor(state["step"])
+        for i, g in enumerate(layout):
+            key = (g["lr_mult"], g["wd_mult"], g["lr_factor"], g["ramp"])
+            old = current[i] if i < len(current) else None
+            if old is not None and g["ramp"] is None and not restarted:
+                continue
+            target = self._target(key, base)
+            initial, factor = self._ramped(g["ramp"], target, epoch)
+            if old is not None and g["ramp"] is None and old["initial_lr"] is not None:
+                initial = old["initial_lr"]  # a restart keeps the group's own base lr
+            g["initial_lr"], g["lr"] = initial, initial * scale
+            if factor is not None:  # a per-step ramp: torch's LambdaLR and Gluon's adapter grow it
+                ratio, mult = self._step_ramp(g["ramp"]), g["lr_mult"] * g["lr_factor"]
+                g["factor"] = factor
+                g["lr_mult_at"] = lambda t, ratio=ratio, mult=mult: mult * ratio(t)
+            if old is None and wd is not None:
+                g["weight_decay"] = wd * g["wd_mult"]
+
+    def reinstall_lrs(self, optimizer: Any, lr_scheduler: Any = None) -> None:
+        """Install the ramped lrs again (resuming restored where the ramps started)."""
+        if self._ramp_of:
+            self._install(optimizer, lr_scheduler or self.lr_scheduler, self.plan, [], [], None)
+
+    def _growing(self, epoch: int) -> bool:
+        """Whether a per-epoch ramp is still below its ceiling (so this step() call grows it)."""
+        return any(self.stages[i].ramp.per == "epoch" for i in set(self._ramp_of.values()))
+
+    def _grow(self, epoch: int, model: Any, optimizer: Any, lr_scheduler: Any) -> tuple[Any, Any]:
+        """Per-epoch ramps take the lr of their next epoch."""
+        self._install(optimizer, lr_scheduler or self.lr_scheduler, self.plan, [], [], epoch)
+        return model, optimizer
 
     def rebaseline(self) -> None:
         """Take the frozen tensors' checksums again (after weights were loaded into the model)."""
@@ -451,3 +678,13 @@ class Schedule:
         for t in be.listing(model).tensors:
             if t.canonical in state:
                 be.write(t.handle, state[t.canonical])
+
+
+class Schedule(StageRunner):
+    """Deprecated name of :class:`StageRunner` (it read like an lr schedule)."""
+
+    def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
+        warnings.warn("tunespec.Schedule is now tunespec.StageRunner (it runs a recipe's stages; lr "
+                      "schedules are tunespec.LRSchedule and tunespec.scheduler()); the old name will "
+                      "be removed", DeprecationWarning, stacklevel=2)
+        super().__init__(recipe, steps_per_epoch)
