@@ -227,11 +227,12 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
                 raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec "
                                 f"the run was saved with; resume with the run's own recipe")
             lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+            schedule.load_lr_state(state)  # where ramps started, where the lr schedule restarted
+            schedule.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
         be.check_run_optimizer(run, optimizer, lr_scheduler)
         be.load_run_state(run, model, optimizer, lr_scheduler)
         if schedule is not None:
             _restore_schedule_state(schedule, state, run)
-            schedule.reinstall_lrs(optimizer, lr_scheduler)
     except BaseException:
         for plan in reversed(plans):
             if plan.applied:
@@ -255,6 +256,5 @@ def _restore_schedule_state(schedule: Schedule, state: Mapping[str, Any], run: M
         raise SpecError("resume: the checkpoint's schedule state is incomplete") from None
     schedule.best, schedule.best_epoch, schedule.bad_epochs = best, best_epoch, bad
     schedule.history = history
-    schedule.load_lr_state(state)  # ramps and lr-schedule restarts
     schedule.best_state = run["best"]
     schedule.rebaseline()  # verify() compares frozen tensors with the loaded weights

@@ -644,6 +644,7 @@ class StageRunner:
                 initial = old["initial_lr"]  # a restart keeps the group's own base lr
             g["initial_lr"], g["lr"] = initial, initial * scale
             if factor is not None:  # a per-step ramp: torch's LambdaLR and Gluon's adapter grow it
+                g["lr"] = initial * factor(state["step"])
                 ratio, mult = self._step_ramp(g["ramp"]), g["lr_mult"] * g["lr_factor"]
                 g["factor"] = factor
                 g["lr_mult_at"] = lambda t, ratio=ratio, mult=mult: mult * ratio(t)
