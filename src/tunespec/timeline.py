@@ -95,7 +95,7 @@ def lr_timeline(recipe: Any, epochs: int, steps_per_epoch: int = 1,
     starts, notes = _stage_starts(runner.recipe, steps_per_epoch, steps)
     stages = runner.stages[:len(starts)]
     if trainable is None:
-        trainable = [{f"stage {j} ({s.name})": 1.0 for j, s in enumerate(stages[:i + 1])}
+        trainable = [{f"stage{j}:{s.name}": 1.0 for j, s in enumerate(stages[:i + 1])}
                      for i in range(len(stages))]
     if len(trainable) < len(stages):
         raise SpecError(f"lr_timeline: trainable lists {len(trainable)} stages, the run reaches {len(stages)}")
