@@ -177,3 +177,20 @@ def test_schedule_is_a_deprecated_name_of_the_stage_runner():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert tunespec.StageRunner(rec).stages == old.stages
+
+
+def test_the_core_computes_ramped_lrs_on_the_fake_backend():
+    """The ramp's numbers come from the core: a backend outside the tree installs them as given."""
+    from fake_backend import BACKEND, small_net
+
+    recipe = {"freeze": [".*"], "train": [r"fc\..*"], "optimizer": {"name": "sgd", "lr": 0.1},
+              "stages": [{"at_epoch": 1, "train": [".*"], "ramp": {"start": 0.1, "growth": 3.0}}]}
+    runner = tunespec.StageRunner(recipe)
+    net, opt = runner.start(small_net())
+    seen = []
+    for epoch in range(4):
+        net, opt = runner.step(epoch, net, opt)
+        seen.append(sorted(g["lr"] for g in opt))
+    ramp = Ramp(0.1, 3.0)
+    assert seen == [sorted([0.1, ramp.lr(0.1, k)]) for k in range(4)]
+    assert seen[-1] == [0.1, 0.1] and len(BACKEND.optimizer_handles(opt)) == len(tunespec.plan(net, {}).trainable)
