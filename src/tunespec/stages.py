@@ -1,4 +1,4 @@
-"""Staged unfreezing: the ``stages`` recipe section and :class:`Schedule`, which applies it live.
+"""Staged unfreezing: the ``stages`` recipe section and :class:`StageRunner`, which runs it live.
 
 ```yaml
 preset: heads                      # stage 0: the recipe's own spec
@@ -13,7 +13,8 @@ stages:
 A stage switches to its own spec (the spec keys in its entry; ``lr_mult``, ``wd_mult``,
 ``groups``, ``bn`` and ``strict`` carry over from the recipe unless given), optionally after
 restoring the weights of the best epoch of the stage that ends, and gives parameters it newly
-unfreezes ``lr_factor`` times their lr.
+unfreezes ``lr_factor`` times their lr, or a ``ramp`` up to it; ``restart`` starts the lr schedule
+again at the stage's first step, ``schedule`` gives the stage its own (see ``tunespec.ramps``).
 The optimizer is changed in place where the framework allows: in torch newly trainable parameters
 join as new param groups (existing groups and their momentum/Adam state stay, parameters whose
 multipliers change move between groups with their state, newly frozen ones leave with theirs),
@@ -203,7 +204,7 @@ class StageRunner(StageLRs):
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
         if steps_per_epoch is not None:
-            V.count(steps_per_epoch, "Schedule: steps_per_epoch")
+            V.count(steps_per_epoch, "StageRunner: steps_per_epoch")
         self.recipe = load_recipe(recipe)
         section = self.recipe.sections.get("stages")
         later = section.stages if section else ()
@@ -308,7 +309,7 @@ class StageRunner(StageLRs):
         if Plan._fingerprint(listing) != self.plan._identity:
             raise SpecError(f"{where}: this model does not hold the parameters the schedule was started "
                             f"on (another model, or layers replaced since); pass the model "
-                            f"schedule.start returned, or start a new Schedule")
+                            f"schedule.start returned, or start a new StageRunner")
 
     # --- starting -----------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
@@ -317,25 +318,25 @@ class StageRunner(StageLRs):
         An ``optimizer`` built elsewhere is checked against stage 0 and used instead. Everything
         (optimizer section and options, lr schedule, a given optimizer) is checked before the
         model changes. Starting again is allowed only while still in stage 0 on the same,
-        unchanged model (it re-applies stage 0); otherwise build a new Schedule.
+        unchanged model (it re-applies stage 0); otherwise build a new StageRunner.
         """
-        check_backend_name(backend, "Schedule.start: backend")
+        check_backend_name(backend, "StageRunner.start: backend")
         if self.plan is not None:
             if self.index > 0 or self.plan.model is not model:
-                raise SpecError(f"Schedule.start: this schedule already started (now in stage "
-                                f"{self.stage.name!r}); build a new tunespec.Schedule(recipe) for a new run")
+                raise SpecError(f"StageRunner.start: this schedule already started (now in stage "
+                                f"{self.stage.name!r}); build a new tunespec.StageRunner(recipe) for a new run")
             self.plan._check_fresh("start the schedule again")
         be = backend_for(model, backend)
         plan = Plan(model, self.stages[0].spec, be, be.listing(model))  # planning changes nothing
         o = self.recipe.optimizer
         if optimizer is None:
             if o is None or o.lr is None:
-                raise SpecError("Schedule.start: the recipe has no optimizer section with an lr; add "
+                raise SpecError("StageRunner.start: the recipe has no optimizer section with an lr; add "
                                 "one, or pass optimizer= built with tunespec.optimizer(model, ...)")
             check_optimizer(be, o.name, o.lr, o.weight_decay, o.semantics, o.options)
         else:
             if not be.owns_optimizer(optimizer):
-                raise SpecError(f"Schedule.start: optimizer is a {type(optimizer).__name__}, not a "
+                raise SpecError(f"StageRunner.start: optimizer is a {type(optimizer).__name__}, not a "
                                 f"{be.name} optimizer")
             plan.check(optimizer)
         lr_schedule = None
@@ -398,24 +399,24 @@ class StageRunner(StageLRs):
         puts everything back (see the class docstring).
         """
         if self.plan is None:
-            raise SpecError("Schedule.step: call schedule.start(model) first")
-        V.count(epoch, "Schedule.step: epoch", minimum=0)
+            raise SpecError("StageRunner.step: call schedule.start(model) first")
+        V.count(epoch, "StageRunner.step: epoch", minimum=0)
         if step is not None:
-            V.count(step, "Schedule.step: step", minimum=0)
+            V.count(step, "StageRunner.step: step", minimum=0)
         if metric is not None:
             if isinstance(metric, bool) or not isinstance(metric, (int, float)) and not hasattr(metric, "__float__"):
-                raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}")
+                raise SpecError(f"StageRunner.step: metric must be a number, got {excerpt(metric)}")
             try:
                 metric = float(metric)
             except (TypeError, ValueError, OverflowError):
-                raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}") from None
+                raise SpecError(f"StageRunner.step: metric must be a number, got {excerpt(metric)}") from None
             if not math.isfinite(metric):
-                raise SpecError(f"Schedule.step: metric {metric!r} is not a finite number")
+                raise SpecError(f"StageRunner.step: metric {metric!r} is not a finite number")
         be = self.plan.backend
-        self._check_objects(be, model, optimizer, "Schedule.step")
+        self._check_objects(be, model, optimizer, "StageRunner.step")
         nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
         if nxt is not None and nxt.trigger == "at_step" and step is None:
-            raise SpecError(f"Schedule.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
+            raise SpecError(f"StageRunner.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
                             f"step= (the optimizer steps so far) to schedule.step; without it the stage "
                             f"would never start")
         best, best_epoch, bad, take_best = self.best, self.best_epoch, self.bad_epochs, False
@@ -439,7 +440,7 @@ class StageRunner(StageLRs):
             raise SpecError(f"stage {first.name!r} restores the best weights, but step() was never "
                             f"given a metric: pass metric= (e.g. the validation loss) every epoch")
         listing = be.listing(model)
-        self._check_same_model(listing, "Schedule.step")
+        self._check_same_model(listing, "StageRunner.step")
         plans = [Plan(model, stage.spec, be, listing) for stage in due]  # every spec checked first
         # When this very epoch is the best, the weights are already the best ones.
         write_best = first.restore_best and not take_best
@@ -463,14 +464,14 @@ class StageRunner(StageLRs):
         """Switch to the next stage now (``step`` calls this when it is due; resuming replays it).
         A per-epoch ramp the stage starts grows from the next ``step`` call on."""
         if self.plan is None:
-            raise SpecError("Schedule.advance: call schedule.start(model) first")
+            raise SpecError("StageRunner.advance: call schedule.start(model) first")
         if self.index + 1 >= len(self.stages):
-            raise SpecError(f"Schedule.advance: no later stage to switch to (stage {self.stage.name!r} "
+            raise SpecError(f"StageRunner.advance: no later stage to switch to (stage {self.stage.name!r} "
                             f"is the last of {len(self.stages)})")
         be = self.plan.backend
-        self._check_objects(be, model, optimizer, "Schedule.advance")
+        self._check_objects(be, model, optimizer, "StageRunner.advance")
         listing = be.listing(model)
-        self._check_same_model(listing, "Schedule.advance")
+        self._check_same_model(listing, "StageRunner.advance")
         plan = Plan(model, self.stages[self.index + 1].spec, be, listing)
         return self._all_or_nothing(
             model, optimizer, lr_scheduler,
