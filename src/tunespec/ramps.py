@@ -75,6 +75,10 @@ class Ramp:
             lr = cap if nxt > cap else nxt
         return lr
 
+    def steps_to_ceiling(self) -> int:
+        """How many growths take the ramp from start to its ceiling (at most MAX_RAMP_STEPS)."""
+        return math.ceil(math.log(self.ceiling / self.start) / math.log(self.growth))
+
     def to_dict(self) -> dict[str, Any]:
         return {"start": self.start, "growth": self.growth, "ceiling": self.ceiling, "per": self.per}
 

@@ -151,8 +151,13 @@ class StageLRs:
             self._install(optimizer, lr_scheduler or self.lr_scheduler, self.plan, [], [], None)
 
     def _growing(self, epoch: int) -> bool:
-        """Whether a per-epoch ramp is still below its ceiling (so this step() call grows it)."""
-        return any(self.stages[i].ramp.per == "epoch" for i in set(self._ramp_of.values()))
+        """Whether a per-epoch ramp may still be below its ceiling (so this step() call grows it);
+        one growth past the count that reaches it, so rounding never stops a ramp short."""
+        for i in set(self._ramp_of.values()):
+            ramp = self.stages[i].ramp
+            if ramp.per == "epoch" and self._ramp_k(i, epoch) <= ramp.steps_to_ceiling() + 1:
+                return True
+        return False
 
     def _grow(self, epoch: int, model: Any, optimizer: Any, lr_scheduler: Any) -> tuple[Any, Any]:
         """Per-epoch ramps take the lr of their next epoch."""
