@@ -103,3 +103,15 @@ def test_lr_plot_errors_name_the_fix(tmp_path, capsys):
     assert "no optimizer lr" in capsys.readouterr().err
     assert main(["lr-plot", str(path), "--epochs", "3", "--lr", "0.1", "--every", "0"]) == 2
     assert "--every" in capsys.readouterr().err
+
+
+def test_lr_plot_groups_a_models_tensors_by_their_lrs(tmp_path, capsys):
+    pytest.importorskip("torchvision", reason="needs torchvision: pip install 'tunespec[torch]'")
+    path = tmp_path / "r.yaml"
+    path.write_text("preset: heads\nlr_mult: {'fc\\..*': 10}\noptimizer: {name: sgd, lr: 0.01}\n"
+                    "stages:\n  - {at_epoch: 2, preset: '4+', ramp: {start: 0.1, growth: 2.0}}\n")
+    assert main(["lr-plot", str(path), "--epochs", "4", "--model", "torchvision:resnet18"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["step", "epoch", "stage", "G0:fc.*", "G1:layer3+layer4"]
+    assert lines[3].split() == ["2", "2", ">", "4+", "0.1", "0.001"] and lines[4].split()[-1] == "0.002"
+    assert "G1:layer3+layer4: layer3.0.conv1.weight" in lines[5] and "(30 tensors)" in lines[5]

@@ -158,6 +158,7 @@ def _groups(per_tensor: Mapping[str, list[float | None]]) -> tuple[dict[str, lis
 
 
 def _label(names: list[str], index: int) -> str:
+    """A group's name: the one tensor, the dotted prefix all share, or their top-level modules."""
     if len(names) == 1:
         return names[0]
     parts = [n.split(".") for n in names]
@@ -166,4 +167,7 @@ def _label(names: list[str], index: int) -> str:
         if len(set(bits)) != 1:
             break
         common.append(bits[0])
-    return f"G{index}:{'.'.join(common) + '.*' if common else '*'}"
+    if common:
+        return f"G{index}:{'.'.join(common)}.*"
+    tops = list(dict.fromkeys(p[0] for p in parts))
+    return f"G{index}:{'+'.join(tops[:3])}{'+...' if len(tops) > 3 else ''}"
