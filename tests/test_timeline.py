@@ -114,4 +114,4 @@ def test_lr_plot_groups_a_models_tensors_by_their_lrs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["step", "epoch", "stage", "G0:fc.*", "G1:layer3+layer4"]
     assert lines[3].split() == ["2", "2", ">", "4+", "0.1", "0.001"] and lines[4].split()[-1] == "0.002"
-    assert "G1:layer3+layer4: layer3.0.conv1.weight" in lines[5] and "(30 tensors)" in lines[5]
+    assert lines[6].startswith("G1:layer3+layer4: layer3.0.conv1.weight") and lines[6].endswith("(30 tensors)")
