@@ -82,3 +82,52 @@ def test_fine_tune_is_a_two_stage_recipe():
             runner.lr_scheduler.step()
         net, opt = runner.step(epoch, net, opt)
     assert ours == theirs  # float ==, every step of both phases
+
+
+class Reg(torch.nn.Module):
+    """fastai's synth_learner model (a * x + b) with its two parameters as two layer groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+
+
+def test_fine_tune_discriminative_lrs_are_lr_mult_rules():
+    """fastai's slice(lo, hi) over layer groups (even_mults) spelt as lr_mult rules. Not float ==:
+    fastai computes lo x step^i and anneals each group's own lr; tunespec multiplies the base lr by
+    the multiplier and the schedule factor. They agree to a few ulps."""
+    record = []
+
+    class RecordGroups(Callback):
+        order = ParamScheduler.order + 1
+
+        def before_batch(self):
+            if self.training:
+                record.append([h["lr"] for h in self.opt.hypers])
+
+    learn = synth_learner(n_trn=BATCHES, cbs=[RecordGroups()], splitter=lambda m: [[m.a], [m.b]])
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(2, base_lr=1.0, freeze_epochs=1, lr_mult=100)
+    lo, hi = 1.0 / 2 / 100, 1.0 / 2  # fine_tune halves base_lr, then slice(base_lr / lr_mult, base_lr)
+    recipe = {
+        "freeze": ["a"], "optimizer": {"name": "sgd", "lr": 1.0},
+        "schedule": {"type": "onecycle", "total_steps": 1, "unit": "epoch", "pct_start": 0.99},
+        "stages": [{"at_epoch": 1, "train": [".*"], "lr_mult": {"a": lo, "b": hi},
+                    "schedule": {"type": "onecycle", "total_steps": 2, "unit": "epoch", "pct_start": 0.3,
+                                 "div": 5.0}}],
+    }
+    net = Reg()
+    runner = tunespec.StageRunner(recipe, steps_per_epoch=BATCHES)
+    net, opt = runner.start(net)
+    ours = []
+    for epoch in range(3):
+        for _ in range(BATCHES):
+            of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+            ours.append([of.get(id(net.a)), of[id(net.b)]])
+            opt.step()
+            runner.lr_scheduler.step()
+        net, opt = runner.step(epoch, net, opt)
+    assert [b for _, b in ours] == [b for _, b in record]  # the head: float ==
+    assert [a for a, _ in ours[:BATCHES]] == [None] * BATCHES  # frozen while fastai's group 0 is
+    for (a, _), (theirs, _) in zip(ours[BATCHES:], record[BATCHES:], strict=True):
+        assert a == pytest.approx(theirs, rel=4e-15)
