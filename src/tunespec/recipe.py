@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -165,6 +165,15 @@ class LRSchedule:
                                 f"must strictly increase")
             out.append(m)
         return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, onecycle's only on a onecycle schedule: what run checkpoints compare, so
+        checkpoints of other schedules read the same as before onecycle existed."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.type != "onecycle":
+            for key in (*self.ONECYCLE, "epoch_steps"):
+                del out[key]
+        return out
 
     def in_steps(self, steps_per_epoch: int | None) -> "LRSchedule":
         """The same schedule counted in optimizer steps."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -64,6 +64,15 @@ class Stage:
     ramp: Ramp | None = None  # how the lr of the parameters it newly unfreezes grows
     restart: bool = False  # the lr schedule starts again at the stage's first step
     schedule: LRSchedule | None = None  # the stage's own lr schedule, from its first step
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, the lr options only where set: what run checkpoints compare, so a run
+        without them reads the same as before they existed."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, default in (("ramp", None), ("restart", False), ("schedule", None)):
+            if out[key] == default:
+                del out[key]
+        return out
 
     @property
     def resets_schedule(self) -> bool:
