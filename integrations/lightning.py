@@ -10,7 +10,7 @@ class Module(lightning.LightningModule):
 lightning.Trainer(callbacks=[stages], ...).fit(Module(), ...)
 ```
 The callback applies stage 0 when fitting starts (before Lightning asks for the optimizer), and
-after each training epoch (validation has run by then) gives ``tunespec.Schedule.step`` the
+after each training epoch (validation has run by then) gives ``tunespec.StageRunner.step`` the
 monitored metric; the optimizer and the lr scheduler change in place as in a hand-written loop.
 """
 
@@ -23,13 +23,13 @@ import lightning.pytorch as pl
 
 from tunespec.errors import SpecError
 from tunespec.recipe import Recipe
-from tunespec.stages import Schedule
+from tunespec.stages import StageRunner
 
 
 class StageCallback(pl.Callback):
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", monitor: str | None = None,
                  model_attr: str | None = None, steps_per_epoch: int | None = None):
-        self.schedule = Schedule(recipe, steps_per_epoch)
+        self.schedule = StageRunner(recipe, steps_per_epoch)
         self.monitor = monitor
         self.model_attr = model_attr  # the attribute holding the network the recipe is written for
         self._optimizer: Any = None
@@ -47,7 +47,7 @@ class StageCallback(pl.Callback):
         if trainer.world_size > 1:
             raise SpecError("StageCallback: under DDP a stage change must re-wrap the model, and "
                             "Lightning's strategy owns the wrapper; run distributed stages in a plain "
-                            "loop with tunespec.Schedule (it re-wraps), or train one stage per fit")
+                            "loop with tunespec.StageRunner (it re-wraps), or train one stage per fit")
         _, self._optimizer = self.schedule.start(self._model(pl_module))
 
     def optimizers(self) -> Any:

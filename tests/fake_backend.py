@@ -208,20 +208,29 @@ class FakeBackend:
             optimizer.factor = factor
 
     # --- Restaging ---------------------------------------------------------------------------
-    def optimizer_groups(self, optimizer: FakeOptimizer) -> list[dict]:
+    def optimizer_groups(self, optimizer: FakeOptimizer, lr_scheduler: Any = None) -> list[dict]:
         return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
-                 "lr_factor": g.get("lr_factor", 1.0)} for g in optimizer]
+                 "lr_factor": g.get("lr_factor", 1.0), "ramp": g.get("ramp"), "lr": g["lr"],
+                 "initial_lr": g["lr"] if optimizer.factor else None} for g in optimizer]
+
+    def lr_state(self, optimizer: FakeOptimizer, lr_scheduler: Any) -> dict[str, Any]:
+        return {"lr": optimizer.defaults["lr"], "weight_decay": optimizer.defaults.get("weight_decay"),
+                "step": optimizer.steps}
 
     def restage_optimizer(self, optimizer: FakeOptimizer, layout: Sequence[dict], added: Sequence[Any],
                           removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Installs what the core computed; the fake's group lr is the initial lr (lrs() scales it)."""
         kept = len(optimizer)
         for group, new in zip(optimizer, layout[:kept], strict=True):
             group["params"] = list(new["params"])
-        base = optimizer.defaults["lr"]
         for new in layout[kept:]:
-            optimizer.append({"params": list(new["params"]), "lr": base * new["lr_mult"] * new["lr_factor"],
-                              "lr_mult": new["lr_mult"], "wd_mult": new["wd_mult"],
-                              "lr_factor": new["lr_factor"]})
+            optimizer.append({"params": list(new["params"]), "lr_mult": new["lr_mult"],
+                              "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"], "ramp": new.get("ramp")})
+        for group, new in zip(optimizer, layout, strict=True):
+            if "initial_lr" in new:
+                group["lr"] = new["initial_lr"]
+            if new.get("weight_decay") is not None:
+                group["weight_decay"] = new["weight_decay"]
 
     # --- CheckpointFiles: a JSON file of {name: {"shape": [...], "value": x}} -----------------
     def read_checkpoint(self, path: str, allow_pickle: bool) -> dict[str, FakeArray]:

@@ -20,7 +20,7 @@ from .registry import register_backend, unregister_backend
 from .sharding import shard
 from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
 from .spec import Rule, Spec
-from .stages import Schedule, Stage, StagesSpec
+from .stages import Schedule, Stage, StageRunner, StagesSpec
 
 __all__ = [
     "FrozenPrefix", "cache_frozen",
@@ -28,7 +28,8 @@ __all__ = [
     "StalePlanError", "TuneSpecWarning", "VerifyReport", "apply", "load_spec", "optimizer", "plan",
     "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
     "LoadReport", "load", "InitReport", "InitSpec", "initialize",
-    "Schedule", "Stage", "StagesSpec", "resume", "save_checkpoint", "shard", "from_timm", "from_mmengine",
+    "Schedule", "Stage", "StageRunner", "StagesSpec", "resume", "save_checkpoint", "shard", "from_timm",
+    "from_mmengine",
     "FrameworkFacts", "register_backend", "unregister_backend",
 ]
 __version__ = "0.1.0"

@@ -244,12 +244,22 @@ class RunCheckpoints(Protocol):
 class Restaging(Protocol):
     """Changing an optimizer's parameters in place when a stage changes the trainable set."""
 
-    def optimizer_groups(self, optimizer: Any) -> list[dict]:
-        """The optimizer's param groups as the core laid them out (empty where it keeps none)."""
+    def optimizer_groups(self, optimizer: Any, lr_scheduler: Any = None) -> list[dict]:
+        """The optimizer's param groups as the core laid them out (empty where it keeps none):
+        ``params``, the keys the core put on them (``lr_mult``, ``wd_mult``, ``lr_factor``,
+        ``ramp``), the group's current ``lr`` and its ``initial_lr`` (the lr scheduler's base lr)."""
+
+    def lr_state(self, optimizer: Any, lr_scheduler: Any) -> dict[str, Any]:
+        """``lr`` and ``weight_decay`` the optimizer was built with, and ``step``: the optimizer
+        steps the lr schedule has counted (the next step's t)."""
 
     def restage_optimizer(self, optimizer: Any, layout: Sequence[dict], added: Sequence[Any],
                           removed: Sequence[Any], lr_scheduler: Any) -> None:
-        """Regroup the optimizer as ``layout`` after a stage change, keeping kept parameters' state."""
+        """Install ``layout`` after a stage change, keeping kept parameters' state: group i gets
+        layout[i]'s parameters, groups past the current ones are appended. The core computed the
+        numbers: where a group gives ``lr``, ``initial_lr``, ``weight_decay`` or ``factor`` (its lr
+        factor function for the lr scheduler; ``lr_mult_at``: a per-step multiplier, where
+        multipliers live on parameters), they are installed as given, never recomputed."""
 
 
 @runtime_checkable

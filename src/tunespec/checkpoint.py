@@ -29,7 +29,7 @@ from .backend_api import RUN_LAYOUT, Sharding
 from .dispatch import backend_for
 from .errors import SpecError
 from .files import atomic_write, excerpt, read_checked, regular_file
-from .stages import Schedule
+from .stages import StageRunner as Schedule  # the stage runner (Schedule is its deprecated name)
 
 FORMAT = "tunespec-run/2"
 RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description
@@ -199,7 +199,7 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
            lr_scheduler: Any = None) -> tuple[Any, Any, dict[str, Any]]:
     """Restore a run saved by :func:`save_checkpoint`; returns (model, optimizer, meta).
 
-    With a ``schedule`` (a fresh ``tunespec.Schedule`` of the run's recipe) the optimizer is built
+    With a ``schedule`` (a fresh ``tunespec.StageRunner`` of the run's recipe) the optimizer is built
     as the run built it, stage by stage, then given the saved state; a recipe that differs from the
     run's in any section is refused, naming the first difference. Without one, pass the
     ``optimizer`` (and ``lr_scheduler``) to load the state into. ``meta`` holds ``epoch`` (the one
@@ -227,6 +227,8 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
                 raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec "
                                 f"the run was saved with; resume with the run's own recipe")
             lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+            schedule.load_lr_state(state)  # where ramps started, where the lr schedule restarted
+            schedule.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
         be.check_run_optimizer(run, optimizer, lr_scheduler)
         be.load_run_state(run, model, optimizer, lr_scheduler)
         if schedule is not None:

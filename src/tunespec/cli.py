@@ -4,6 +4,7 @@
     tunespec diff RECIPE --a ZOO:NAME --b ZOO:NAME  where two models' plans differ
     tunespec port SRC DST --from ZOO:NAME --to ZOO:NAME   convert weights between frameworks
     tunespec convert --from mmengine CONFIG [--out RECIPE.yaml]   a peer's config as a recipe
+    tunespec lr-plot RECIPE --epochs N [--model ZOO:NAME] [--png FILE]   each group's lr over a run
 
 ZOO is a model zoo a backend builds from offline (see each backend's facts) or a Python module.
 """
@@ -133,6 +134,63 @@ def _convert_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lr_plot_command(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .timeline import lr_timeline
+
+    if args.every is not None and args.every < 1:
+        raise SpecError(f"--every: expected a positive number of steps, got {args.every}")
+    recipe = load_recipe(args.recipe)
+    trainable = None
+    if args.model:
+        trainable = stage_trainables(build_model(args.model, args.input_size), recipe, args.steps_per_epoch)
+    timeline = lr_timeline(recipe, args.epochs, args.steps_per_epoch, trainable, lr=args.lr)
+    print(timeline.table(args.every))
+    if args.png:
+        write_png(timeline, args.png, log=args.log)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def stage_trainables(model: Any, recipe: Any, steps_per_epoch: int) -> list[dict[str, float]]:
+    """Per stage, the trainable parameters' names and lr multipliers its plan gives ``model``."""
+    from .api import plan
+    from .stages import StageRunner
+
+    runner = StageRunner(recipe, steps_per_epoch)
+    return [{d.name: d.lr_mult for d in plan(model, stage.spec, strict=False).trainable}
+            for stage in runner.stages]
+
+
+def write_png(timeline: Any, path: str, log: bool = False) -> None:
+    """The timeline as a line plot, stage changes marked (matplotlib, imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    steps = range(timeline.steps)
+    for label, values in timeline.series.items():
+        ax.plot(steps, [float("nan") if v is None else v for v in values], label=label)
+    for start, name in timeline.starts[1:]:
+        ax.axvline(start, color="grey", linestyle=":")
+        ax.annotate(name, (start, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=8, color="grey")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(f"optimizer step ({timeline.steps_per_epoch} per epoch)")
+    ax.set_ylabel("effective lr")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise SpecError(f"--png {path!r}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tunespec", description=__doc__)
     model_help = " or ".join([*(f"{z}:NAME" for z in zoos()), "module.path:factory"])
@@ -170,6 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     convert_p.add_argument("--exec-config", action="store_true",
                            help="read a .py config with mmengine's Config (runs its code: trusted files only)")
     convert_p.set_defaults(func=_convert_command)
+    lr_p = sub.add_parser("lr-plot", help="each group's effective lr over a run, and the stage changes")
+    lr_p.add_argument("recipe")
+    lr_p.add_argument("--epochs", type=int, required=True)
+    lr_p.add_argument("--steps-per-epoch", type=int, default=1, help="optimizer steps per epoch (default 1)")
+    lr_p.add_argument("--model", help="group by the model's tensors (ZOO:NAME); default: one group per stage")
+    lr_p.add_argument("--lr", type=float, help="base lr (default: the recipe's optimizer lr)")
+    lr_p.add_argument("--every", type=int, help="a row every N steps (default: every epoch)")
+    lr_p.add_argument("--png", help="also write the plot to this PNG file")
+    lr_p.add_argument("--log", action="store_true", help="log-scale lr axis in the PNG")
+    lr_p.add_argument("--input-size", type=int)
+    lr_p.set_defaults(func=_lr_plot_command)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
