@@ -297,7 +297,7 @@ class StageRunner(StageLRs):
         except BaseException:
             for plan in reversed(applied):
                 if plan.applied:
-                    plan._rollback()
+                    plan.rollback()
             be.optimizer_rollback(optimizer, sched, opt_saved)
             if weights is not None:
                 self._put_weights(model, weights)
@@ -334,9 +334,9 @@ class StageRunner(StageLRs):
             if self.index > 0 or self.plan.model is not model:
                 raise SpecError(f"StageRunner.start: this schedule already started (now in stage "
                                 f"{self.stage.name!r}); build a new tunespec.StageRunner(recipe) for a new run")
-            self.plan._check_fresh("start the schedule again")
+            self.plan.check_fresh("start the schedule again")
         be = backend_for(model, backend)
-        plan = Plan(model, self.stages[0].spec, be, be.listing(model))  # planning changes nothing
+        plan = Plan.make(model, self.stages[0].spec, be)  # planning changes nothing
         o = self.recipe.optimizer
         if optimizer is None:
             if o is None or o.lr is None:
@@ -365,7 +365,7 @@ class StageRunner(StageLRs):
             self.clock.schedule, self.clock.offset = lr_schedule, 0
             lr_scheduler = be.attach_schedule(optimizer, self.clock.function()) if clocked else None
         except BaseException:
-            plan._rollback()
+            plan.rollback()
             if opt_saved is not None:
                 be.optimizer_rollback(optimizer, None, opt_saved)
             self._load(saved)
@@ -450,7 +450,7 @@ class StageRunner(StageLRs):
                             f"given a metric: pass metric= (e.g. the validation loss) every epoch")
         listing = be.listing(model)
         self._check_same_model(listing, "StageRunner.step")
-        plans = [Plan(model, stage.spec, be, listing) for stage in due]  # every spec checked first
+        plans = [Plan.make(model, stage.spec, be, listing) for stage in due]  # every spec checked first
         # When this very epoch is the best, the weights are already the best ones.
         write_best = first.restore_best and not take_best
         best_state = self.best_state
@@ -481,7 +481,7 @@ class StageRunner(StageLRs):
         self._check_objects(be, model, optimizer, "StageRunner.advance")
         listing = be.listing(model)
         self._check_same_model(listing, "StageRunner.advance")
-        plan = Plan(model, self.stages[self.index + 1].spec, be, listing)
+        plan = Plan.make(model, self.stages[self.index + 1].spec, be, listing)
         return self._all_or_nothing(
             model, optimizer, lr_scheduler,
             lambda applied: self._advance(model, optimizer, lr_scheduler, applied, plan), save_weights=False)
@@ -535,7 +535,7 @@ class StageRunner(StageLRs):
 
     def rebaseline(self) -> None:
         """Take the frozen tensors' checksums again (after weights were loaded into the model)."""
-        self.plan._checksums = self.plan._take_checksums()
+        self.plan._checksums = self.plan.take_checksums()
 
     # --- best weights -------------------------------------------------------------------------
     def _weights(self, model: Any) -> dict[str, Any]:
