@@ -49,6 +49,7 @@ class StageCallback(pl.Callback):
         self.model_attr = model_attr  # the attribute holding the network the recipe is written for
         self._optimizer: Any = None
         self._trainer: pl.Trainer | None = None
+        self._replayed = False  # the saved stage changes were replayed (resuming)
 
     def _model(self, pl_module: pl.LightningModule) -> Any:
         if self.model_attr is None:
@@ -92,14 +93,26 @@ class StageCallback(pl.Callback):
     def _trainable(model: Any) -> set[int]:
         return {id(p) for p in model.parameters() if p.requires_grad}
 
-    @staticmethod
-    def _rewrap(trainer: pl.Trainer) -> None:
-        """A new DDP wrapper built by the strategy itself (its kwargs and comm hooks): DDP registers
-        the parameters it all-reduces when it is built, so newly trainable ones need a new one."""
+    def _after_change(self, trainer: pl.Trainer, added: set[int]) -> None:
+        """Make the strategy see a changed trainable set.
+
+        DDP registers the parameters it all-reduces when it is built, so the strategy builds a new
+        wrapper (its own kwargs and comm hooks). FSDP needs none, but its optimizer state dict
+        (Lightning's checkpoints) demands for every trainable parameter the state the others have,
+        so one that joined and has not stepped yet gets the state its first step would start from.
+        """
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
             strategy.model = strategy.lightning_module
             strategy.configure_ddp()
+        elif isinstance(strategy, FSDPStrategy):
+            opt = self._optimizer
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in added and not opt.state.get(p):
+                        state = _first_step_state(opt, group, p)
+                        if state is not None:
+                            opt.state[p] = state
 
     # --- hooks ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -108,6 +121,28 @@ class StageCallback(pl.Callback):
         self._check_strategy(trainer)
         _, self._optimizer = self.schedule.start(self._model(pl_module))
         self._trainer = trainer
+        if isinstance(trainer.strategy, FSDPStrategy):
+            self._replay_before_loading(trainer.strategy)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        vars(trainer.strategy).pop("load_checkpoint", None)  # the hook set in setup, if any
+
+    def _replay_before_loading(self, strategy: FSDPStrategy) -> None:
+        """FSDPStrategy loads the optimizer state together with the weights, before callbacks get
+        their state, so the stage changes are replayed first, from this callback's state in the
+        same file (Lightning unpickles that file right after, as it does for every checkpoint)."""
+        load = strategy.load_checkpoint
+
+        def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+            path = Path(strategy.broadcast(checkpoint_path))
+            meta = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu",
+                              weights_only=False, mmap=not path.is_dir())
+            state = meta.get("callbacks", {}).get(self.state_key)
+            if state is not None:
+                self._replay(state)
+            return load(checkpoint_path, *args, **kwargs)
+
+        strategy.load_checkpoint = load_checkpoint
 
     def optimizers(self) -> Any:
         """What ``configure_optimizers`` returns: the optimizer, with the lr schedule stepped per step."""
@@ -139,8 +174,9 @@ class StageCallback(pl.Callback):
         with self._whole_tensors(trainer):
             self.schedule.step(trainer.current_epoch, model, trainer.optimizers[0], metric=metric,
                                lr_scheduler=configs[0].scheduler if configs else None)
-        if self._trainable(model) != before:
-            self._rewrap(trainer)
+        after = self._trainable(model)
+        if after != before:
+            self._after_change(trainer, after - before)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -161,6 +197,13 @@ class StageCallback(pl.Callback):
         if self._trainer is None or self._optimizer is None:
             raise SpecError("StageCallback.load_state_dict: the callback has not set up yet; resume "
                             "through lightning.Trainer(callbacks=[...]).fit(..., ckpt_path=...)")
+        if self._replayed:  # under FSDP, from this very state before the weights were loaded
+            with self._whole_tensors(self._trainer):
+                self.schedule.rebaseline()
+            return
+        self._replay(state_dict)
+
+    def _replay(self, state_dict: Any) -> None:
         if not isinstance(state_dict, dict) or "schedule" not in state_dict:
             raise SpecError(f"StageCallback: the checkpoint's callback state {excerpt(state_dict)} is "
                             f"not a StageCallback's; resume from a checkpoint of a run with this callback")
@@ -180,6 +223,29 @@ class StageCallback(pl.Callback):
             for _ in range(index):
                 self.schedule.advance(model, self._optimizer)
             _restore_schedule_state(self.schedule, state, {
-                "best": None if best is None else {k: v.numpy() for k, v in best.items()}})
-        if self._trainable(model) != before:
-            self._rewrap(trainer)
+                "best": None if best is None else {k: v.clone().numpy() for k, v in best.items()}})
+        self._replayed = True
+        after = self._trainable(model)
+        if after != before:
+            self._after_change(trainer, after - before)
+
+
+def _first_step_state(optimizer: torch.optim.Optimizer, group: dict, p: torch.Tensor) -> dict | None:
+    """The state torch's optimizer creates at ``p``'s first step, where starting from it gives the
+    very step a fresh parameter would take: zero moments and step 0 for Adam and AdamW, a zero
+    momentum buffer for SGD without dampening (0 * momentum + grad is grad). None otherwise."""
+    if isinstance(optimizer, torch.optim.SGD):
+        if group["momentum"] == 0 or group["dampening"] != 0:
+            return None
+        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        if group.get("capturable") or group.get("fused"):
+            return None
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        state = {"step": torch.tensor(0.0, dtype=scalar),
+                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if group.get("amsgrad"):
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+    return None

@@ -33,6 +33,28 @@ RECIPE = {"preset": "heads", "optimizer": {"name": "sgd", "lr": 0.05, "momentum"
 EPOCHS = 3
 
 
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy on CPU, for the tests: Lightning refuses accelerator="cpu" for
+    exactly FSDPStrategy (a subclass passes), and passes FSDP ``device_id=None`` on CPU, which
+    torch's FSDP reads as "find an accelerator"; this subclass names the CPU instead. Wrapping,
+    sharding, the optimizer and checkpoints are Lightning's own code."""
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import torch.distributed.fsdp as fsdp
+
+        real = fsdp.FullyShardedDataParallel
+
+        class OnCPU(real):  # type: ignore[misc, valid-type]
+            def __init__(self, module, device_id=None, **kwargs):
+                super().__init__(module, device_id=torch.device("cpu"), **kwargs)
+
+        fsdp.FullyShardedDataParallel = OnCPU
+        try:
+            return super()._setup_model(model)
+        finally:
+            fsdp.FullyShardedDataParallel = real
+
+
 class Module(pl.LightningModule):
     def __init__(self, stages: StageCallback):
         super().__init__()
@@ -88,7 +110,7 @@ class Probe(pl.Callback):
         names = {id(p): n for n, p in pl_module.net.named_parameters()}
         state = sorted(names[id(p)] for p in opt.state if opt.state[p])
         with whole(trainer):
-            final = {k: v.detach().numpy().copy() for k, v in pl_module.net.state_dict().items()}
+            final = {k: v.detach().clone().numpy() for k, v in pl_module.net.state_dict().items()}
         stages = next(c for c in trainer.callbacks if isinstance(c, StageCallback))
         arrays = {f"w:{k}": v for k, v in final.items()}
         arrays.update({f"init:{k}": v for k, v in (self.initial or {}).items()})
@@ -113,7 +135,7 @@ def main() -> None:
     out, name = sys.argv[1], sys.argv[2]
     resume = sys.argv[sys.argv.index("--resume") + 1] if "--resume" in sys.argv else None
     if "--no-rewrap" in sys.argv:  # the control: keep the DDP wrapper built for stage 0
-        StageCallback._rewrap = staticmethod(lambda trainer: None)
+        StageCallback._after_change = lambda self, trainer, added: None
     torch.set_num_threads(1)
     stages = StageCallback(RECIPE, model_attr="net")
     module = Module(stages)
@@ -122,7 +144,7 @@ def main() -> None:
     if not resume:
         callbacks.append(ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), filename="{epoch}",
                                          save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True))
-    strategy = FSDPStrategy(state_dict_type="full") if name == "fsdp" else name
+    strategy = CPUFSDPStrategy(state_dict_type="full") if name == "fsdp" else name
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=2, strategy=strategy,
                          callbacks=callbacks, logger=False, enable_checkpointing=not resume,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
