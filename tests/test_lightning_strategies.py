@@ -113,6 +113,15 @@ def test_ddp_resume_after_a_stage_change_matches_the_uninterrupted_fit(runs, tmp
     check_resumed(uninterrupted, resumed, per_rank_stats=True)
 
 
+def test_ddp_spawn_runs_the_same_fit(runs, tmp_path):
+    """Spawned processes get the pickled trainer and callback; the fit is the "ddp" one, bit for bit."""
+    _, ddp = runs("ddp")
+    spawned = fit(tmp_path, "ddp_spawn")
+    for rank in range(2):
+        a, b = weights(ddp[rank]), weights(spawned[rank])
+        assert [k for k in a if not np.array_equal(a[k], b[k])] == [], f"rank {rank}"
+
+
 def test_fsdp_stage_change(runs):
     _, (r0, r1) = runs("fsdp")
     check_stage_change(r0, r1)
