@@ -97,7 +97,7 @@ class TorchExecute:
         values with the tensor's shape."""
         t = handle.detach()
         if _is_dtensor(t):
-            return t.full_tensor().cpu().numpy()  # a new tensor: sharing its storage is harmless
+            t = t.full_tensor()
         return t.cpu().clone().numpy()
 
     def write(self, handle: torch.Tensor, array: Any) -> None:
