@@ -120,7 +120,7 @@ class StageCallback(pl.Callback):
             return
         self._check_strategy(trainer)
         _, self._optimizer = self.schedule.start(self._model(pl_module))
-        self._trainer = trainer
+        self._trainer, self._replayed = trainer, False
         if isinstance(trainer.strategy, FSDPStrategy):
             self._replay_before_loading(trainer.strategy)
 
