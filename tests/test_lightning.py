@@ -87,12 +87,14 @@ AT_EPOCH = {**RECIPE, "stages": [{"at_epoch": 1, "preset": "4+", "lr_factor": 0.
 
 def checkpointed_fit(stages: StageCallback, epochs: int, out, ckpt_path=None) -> Module:
     module = Module(stages)
-    saves = [pl.callbacks.ModelCheckpoint(dirpath=out, filename="{epoch}", save_top_k=-1,
-                                          save_on_train_epoch_end=True)] if ckpt_path is None else []
+    # ModelCheckpoint's default with validation every epoch: it saves at the epoch's end, after
+    # the callback's stage change (tests/test_lightning_strategies.py says save_on_train_epoch_end)
+    saves = [] if ckpt_path is not None else [
+        pl.callbacks.ModelCheckpoint(dirpath=out, filename="{epoch}", save_top_k=-1)]
     trainer = pl.Trainer(max_epochs=epochs, callbacks=[stages, *saves], accelerator="cpu", logger=False,
                          enable_checkpointing=ckpt_path is None, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, loader(2), ckpt_path=ckpt_path)
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, loader(2), loader(1), ckpt_path=ckpt_path)
     return module
 
 
@@ -111,4 +113,5 @@ def test_resume_after_a_stage_change_matches_the_uninterrupted_fit(tmp_path):
     resumed_stages.schedule.plan.verify().raise_if_changed()
     other = {**AT_EPOCH, "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9}}
     with pytest.raises(SpecError, match="optimizer.lr differs"):
-        checkpointed_fit(StageCallback(other, model_attr="net"), 3, tmp_path, ckpt_path=tmp_path / "epoch=1.ckpt")
+        checkpointed_fit(StageCallback(other, model_attr="net"), 3, tmp_path,
+                         ckpt_path=tmp_path / "epoch=1.ckpt")
