@@ -7,6 +7,7 @@ in eval mode before each forward, so the layer stays frozen after ``model.train(
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import torch
@@ -78,13 +79,17 @@ class TorchExecute:
         """Nothing to do: torch.compile's guards see requires_grad and hook changes."""
 
     # --- tensors and optimizers -----------------------------------------------------------
+    # Neither reads through .numpy() on the tensor itself: that marks its storage non-resizable
+    # for good, and FSDP frees a gathered parameter's storage by resizing it to 0 (a stage change
+    # under FSDP reads whole parameters inside summon_full_params). One copy each, as before.
     def tensor_bytes(self, handle: torch.Tensor) -> bytes | None:
         """A sharded (DTensor) tensor gives this rank's shard: each rank checksums what it holds,
         with no communication, so ``verify()`` on every rank covers every element once."""
         if _shape(handle) is None or handle.device.type == "meta":
             return None
-        local = _local(handle)
-        return local.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        t = _local(handle).detach().cpu().contiguous()
+        size = t.numel() * t.element_size()
+        return ctypes.string_at(t.data_ptr(), size) if size else b""
 
     def read(self, handle: torch.Tensor) -> Any:
         """The whole tensor; a sharded one is gathered (a collective: every rank reads the same
@@ -93,7 +98,7 @@ class TorchExecute:
         t = handle.detach()
         if _is_dtensor(t):
             t = t.full_tensor()
-        return t.cpu().numpy().copy()
+        return t.cpu().clone().numpy()
 
     def write(self, handle: torch.Tensor, array: Any) -> None:
         """A whole array; a sharded tensor keeps this rank's slice of it (no communication)."""
