@@ -15,6 +15,8 @@ The figures come in families, one module each (``common.py`` says what a family 
 - memory.py: gradient and Adam-state bytes held for frozen parameters; peak process memory of
   full versus layer4+fc fine-tuning, each in a fresh process;
 - detector.py: one GluonCV detector (SSD, MobileNet 0.25): overhead, heads-only against full;
+- fsdp.py: per-rank gradient + optimizer-state bytes under torch FSDP2 (tunespec.shard), two gloo
+  ranks, against unsharded DDP;
 - gluon_optimizer.py: the default Gluon optimizers (torch's rules, fused) against MXNet's native
   fused update, per optimizer (SGD with momentum, Adam, AdamW).
 
@@ -36,14 +38,17 @@ import warnings
 
 import cached_prefix
 import detector
+import fsdp
 import gluon_optimizer
 import imports
+import layer_decay
 import memory
 import planning
 import steps
 from common import BATCH, LARGE, SIZE, Context, fmt, per_framework
 
-FAMILIES = [imports, planning, steps, cached_prefix, memory, detector, gluon_optimizer]  # the table's order
+FAMILIES = [imports, planning, layer_decay, steps, cached_prefix, memory, detector, fsdp,
+            gluon_optimizer]  # the table's order
 BY_NAME = {family.FAMILY: family for family in FAMILIES}
 
 

@@ -90,7 +90,7 @@ def run(fw, pretrained: Path, out: Path, epochs: int) -> None:
     report = tunespec.load(model, pretrained, select=r"(?!fc\.).*")  # backbone only
     print(f"[{name}] {str(report).splitlines()[0]}")
     tunespec.initialize(model, RECIPE)
-    schedule = tunespec.Schedule(RECIPE, steps_per_epoch=STEPS)
+    schedule = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
     model, opt = schedule.start(model)
     (x, y), (vx, vy) = make_data(BATCH * STEPS, 1), make_data(256, 2)
     ckpt = out / f"{name}.{'pt' if name == 'Torch' else 'params'}"
@@ -105,7 +105,7 @@ def run(fw, pretrained: Path, out: Path, epochs: int) -> None:
         model, opt = schedule.step(epoch, model, opt, metric=acc)
         tunespec.save_checkpoint(ckpt, model, opt, schedule, epoch=epoch)
     schedule.plan.verify().raise_if_changed()
-    fresh = tunespec.Schedule(RECIPE, steps_per_epoch=STEPS)
+    fresh = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
     resumed, _, meta = tunespec.resume(ckpt, fw.model(), fresh)
     same = tunespec.load(fw.model(), ckpt, key="model") if name == "Torch" else None
     print(f"[{name}] resumed at epoch {meta['epoch']} in stage {fresh.stage.name!r}; frozen tensors "

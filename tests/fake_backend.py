@@ -1,13 +1,29 @@
-"""A tiny in-memory 'framework' so the core can be tested without torch or mxnet."""
+"""A tiny in-memory 'framework' so the core can be tested without torch or mxnet.
+
+It is a backend written outside the package tree: it sees the core only through the protocol
+module (``tunespec.backend_api``) and joins through the public registry, like a third-party
+backend would. It implements the whole required protocol plus the checkpoint-file, restaging and
+graph-tracing capabilities; this module itself is its "framework" (``FACTS.framework``), so
+dispatch finds it once it is imported.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from tunespec.listing import Listing, ListingBuilder
+import tunespec
+from tunespec.backend_api import FrameworkFacts, GraphNode, Listing, ListingBuilder
 from tunespec.plan import Plan
 from tunespec.spec import Spec
+
+FACTS = FrameworkFacts(
+    name="fake", framework=__name__, backend=f"{__name__}:BACKEND", extra="",
+    model_type="a fake_backend.FakeLayer", optimizer_type="a fake optimizer",
+    file_suffixes=(".fake",),
+    weight_layouts={"default": ("out", "in", "spatial")},
+)
 
 
 @dataclass(eq=False)
@@ -58,8 +74,42 @@ def small_net() -> FakeLayer:
     })
 
 
+@dataclass(frozen=True)
+class FakeArray:
+    """A tensor's values as the fake framework hands them out: one number, broadcast over a shape."""
+
+    shape: tuple[int, ...]
+    value: float
+    dtype: None = None
+
+
+class FakeOptimizer(list):
+    """The fake optimizer: a list of groups (dicts with 'params', 'lr', ...), plus an lr factor."""
+
+    def __init__(self, groups: Sequence[dict], name: Any, defaults: dict[str, Any]):
+        super().__init__(groups)
+        self.name, self.defaults = name, defaults
+        self.factor: Callable[[int], float] | None = None
+        self.steps = 0
+
+    def lrs(self) -> list[float]:
+        """Each group's lr at the current step, as the framework would use it."""
+        scale = self.factor(self.steps) if self.factor else 1.0
+        return [g["lr"] * scale for g in self]
+
+
+@dataclass
+class FakeLRScheduler:
+    optimizer: FakeOptimizer
+
+
+# The fake layer kinds as tunespec's layer kinds (what a real backend maps its classes onto).
+LAYER_KINDS = {"conv": "conv", "linear": "linear", "norm": "batch_norm"}
+
+
 class FakeBackend:
     name = "fake"
+    facts = FACTS
 
     def __init__(self) -> None:
         self.commits = 0
@@ -69,10 +119,10 @@ class FakeBackend:
         return isinstance(model, FakeLayer)
 
     def listing(self, model: FakeLayer) -> Listing:
-        found = ListingBuilder()
+        found = ListingBuilder(FACTS.leaf_spellings)
 
         def walk(layer: FakeLayer, path: tuple[str, ...], wrappers: frozenset[int]) -> None:
-            found.layer(path, layer.kind, layer.kind == "norm", wrappers)
+            found.layer(path, layer.kind, layer.kind == "norm", wrappers, LAYER_KINDS.get(layer.kind, "other"))
             for table, state in ((layer.params, False), (layer.stats, True)):
                 for leaf, t in table.items():
                     found.add(t, leaf, native="_".join(path + (leaf,)), shape=t.shape, is_state=state,
@@ -114,21 +164,132 @@ class FakeBackend:
     def tensor_bytes(self, t: FakeTensor) -> bytes:
         return repr(t.value).encode()
 
-    def optimizer_handles(self, optimizer: Sequence[FakeTensor]) -> list[Any]:
-        return list(optimizer)
+    def read(self, t: FakeTensor) -> FakeArray:
+        return FakeArray(tuple(t.shape), t.value)
+
+    def write(self, t: FakeTensor, array: Any) -> None:
+        value = float(array.value if isinstance(array, FakeArray) else array)
+        if self.fail_on == "write" and t.shape == (-1,):
+            raise RuntimeError("write boom")
+        t.value = value
+
+    # --- optimizers --------------------------------------------------------------------------
+    def optimizer_handles(self, optimizer: Sequence[Any]) -> list[Any]:
+        if isinstance(optimizer, FakeOptimizer):
+            return [p for g in optimizer for p in g["params"]]
+        return list(optimizer)  # a plain list of handles, as plan.check takes it
 
     def owns_optimizer(self, optimizer: Any) -> bool:
         return isinstance(optimizer, list)
 
-    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+    def optimizer_options(self, name: Any, semantics: str | None = None) -> frozenset[str] | None:
         return None  # the fake optimizer takes any option
 
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
-                        weight_decay: float, **options: Any) -> list[dict]:
-        return [dict(g, name=name, **options) for g in groups]
+                        weight_decay: float, semantics: str | None = None, **options: Any) -> FakeOptimizer:
+        defaults = {"lr": lr, "weight_decay": weight_decay, **options}
+        return FakeOptimizer([dict(g, name=name, params=list(g["params"]), **options) for g in groups],
+                             name, defaults)
+
+    def attach_schedule(self, optimizer: FakeOptimizer, factor: Any) -> FakeLRScheduler:
+        optimizer.factor = factor
+        return FakeLRScheduler(optimizer)
+
+    def optimizer_snapshot(self, optimizer: FakeOptimizer, lr_scheduler: Any) -> Any:
+        return [(g, dict(g, params=list(g["params"]))) for g in optimizer], getattr(optimizer, "factor", None)
+
+    def optimizer_rollback(self, optimizer: FakeOptimizer, lr_scheduler: Any, saved: Any) -> None:
+        groups, factor = saved
+        for group, content in groups:
+            group.clear()
+            group.update(content)
+        optimizer[:] = [g for g, _ in groups]
+        if isinstance(optimizer, FakeOptimizer):
+            optimizer.factor = factor
+
+    # --- Restaging ---------------------------------------------------------------------------
+    def optimizer_groups(self, optimizer: FakeOptimizer, lr_scheduler: Any = None) -> list[dict]:
+        return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
+                 "lr_factor": g.get("lr_factor", 1.0), "ramp": g.get("ramp"), "lr": g["lr"],
+                 "initial_lr": g["lr"] if optimizer.factor else None} for g in optimizer]
+
+    def lr_state(self, optimizer: FakeOptimizer, lr_scheduler: Any) -> dict[str, Any]:
+        return {"lr": optimizer.defaults["lr"], "weight_decay": optimizer.defaults.get("weight_decay"),
+                "step": optimizer.steps}
+
+    def restage_optimizer(self, optimizer: FakeOptimizer, layout: Sequence[dict], added: Sequence[Any],
+                          removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Installs what the core computed; the fake's group lr is the initial lr (lrs() scales it)."""
+        kept = len(optimizer)
+        for group, new in zip(optimizer, layout[:kept], strict=True):
+            group["params"] = list(new["params"])
+        for new in layout[kept:]:
+            optimizer.append({"params": list(new["params"]), "lr_mult": new["lr_mult"],
+                              "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"], "ramp": new.get("ramp")})
+        for group, new in zip(optimizer, layout, strict=True):
+            if "initial_lr" in new:
+                group["lr"] = new["initial_lr"]
+            if new.get("weight_decay") is not None:
+                group["weight_decay"] = new["weight_decay"]
+
+    # --- CheckpointFiles: a JSON file of {name: {"shape": [...], "value": x}} -----------------
+    def read_checkpoint(self, path: str, allow_pickle: bool) -> dict[str, FakeArray]:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return {k: FakeArray(tuple(v["shape"]), float(v["value"])) for k, v in data.items()}
+
+    def read_safetensors(self, path: str) -> dict[str, Any]:
+        raise tunespec.SpecError("the fake framework has no safetensors reader")
+
+    def is_tensor(self, value: Any) -> bool:
+        return isinstance(value, FakeArray)
+
+    def to_numpy(self, value: Any) -> Any:
+        return value
+
+    def load_file(self, model: FakeLayer, path: str, allow_pickle: bool = False) -> None:
+        state = self.read_checkpoint(path, allow_pickle)
+        for t in self.listing(model).tensors:
+            self.write(t.handle, state[t.canonical])
+
+    def save_file(self, model: FakeLayer, path: str) -> None:
+        save_fake(path, {t.canonical: self.read(t.handle) for t in self.listing(model).tensors})
+
+    # --- GraphTracing: a chain of the top-level children ----------------------------------------
+    def trace_split(self, model: FakeLayer, split: str) -> tuple[list[GraphNode], Any]:
+        nodes = [GraphNode("input", (), is_input=True)]
+        for i, (name, child) in enumerate(model.children.items()):
+            tensors = tuple(self._tensors(child))
+            nodes.append(GraphNode(name, (i,), tensors, in_split=name == split))
+        return nodes, model
+
+    def cut_at(self, traced: FakeLayer, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
+        names = list(traced.children)
+        front = [traced.children[n] for i, n in enumerate(names, 1) if i in prefix]
+        back = [traced.children[n] for i, n in enumerate(names, 1) if i not in prefix]
+        return (lambda x: ("front", len(front), x)), (lambda x: ("back", len(back), x))
+
+    def run_frozen(self, prefix: Any, x: Any) -> Any:
+        return prefix(x)
+
+    def _tensors(self, layer: FakeLayer) -> list[FakeTensor]:
+        out = [*layer.params.values(), *layer.stats.values()]
+        for child in layer.children.values():
+            out += self._tensors(child)
+        return out
+
+
+def save_fake(path: Any, state: dict[str, FakeArray]) -> None:
+    """A fake checkpoint file (JSON)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({k: {"shape": list(v.shape), "value": v.value} for k, v in state.items()}, f)
+
+
+BACKEND = FakeBackend()
+tunespec.register_backend(FACTS)
 
 
 def fake_plan(model: FakeLayer, spec: Any, backend: FakeBackend | None = None) -> Plan:
     backend = backend or FakeBackend()
     spec = spec if isinstance(spec, Spec) else Spec.from_dict(spec)
-    return Plan(model, spec, backend, backend.listing(model))
+    return Plan.make(model, spec, backend)

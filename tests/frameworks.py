@@ -18,7 +18,8 @@ except ModuleNotFoundError:  # the base install: numpy comes with torch or mxnet
     np = None
 
 EXTRAS = {"torch": "torch", "torchvision": "torch", "mxnet": "mxnet", "gluoncv": "mxnet",
-          "safetensors": "safetensors", "lightning": "lightning"}
+          "safetensors": "safetensors", "lightning": "lightning", "timm": "test",
+          "transformers": "huggingface", "mmengine": "test"}
 
 
 def _reason(module: str) -> str:

@@ -174,7 +174,7 @@ def test_every_bad_value_is_a_spec_error_with_its_path(data, message):
     ({"name": "adamw", "beta": 0.9}, "optimizer.beta: unknown option of adamw (did you mean 'betas'?)"),
     ({"name": "adam", "momentum": 0.9}, "optimizer.momentum: unknown option of adam"),
     ({"name": "sgd", "update_on_kvstore": 1}, "optimizer.update_on_kvstore: expected true or false"),
-    ({"name": "sgd", "kvstore": 5}, "optimizer.kvstore: expected a kvstore name"),
+    ({"name": "sgd", "kvstore": 5}, "optimizer.kvstore: expected a name like 'device'"),
     ({"name": "sgd", "compression_params": {"type": "3bit"}}, "optimizer.compression_params.type"),
     ({"name": "sgd", "clip_gradient": -1}, "optimizer.clip_gradient: expected a finite number > 0"),
 ])

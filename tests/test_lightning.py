@@ -74,9 +74,44 @@ def test_plateau_stage_in_a_lightning_fit():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.005)
 
 
-def test_missing_monitor_and_resume_after_a_stage_are_refused():
+def test_missing_monitor_is_refused():
     stages = StageCallback(RECIPE, monitor="val_acc", model_attr="net")
     with pytest.raises(SpecError, match="'val_acc' was not logged .*val_loss"):
         fit(stages, 1)
-    with pytest.raises(SpecError, match="not supported"):
-        StageCallback(RECIPE).load_state_dict({"index": 1})
+    with pytest.raises(SpecError, match="has not set up yet"):
+        StageCallback(RECIPE).load_state_dict({"schedule": {"index": 1}})
+
+
+AT_EPOCH = {**RECIPE, "stages": [{"at_epoch": 1, "preset": "4+", "lr_factor": 0.1}]}
+
+
+def checkpointed_fit(stages: StageCallback, epochs: int, out, ckpt_path=None) -> Module:
+    module = Module(stages)
+    # ModelCheckpoint's default with validation every epoch: it saves at the epoch's end, after
+    # the callback's stage change (tests/test_lightning_strategies.py says save_on_train_epoch_end)
+    saves = [] if ckpt_path is not None else [
+        pl.callbacks.ModelCheckpoint(dirpath=out, filename="{epoch}", save_top_k=-1)]
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[stages, *saves], accelerator="cpu", logger=False,
+                         enable_checkpointing=ckpt_path is None, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, loader(2), loader(1), ckpt_path=ckpt_path)
+    return module
+
+
+def test_resume_after_a_stage_change_matches_the_uninterrupted_fit(tmp_path):
+    """Lightning builds the optimizer of stage 0, then gives the callback its state: the callback
+    replays the stage change so the saved optimizer state (momentum of the new group) fits."""
+    h = TorchHarness()
+    stages = StageCallback(AT_EPOCH, model_attr="net")
+    uninterrupted = h.arrays(checkpointed_fit(stages, 3, tmp_path).net)
+    resumed_stages = StageCallback(AT_EPOCH, model_attr="net")
+    resumed = checkpointed_fit(resumed_stages, 3, tmp_path, ckpt_path=tmp_path / "epoch=1.ckpt")
+    assert resumed_stages.schedule.index == 1 and resumed_stages.schedule.history == [(0, "4+")]
+    assert [len(g["params"]) for g in resumed_stages._optimizer.param_groups] == [2, 30]
+    after = h.arrays(resumed.net)
+    assert [k for k in after if not np.array_equal(after[k], uninterrupted[k])] == []
+    resumed_stages.schedule.plan.verify().raise_if_changed()
+    other = {**AT_EPOCH, "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9}}
+    with pytest.raises(SpecError, match="optimizer.lr differs"):
+        checkpointed_fit(StageCallback(other, model_attr="net"), 3, tmp_path,
+                         ckpt_path=tmp_path / "epoch=1.ckpt")

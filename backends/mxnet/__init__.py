@@ -1,37 +1,23 @@
-"""MXNet Gluon backend (MXNet 1.9.x): lists a ``gluon.Block``'s parameters and executes a plan.
-
-One class per job, each in its own module (the same module names in every backend): listing,
-execute, optimizers (plus fused_rules and update_rules: torch's rules as MXNet optimizers, on MXNet's
-fused operators and in full precision), checkpoints, graph
-(cached prefixes), distributed (parameter servers), zoo (GluonCV import shim, models for the CLI).
-"""
+"""The mxnet backend package. Importing it imports only its facts: the backend itself (and mxnet)
+load on first use of ``BACKEND`` or any other name below, so the registry can read the facts first."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from mxnet import gluon
+from .facts import FACTS
 
-from .checkpoints import MXNetCheckpoints
-from .distributed import MXNetDistributed
-from .execute import MXNetExecute
-from .graph import MXNetGraph
-from .listing import MXNetListing, SymbolNorm
-from .optimizers import MXNetOptimizers
-from .fused_rules import FusedTorchAdam, FusedTorchAdamW, FusedTorchSGD
-from .update_rules import ScheduleAdapter, TorchAdam, TorchAdamW, TorchSGD
-from .zoo import build_model, import_gluoncv
+_LAZY = {"BACKEND": ".backend", "MXNetBackend": ".backend", "SymbolNorm": ".listing", "ScheduleAdapter": ".update_rules",
+         "TorchSGD": ".update_rules", "TorchAdam": ".update_rules", "TorchAdamW": ".update_rules",
+         "FusedTorchSGD": ".fused_rules", "FusedTorchAdam": ".fused_rules", "FusedTorchAdamW": ".fused_rules",
+         "build_model": ".zoo", "import_gluoncv": ".zoo"}
 
 
-class MXNetBackend(MXNetListing, MXNetExecute, MXNetOptimizers, MXNetCheckpoints, MXNetGraph,
-                   MXNetDistributed):
-    name = "mxnet"
-
-    def owns(self, model: Any) -> bool:
-        return isinstance(model, gluon.Block)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-BACKEND = MXNetBackend()
-
-__all__ = ["BACKEND", "FusedTorchAdam", "FusedTorchAdamW", "FusedTorchSGD", "MXNetBackend", "ScheduleAdapter",
-           "SymbolNorm", "TorchAdam", "TorchAdamW", "TorchSGD", "build_model", "import_gluoncv"]
+__all__ = ["FACTS", *_LAZY]

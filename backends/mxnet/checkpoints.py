@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from typing import Any
@@ -11,7 +10,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from tunespec.backend_api import (MAX_DIMS, decode_tree, encode_tree, excerpt, read_bytes, regular_file,
+from tunespec.backend_api import (MAX_DIMS, RUN_LAYOUT, decode_tree, encode_tree, excerpt, read_bytes, regular_file,
                                   write_checked)
 from tunespec.errors import MissingFrameworkError, SpecError
 
@@ -237,17 +236,10 @@ class MXNetCheckpoints:
             raise SpecError("save_checkpoint: this Trainer keeps its optimizer state on the kvstore "
                             "(update_on_kvstore=True); build it with update_on_kvstore=False to checkpoint it")
         mx.nd.waitall()  # see tensor_bytes
-        entries: dict[str, Any] = {}
         params = model._collect_params_with_prefix()
-        for k, p in params.items():
-            entries[f"model/{k}"] = _np_entry(p.data(p.list_ctx()[0]).asnumpy())
-        for k, v in (best or {}).items():
-            entries[f"best/{k}"] = _np_entry(np.asarray(v))
-
-        def add(array: mx.nd.NDArray) -> str:
-            name = f"opt/{sum(k.startswith('opt/') for k in entries)}"
-            entries[name] = _np_entry(array.asnumpy())
-            return name
+        entries = RUN_LAYOUT.pack({k: _np_entry(p.data(p.list_ctx()[0]).asnumpy()) for k, p in params.items()},
+                                  None if best is None else {k: _np_entry(np.asarray(v)) for k, v in best.items()})
+        add = RUN_LAYOUT.namer(entries, RUN_LAYOUT.optimizer, lambda array: _np_entry(array.asnumpy()))
 
         updater = trainer._updaters[0]
         o = trainer._optimizer
@@ -262,15 +254,13 @@ class MXNetCheckpoints:
                                "begin_num_update": o.begin_num_update,
                                "rescale_grad": o.rescale_grad,
                                "lr_scheduler": _scheduler_scalars(o.lr_scheduler)}}
-        write_checked(path, entries, {"tunespec.run": meta, "tunespec.state": json.dumps(state)})
+        write_checked(path, entries, RUN_LAYOUT.metadata(meta, state))
 
     def load_run(self, tensors: dict[str, Any], metadata: dict[str, str], path: str) -> dict[str, Any]:
         """The run's state as numpy arrays and plain values; a SpecError for anything malformed."""
         try:
-            state = json.loads(metadata["tunespec.state"])
             arrays = {k: _np_array(*v) for k, v in tensors.items()}
-            model = {k: arrays.pop(f"model/{k}") for k in state["model"]}
-            best = None if state["best"] is None else {k: arrays.pop(f"best/{k}") for k in state["best"]}
+            state, model, best = RUN_LAYOUT.unpack(arrays, metadata)
             states = decode_tree(state["states"], arrays.__getitem__)
             o = dict(state["optimizer"])
             o["multipliers"] = decode_tree(o["multipliers"], arrays.__getitem__)

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class MXNetDistributed:
-    def is_distributed_wrapper(self, model: Any) -> bool:
-        return False
 
-    def rewrap(self, model: Any) -> Any:
-        return model
-
-
-    def serve_kvstore(self) -> None:
+    def serve_parameters(self) -> None:
         """Run the parameter-server loop of this process's DMLC_ROLE, with tunespec's optimizers loaded."""
         from mxnet.kvstore import kvstore_server
 

@@ -118,7 +118,8 @@ class MXNetOptimizers:
         return {"params": list(trainer._params), "param2idx": dict(trainer._param2idx),
                 "param_dict": dict(o.param_dict), "to_init": list(trainer._params_to_init),
                 "contexts": trainer._contexts, "lr_mult": dict(o.lr_mult), "wd_mult": dict(o.wd_mult),
-                "lr_scheduler": o.lr_scheduler, "states": [dict(u.states) for u in trainer._updaters]}
+                "lr_scheduler": o.lr_scheduler, "states": [dict(u.states) for u in trainer._updaters],
+                "multipliers": dict(getattr(o.lr_scheduler, "multipliers", {}))}
 
     def optimizer_rollback(self, trainer: gluon.Trainer, lr_scheduler: Any, saved: Any) -> None:
         o = trainer._optimizer
@@ -130,6 +131,9 @@ class MXNetOptimizers:
         trainer._params_to_init[:] = saved["to_init"]
         trainer._contexts = saved["contexts"]
         o.lr_mult, o.wd_mult, o.lr_scheduler = saved["lr_mult"], saved["wd_mult"], saved["lr_scheduler"]
+        if isinstance(o.lr_scheduler, ScheduleAdapter):
+            o.lr_scheduler.multipliers.clear()
+            o.lr_scheduler.multipliers.update(saved["multipliers"])
         for updater, states in zip(trainer._updaters, saved["states"], strict=True):
             updater.states.clear()
             updater.states.update(states)
@@ -140,13 +144,20 @@ class MXNetOptimizers:
         optimizer.lr_scheduler = ScheduleAdapter(factor, base)
         return optimizer.lr_scheduler
 
-    def optimizer_groups(self, trainer: gluon.Trainer) -> list[dict]:
+    def optimizer_groups(self, trainer: gluon.Trainer, lr_scheduler: Any = None) -> list[dict]:
         return []  # a Trainer has no groups: multipliers live on the Parameters
+
+    def lr_state(self, trainer: gluon.Trainer, lr_scheduler: Any) -> dict[str, Any]:
+        o = trainer._optimizer
+        base = o.lr_scheduler.base_lr if o.lr_scheduler is not None else o.lr
+        return {"lr": base, "weight_decay": o.wd, "step": o.num_update}
 
     def restage_optimizer(self, trainer: gluon.Trainer, layout: Sequence[dict],
                           added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
         """Append newly trainable parameters under new indices: the others keep their index, so their
-        updater (and kvstore) state stays theirs. Removed ones stay listed; Gluon skips grad_req='null'."""
+        updater (and kvstore) state stays theirs. Removed ones stay listed; Gluon skips grad_req='null'.
+        The lrs live on the Parameters (``lr_mult``, set by the core through ``set_param``): here
+        they are only copied into the optimizer's per-index tables."""
         new = [p for p in added if p.name not in trainer._param2idx]
         if new and trainer._kv_initialized and trainer._update_on_kvstore:
             raise SpecError("a stage adds parameters to a Trainer that updates on the kvstore "
@@ -161,6 +172,15 @@ class MXNetOptimizers:
             trainer._optimizer.param_dict[index] = p
             trainer._params_to_init.append(p)  # goes on the kvstore in _prepare_trainer or Trainer.step
         trainer._contexts = trainer._check_contexts()
+        adapter = trainer._optimizer.lr_scheduler
+        stepped = {p: g["lr_mult_at"] for g in layout if g.get("lr_mult_at") for p in g["params"]}
+        if stepped and not isinstance(adapter, ScheduleAdapter):
+            raise SpecError("a per-step ramp grows through tunespec's lr scheduler, and this Trainer has "
+                            "another; build it with tunespec (StageRunner.start)")
+        if isinstance(adapter, ScheduleAdapter):
+            for p in removed:
+                adapter.multipliers.pop(p, None)
+            adapter.multipliers.update(stepped)
         _prepare_trainer(trainer)
 
     def optimizer_backup(self, trainer: gluon.Trainer) -> Any:

@@ -116,7 +116,14 @@ class ScheduleAdapter(mx.lr_scheduler.LRScheduler):
     def __init__(self, factor: Any, base_lr: float):
         super().__init__(base_lr=base_lr)
         self.factor = factor
+        # Parameter -> its lr_mult at step t, for parameters whose lr grows per step (a stage's
+        # ramp): MXNet asks the scheduler for the lr before it reads the multipliers, so they are
+        # set here, for the update being made.
+        self.multipliers: dict[Any, Any] = {}
 
     def __call__(self, num_update: int) -> float:
-        return self.base_lr * self.factor(max(num_update - 1, 0))
+        t = max(num_update - 1, 0)
+        for param, mult_at in self.multipliers.items():
+            param.lr_mult = mult_at(t)
+        return self.base_lr * self.factor(t)
 

@@ -1,32 +1,20 @@
-"""PyTorch backend: lists an ``nn.Module``'s tensors and executes a plan on it.
-
-One class per job, each in its own module (the same module names in every backend): listing,
-execute, optimizers, checkpoints, graph (cached prefixes), distributed, zoo (models for the CLI).
-"""
+"""The torch backend package. Importing it imports only its facts: the backend itself (and torch)
+load on first use of ``BACKEND`` or any other name below, so the registry can read the facts first."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from torch import nn
+from .facts import FACTS
 
-from .checkpoints import TorchCheckpoints
-from .distributed import TorchDistributed
-from .execute import FrozenStats, TorchExecute
-from .graph import TorchGraph
-from .listing import TorchListing
-from .optimizers import TorchOptimizers
-from .zoo import build_model
+_LAZY = {"BACKEND": ".backend", "TorchBackend": ".backend", "FrozenStats": ".execute", "build_model": ".zoo"}
 
 
-class TorchBackend(TorchListing, TorchExecute, TorchOptimizers, TorchCheckpoints, TorchGraph,
-                   TorchDistributed):
-    name = "torch"
-
-    def owns(self, model: Any) -> bool:
-        return isinstance(model, nn.Module)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-BACKEND = TorchBackend()
-
-__all__ = ["BACKEND", "FrozenStats", "TorchBackend", "build_model"]
+__all__ = ["FACTS", *_LAZY]

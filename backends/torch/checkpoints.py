@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 from torch import nn
 
-from tunespec.backend_api import decode_tree, encode_tree, excerpt, regular_file, write_checked
+from tunespec.backend_api import RUN_LAYOUT, decode_tree, encode_tree, excerpt, regular_file, write_checked
 from tunespec.errors import MissingFrameworkError, SpecError
 
 from .listing import _unwrap
@@ -113,33 +112,24 @@ class TorchCheckpoints:
     def save_run(self, path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                  lr_scheduler: Any, meta: str, best: dict[str, Any] | None) -> None:
         """One safetensors file: model, best weights and optimizer tensors; the rest as JSON."""
-        entries: dict[str, Any] = {}
-
-        def add(prefix: str) -> Any:
-            def store(t: torch.Tensor) -> str:
-                name = f"{prefix}/{len([k for k in entries if k.startswith(prefix + '/')])}"
-                entries[name] = _torch_entry(t)
-                return name
-            return store
-
         model_state = _unwrap(model).state_dict()
-        for k, t in model_state.items():
-            entries[f"model/{k}"] = _torch_entry(t)
-        for k, v in (best or {}).items():
-            entries[f"best/{k}"] = _torch_entry(torch.from_numpy(v))
+        entries = RUN_LAYOUT.pack({k: _torch_entry(t) for k, t in model_state.items()},
+                                  None if best is None else {k: _torch_entry(torch.from_numpy(v))
+                                                             for k, v in best.items()})
         state = {"model": list(model_state), "best": None if best is None else list(best),
-                 "optimizer": encode_tree(optimizer.state_dict(), self.is_tensor, add("opt")),
+                 "optimizer": encode_tree(optimizer.state_dict(), self.is_tensor,
+                                          RUN_LAYOUT.namer(entries, RUN_LAYOUT.optimizer, _torch_entry)),
                  "lr_scheduler": None if lr_scheduler is None else encode_tree(
-                     _scheduler_state(lr_scheduler), self.is_tensor, add("sched"))}
-        write_checked(path, entries, {"tunespec.run": meta, "tunespec.state": json.dumps(state)})
+                     _scheduler_state(lr_scheduler), self.is_tensor,
+                     RUN_LAYOUT.namer(entries, RUN_LAYOUT.scheduler, _torch_entry))}
+        write_checked(path, entries, RUN_LAYOUT.metadata(meta, state))
 
     def load_run(self, tensors: dict[str, Any], metadata: dict[str, str], path: str) -> dict[str, Any]:
         """The run's state as torch tensors and plain values; a SpecError for anything malformed."""
         try:
-            state = json.loads(metadata["tunespec.state"])
             arrays = {k: _torch_tensor(*v) for k, v in tensors.items()}
-            model = {k: arrays.pop(f"model/{k}") for k in state["model"]}
-            best = None if state["best"] is None else {k: arrays.pop(f"best/{k}").numpy() for k in state["best"]}
+            state, model, best = RUN_LAYOUT.unpack(arrays, metadata)
+            best = None if best is None else {k: v.numpy() for k, v in best.items()}
             opt = decode_tree(state["optimizer"], arrays.__getitem__)
             sched = None if state["lr_scheduler"] is None else decode_tree(state["lr_scheduler"],
                                                                          arrays.__getitem__)

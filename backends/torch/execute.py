@@ -7,6 +7,7 @@ in eval mode before each forward, so the layer stays frozen after ``model.train(
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import torch
@@ -78,15 +79,44 @@ class TorchExecute:
         """Nothing to do: torch.compile's guards see requires_grad and hook changes."""
 
     # --- tensors and optimizers -----------------------------------------------------------
+    # Neither reads through .numpy() on the tensor itself: that marks its storage non-resizable
+    # for good, and FSDP frees a gathered parameter's storage by resizing it to 0 (a stage change
+    # under FSDP reads whole parameters inside summon_full_params). One copy each, as before.
     def tensor_bytes(self, handle: torch.Tensor) -> bytes | None:
+        """A sharded (DTensor) tensor gives this rank's shard: each rank checksums what it holds,
+        with no communication, so ``verify()`` on every rank covers every element once."""
         if _shape(handle) is None or handle.device.type == "meta":
             return None
-        return handle.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        t = _local(handle).detach().cpu().contiguous()
+        size = t.numel() * t.element_size()
+        return ctypes.string_at(t.data_ptr(), size) if size else b""
 
     def read(self, handle: torch.Tensor) -> Any:
-        return handle.detach().cpu().numpy().copy()
+        """The whole tensor; a sharded one is gathered (a collective: every rank reads the same
+        tensors in the same order, as the core does), since best weights and rollbacks need the
+        values with the tensor's shape."""
+        t = handle.detach()
+        if _is_dtensor(t):
+            t = t.full_tensor()
+        return t.cpu().clone().numpy()
 
     def write(self, handle: torch.Tensor, array: Any) -> None:
+        """A whole array; a sharded tensor keeps this rank's slice of it (no communication)."""
         with torch.no_grad():
-            handle.copy_(torch.as_tensor(array).to(dtype=handle.dtype))
+            value = torch.as_tensor(array).to(dtype=handle.dtype)
+            if _is_dtensor(handle):
+                from torch.distributed.tensor import distribute_tensor
 
+                value = distribute_tensor(value.to(handle.device), handle.device_mesh, handle.placements,
+                                          src_data_rank=None).to_local()
+                handle.to_local().copy_(value)
+            else:
+                handle.copy_(value)
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "device_mesh") and callable(getattr(t, "to_local", None))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if _is_dtensor(t) else t

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from tunespec.backend_api import Listing, ListingBuilder, class_names
+
+from .facts import FACTS
 # Wrapper classes and the attribute under which they hold the wrapped model.
 _WRAPPERS = {
     "torch.nn.parallel.distributed.DistributedDataParallel": "module",
@@ -38,22 +42,42 @@ def _shape(t: torch.Tensor) -> tuple[int, ...] | None:
 
 
 _PLAIN_TENSORS = (nn.Parameter, torch.Tensor)
-_KINDS: dict[type, tuple[bool, bool, str | None]] = {}
+# torch classes -> tunespec's layer kinds; the first base that matches wins (instance norms are
+# _NormBase subclasses too, so they come before batch norms).
+_LAYER_KINDS: tuple[tuple[type, str], ...] = (
+    (_ConvNd, "conv"), (nn.Linear, "linear"), (nn.Embedding, "embedding"), (nn.EmbeddingBag, "embedding"),
+    (_InstanceNorm, "instance_norm"), (_BatchNorm, "batch_norm"), (nn.LayerNorm, "layer_norm"),
+    (nn.GroupNorm, "group_norm"), (nn.LocalResponseNorm, "local_response_norm"),
+    (nn.CrossMapLRN2d, "local_response_norm"),
+) + (((nn.RMSNorm, "rms_norm"),) if hasattr(nn, "RMSNorm") else ())
+_KINDS: dict[type, tuple[bool, bool, str | None, str]] = {}
 
 
-def _module_kind(cls: type) -> tuple[bool, bool, str | None]:
-    """(is a norm layer, has running statistics, wrapped-model attribute), cached per class."""
+def _module_kind(cls: type) -> tuple[bool, bool, str | None, str]:
+    """(is a norm layer, has running statistics, wrapped-model attribute, layer kind), per class."""
     kind = _KINDS.get(cls)
     if kind is None:
         attr = next((_WRAPPERS[k] for k in (f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__)
                      if k in _WRAPPERS), None)
-        kind = _KINDS[cls] = (issubclass(cls, _NORMS), issubclass(cls, _NormBase), attr)
+        layer_kind = next((name for base, name in _LAYER_KINDS if issubclass(cls, base)), "other")
+        kind = _KINDS[cls] = (issubclass(cls, _NORMS), issubclass(cls, _NormBase), attr, layer_kind)
     return kind
+
+
+def _conv_kind(module: nn.Module) -> str:
+    """'depthwise_conv' when groups == in_channels > 1; 'deferred_conv' while a lazy grouped
+    convolution has no input channels yet."""
+    groups, channels = module.groups, module.in_channels
+    if groups <= 1:
+        return "conv"
+    if not channels:
+        return "deferred_conv"
+    return "depthwise_conv" if channels == groups else "conv"
 
 
 class TorchListing:
     def listing(self, model: nn.Module) -> Listing:
-        found = ListingBuilder()
+        found = ListingBuilder(FACTS.leaf_spellings)
         add, layer = found.add, found.layer  # bound once: called per tensor on 100,000-tensor models
         seen_modules: set[int] = set()
         # An explicit stack (children pushed in reverse) lists in the same pre-order as recursion
@@ -63,8 +87,9 @@ class TorchListing:
             module, path, wrappers = stack.pop()
             first_visit = id(module) not in seen_modules
             seen_modules.add(id(module))
-            is_norm, has_stats, wrapped = _module_kind(type(module))
-            layer(path, type(module).__name__, is_norm, wrappers)
+            is_norm, has_stats, wrapped, kind = _module_kind(type(module))
+            layer(path, type(module).__name__, is_norm, wrappers,
+                  _conv_kind(module) if kind == "conv" else kind)
             for leaf, tensor in module._parameters.items():
                 if tensor is not None:
                     shape = tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor)

@@ -74,41 +74,61 @@ class TorchOptimizers:
                 setattr(lr_scheduler, key, list(value) if isinstance(value, list) else value)
 
 
-    def optimizer_groups(self, optimizer: torch.optim.Optimizer) -> list[dict]:
+    def optimizer_groups(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None) -> list[dict]:
+        """Each group's parameters, the keys tunespec put on it, its lr and its initial lr (the lr
+        scheduler's base lr for it; the group's own ``initial_lr`` without a scheduler)."""
+        base = list(lr_scheduler.base_lrs) if lr_scheduler is not None else []
         return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
-                 "lr_factor": g.get("lr_factor", 1.0)} for g in optimizer.param_groups]
+                 "lr_factor": g.get("lr_factor", 1.0), "ramp": g.get("ramp"), "lr": g["lr"],
+                 "initial_lr": base[i] if i < len(base) else g.get("initial_lr")}
+                for i, g in enumerate(optimizer.param_groups)]
+
+    def lr_state(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> dict[str, Any]:
+        return {"lr": optimizer.defaults.get("lr"), "weight_decay": optimizer.defaults.get("weight_decay"),
+                "step": 0 if lr_scheduler is None else lr_scheduler.last_epoch}
 
     def restage_optimizer(self, optimizer: torch.optim.Optimizer, layout: Sequence[dict],
                           added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
-        """Give the existing groups their new parameter lists (state is per parameter, so it follows
-        them), drop the state of parameters that left, and append the new groups; an lr scheduler
-        gets a base lr for each new group and the new group starts at the current schedule factor."""
+        """Install the layout the core computed: the existing groups get their new parameter lists
+        (state is per parameter, so it follows them), groups past them are appended, the state of
+        parameters that left is dropped. Where a layout group gives ``lr``, ``initial_lr`` (the lr
+        scheduler's base lr) or ``factor`` (its lr factor function), they are installed as given."""
         kept = len(optimizer.param_groups)
-        for group, new in zip(optimizer.param_groups, layout[:kept], strict=True):
+        for group, new in zip(optimizer.param_groups, layout[:kept], strict=False):
             group["params"] = list(new["params"])
             if "param_names" in group:
                 group["param_names"] = list(new["param_names"])
         for p in removed:
             optimizer.state.pop(p, None)
-        base_lr = optimizer.defaults["lr"]
-        base_wd = optimizer.defaults.get("weight_decay")
-        scale = 1.0
-        if lr_scheduler is not None and lr_scheduler.base_lrs[0]:
-            scale = optimizer.param_groups[0]["lr"] / lr_scheduler.base_lrs[0]
         for new in layout[kept:]:
-            lr = base_lr * new["lr_mult"] * new["lr_factor"]
-            group = {"params": list(new["params"]), "lr": lr * scale, "lr_mult": new["lr_mult"],
+            group = {"params": list(new["params"]), "lr": new["lr"], "lr_mult": new["lr_mult"],
                      "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"],
                      "param_names": list(new["param_names"])}
-            if base_wd is not None:
-                group["weight_decay"] = base_wd * new["wd_mult"]
+            if new.get("ramp") is not None:
+                group["ramp"] = new["ramp"]
+            if new.get("weight_decay") is not None:
+                group["weight_decay"] = new["weight_decay"]
             optimizer.add_param_group(group)
-            if lr_scheduler is not None:
-                optimizer.param_groups[-1]["initial_lr"] = lr
-                lr_scheduler.base_lrs.append(lr)
+        for i, new in enumerate(layout):
+            group = optimizer.param_groups[i]
+            if "lr" in new:
+                group["lr"] = new["lr"]
+            if lr_scheduler is None:
+                continue
+            if i >= len(lr_scheduler.base_lrs):
+                lr_scheduler.base_lrs.append(new["initial_lr"])
                 if hasattr(lr_scheduler, "lr_lambdas"):
-                    lr_scheduler.lr_lambdas.append(lr_scheduler.lr_lambdas[0])
-                lr_scheduler._last_lr.append(lr * scale)
+                    lr_scheduler.lr_lambdas.append(new.get("factor") or lr_scheduler.lr_lambdas[0])
+                lr_scheduler._last_lr.append(group["lr"])
+            else:
+                if new.get("initial_lr") is not None:
+                    lr_scheduler.base_lrs[i] = new["initial_lr"]
+                if new.get("factor") is not None and hasattr(lr_scheduler, "lr_lambdas"):
+                    lr_scheduler.lr_lambdas[i] = new["factor"]
+                if "lr" in new:
+                    lr_scheduler._last_lr[i] = group["lr"]
+            if new.get("initial_lr") is not None:
+                group["initial_lr"] = new["initial_lr"]
 
     def optimizer_backup(self, optimizer: torch.optim.Optimizer) -> Any:
         """What a failed resume puts back: groups (as lists) and per-parameter state."""

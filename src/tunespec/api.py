@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .dispatch import backend_for, backend_for_optimizer
+from .dispatch import backend_for, backend_for_optimizer, check_backend_name
+from .framework_facts import default_semantics
 from .errors import SpecError
-from .listing import gc_paused
-from .plan import APPLIED, Plan, _remember, check_optimizer, model_lock
+from .plan import APPLIED, Plan, remember_applied, check_optimizer, model_lock
 from .recipe import LRSchedule, Recipe, load_recipe
 from .spec import Spec
 from . import validate
@@ -27,8 +27,7 @@ def as_spec(spec: SpecLike) -> Spec:
 
 def _check_call(backend: Any, strict: Any) -> None:
     """Wrong-type arguments are SpecErrors, never an AttributeError or TypeError from deep inside."""
-    if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"backend: expected 'torch', 'mxnet' or None, got {excerpt(backend)}")
+    check_backend_name(backend, "backend")
     if strict is not None and not isinstance(strict, bool):
         raise SpecError(f"strict: expected True, False or None (the spec's own), got {excerpt(strict)}")
 
@@ -37,21 +36,19 @@ def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | 
     """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
     _check_call(backend, strict)
     be = backend_for(model, backend)
-    s = as_spec(spec).with_strict(strict)
-    with gc_paused():  # see gc_paused: a burst of small objects, none in cycles
-        return Plan(model, s, be, be.listing(model))
+    return Plan.make(model, as_spec(spec).with_strict(strict), be)
 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
     """Plan and apply; returns the applied plan (``plan.restore()`` undoes it)."""
     p = plan(model, spec, backend, strict).apply()
-    _remember(model, p)
+    remember_applied(model, p)
     return p
 
 
 def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = None,
               weight_decay: float | None = None, backend: str | None = None,
-              semantics: str | None = None, **options: Any) -> Any:
+              semantics: str | None = None, lr_scale: bool = False, **options: Any) -> Any:
     """A torch optimizer or a Gluon Trainer for ``spec``, applying it first unless it already is.
 
     Arguments left out come from the recipe's ``optimizer`` section. ``semantics='torch'``
@@ -59,7 +56,8 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     precision; ``'native'`` keeps MXNet's own.
     Everything is checked before the model changes; if building still fails, an apply made here
     is undone. The spec is (re-)applied unless the model has exactly its settings now: another
-    plan applied since, or a hand-made change, never leaves a stale optimizer.
+    plan applied since, or a hand-made change, never leaves a stale optimizer. ``lr_scale`` gives
+    torch groups the keys a timm scheduler reads (:meth:`tunespec.Plan.param_groups`).
     """
     _check_call(backend, None)
     recipe = load_recipe(spec)
@@ -67,7 +65,7 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     name = name if name is not None else (o.name if o else "sgd")
     lr = lr if lr is not None else (o.lr if o else None)
     weight_decay = weight_decay if weight_decay is not None else (o.weight_decay if o else 0.0)
-    semantics = semantics or (o.semantics if o else "torch")
+    semantics = semantics or (o.semantics if o else default_semantics())
     options = {**(dict(o.options) if o else {}), **options}
     be = backend_for(model, backend)
     check_optimizer(be, name, lr, weight_decay, semantics, options)
@@ -78,15 +76,17 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
             current = None
         if current is not None and current.spec == recipe.spec and current.backend.name == be.name \
                 and current.is_live():
-            return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+            return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
+                                     lr_scale=lr_scale, **options)
         fresh = plan(model, recipe.spec, be.name)  # planning changes nothing
         fresh.apply()
         try:
-            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics, **options)
+            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
+                                  lr_scale=lr_scale, **options)
         except BaseException:
-            fresh._rollback()
+            fresh.rollback()
             raise
-        _remember(model, fresh)
+        remember_applied(model, fresh)
         return opt
 
 

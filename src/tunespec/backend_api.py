@@ -1,16 +1,109 @@
-"""The calls the core makes on a backend. Backends describe and execute; they decide nothing."""
+"""The protocol between the core and the backends: every type and call a backend sees.
+
+A backend describes a framework and executes what the core decided; it decides nothing. It is
+three things, all declared here:
+
+- a :class:`FrameworkFacts` record: the few facts about its framework the core must know without
+  importing it (its module, pip extra, file suffixes, the name segments its wrappers insert, state
+  the other frameworks lack, how it spells norm leaves, its optimizer semantics and zoos);
+- the required :class:`Backend` protocol: listing, trainability and multipliers, norm statistics,
+  commit, tensor read/write, optimizer handles, building optimizers from the core's groups,
+  attaching an lr schedule, and rolling those back;
+- optional capabilities, each its own protocol (checkpoint files, run checkpoints, restaging an
+  optimizer after a stage change, distributed wrappers, graph tracing for cached prefixes, a model
+  zoo for the CLI, parameter servers). :func:`require` turns a missing one into one clear error.
+
+Backends import only this module and ``tunespec.errors`` from the core; a third-party backend
+joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-point group.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+from .errors import SpecError
 from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
-from .listing import Listing, ListingBuilder, class_names
+from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from .validate import excerpt
 
-__all__ = ["MAX_DIMS", "Backend", "GraphNode", "Group", "Listing", "ListingBuilder", "class_names",
-           "decode_tree", "encode_tree", "excerpt", "read_bytes", "regular_file", "write_checked"]
+__all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
+           "encode_tree", "excerpt", "flat_prefix_length", "FrameworkFacts", "GraphNode",
+           "GraphTracing", "Group", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
+           "ParameterServer", "read_bytes", "regular_file", "require", "Restaging", "RUN_LAYOUT",
+           "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
+
+
+@dataclass(frozen=True)
+class FrameworkFacts:
+    """What the core knows about a framework, declared by its backend in a module that does not
+    import the framework (so dispatch can look at ``sys.modules`` before importing anything)."""
+
+    name: str  # the backend's name, as users pass it (backend='...')
+    framework: str  # the framework's top-level module: a model can only be its type once imported
+    backend: str  # 'module:attribute' of the backend object, imported on first use
+    extra: str = ""  # pip extra that installs the framework (for the missing-framework message)
+    model_type: str = ""  # the model base class, for messages ('package.Class')
+    optimizer_type: str = ""  # what its optimizers are, for messages
+    file_suffixes: tuple[str, ...] = ()  # weights files it reads (lower case, with the dot)
+    reads_other_files: bool = False  # reads weights files whose suffix no backend claims
+    wrapper_segments: tuple[str, ...] = ()  # name segments wrappers insert into saved names
+    wrapper_prefixes: tuple[str, ...] = ()  # leading segments a wrapper adds to saved names
+    ignored_state: str = ""  # regex of state names other frameworks have no counterpart for
+    leaf_spellings: Mapping[str, str] = field(default_factory=dict)  # native norm leaf -> canonical
+    semantics: tuple[str, ...] = ()  # optimizer update-rule semantics it offers; the first is its default
+    optimizer_options: Mapping[str, str] = field(default_factory=dict)  # extra option -> value kind
+    zoos: tuple[str, ...] = ()  # model zoos its ModelZoo capability builds from
+    server_role_variable: str = ""  # environment variable naming a parameter-server process's role
+    # Per layer kind (tunespec.layer_kinds.KINDS; 'default' for the rest), how a weight's
+    # dimensions are laid out: ('out', 'in', 'spatial') names fan-out, fan-in and the kernel
+    # dims, for init's fan-based methods. Empty: the backend declares none (those methods refuse).
+    weight_layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """How a run checkpoint file is laid out, decided by the core: every backend writes the same
+    names, so the core (``load(..., key='best')``, digests, resume) reads any backend's file."""
+
+    model: str = "model/"  # the model's tensors, by the framework's own state names
+    best: str = "best/"  # the best epoch's weights, by canonical name
+    optimizer: str = "opt/"  # optimizer state arrays, numbered
+    scheduler: str = "sched/"  # lr-scheduler state arrays, numbered
+    meta_key: str = "tunespec.run"  # metadata entry: the run's JSON description (core)
+    state_key: str = "tunespec.state"  # metadata entry: the backend's state structure (JSON)
+
+    def pack(self, model: Mapping[str, Any], best: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Safetensors entries for the model and best weights (values already encoded)."""
+        return {**{self.model + k: v for k, v in model.items()},
+                **{self.best + k: v for k, v in (best or {}).items()}}
+
+    def namer(self, entries: dict[str, Any], prefix: str, encode: Any) -> Any:
+        """A function storing one array under the next free ``prefix`` number, returning its name
+        (what ``encode_tree`` puts in the JSON structure in its place)."""
+        def store(value: Any) -> str:
+            name = f"{prefix}{sum(k.startswith(prefix) for k in entries)}"
+            entries[name] = encode(value)
+            return name
+        return store
+
+    def metadata(self, meta: str, state: Any) -> dict[str, str]:
+        import json
+
+        return {self.meta_key: meta, self.state_key: json.dumps(state)}
+
+    def unpack(self, arrays: dict[str, Any], metadata: Mapping[str, str]) -> tuple[Any, dict, dict | None]:
+        """(the backend's state structure, model tensors, best weights or None), taking the model
+        and best entries out of ``arrays``; KeyError/ValueError for a file that lacks them."""
+        import json
+
+        state = json.loads(metadata[self.state_key])
+        model = {k: arrays.pop(self.model + k) for k in state["model"]}
+        best = None if state["best"] is None else {k: arrays.pop(self.best + k) for k in state["best"]}
+        return state, model, best
+
+
+RUN_LAYOUT = RunLayout()
 
 
 @dataclass(frozen=True)
@@ -29,14 +122,18 @@ class Group(dict):
     """One optimizer parameter group: ``params`` (handles) plus lr/wd multipliers and names."""
 
 
+@runtime_checkable
 class Backend(Protocol):
-    name: str  # 'torch' or 'mxnet'
+    """What every backend implements: enough to plan, apply, restore and optimise a model."""
+
+    name: str
+    facts: FrameworkFacts
 
     def owns(self, model: Any) -> bool:
         """Whether ``model`` is this framework's model type."""
 
     def owns_optimizer(self, optimizer: Any) -> bool:
-        """Whether ``optimizer`` is this framework's optimizer / Trainer."""
+        """Whether ``optimizer`` is this framework's optimizer."""
 
     def listing(self, model: Any) -> Listing:
         """Every parameter and state tensor, norm layers with running statistics, the model type."""
@@ -46,13 +143,13 @@ class Backend(Protocol):
 
     def restore(self, handle: Any, saved: Any, rollback: bool = False) -> None:
         """Put back a ``snapshot``; ``rollback`` (undoing a call that just failed) also gives back
-        what setting it dropped, such as a torch gradient."""
+        what setting it dropped, such as a gradient."""
 
     def set_param(self, handle: Any, trainable: bool, lr_mult: float, wd_mult: float) -> None:
         """Set trainability (clearing the gradient of a frozen tensor) and multipliers."""
 
     def norm_stats_frozen(self, norm: Any) -> bool:
-        ...
+        """Whether the norm layer's running statistics are frozen (used, never updated)."""
 
     def set_norm_stats_frozen(self, norm: Any, frozen: bool, model: Any = None) -> None:
         """Freeze or release a norm layer's running statistics without replacing the layer; a
@@ -62,7 +159,7 @@ class Backend(Protocol):
         """Make changed settings visible to compiled / hybridized graphs."""
 
     def tensor_bytes(self, handle: Any) -> bytes | None:
-        """The tensor's raw bytes (None while a Gluon parameter is not initialised)."""
+        """The tensor's raw bytes, for checksums (None while its values do not exist yet)."""
 
     def read(self, handle: Any) -> Any:
         """The tensor's values as a numpy array (a copy)."""
@@ -71,13 +168,13 @@ class Backend(Protocol):
         """Overwrite the tensor's values (cast to its dtype); the array has the tensor's shape."""
 
     def optimizer_handles(self, optimizer: Any) -> list[Any]:
-        """The parameter handles an optimizer / Trainer updates."""
+        """The parameter handles an optimizer updates."""
 
     def build_optimizer(self, groups: Sequence[Group], name: Any, lr: float | None,
-                        weight_decay: float, semantics: str = "torch", **options: Any) -> Any:
-        """A torch optimizer over ``groups`` or a ``gluon.Trainer`` over their parameters."""
+                        weight_decay: float, semantics: str | None = None, **options: Any) -> Any:
+        """The framework's optimizer over ``groups``, with the lrs and decays the core computed."""
 
-    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+    def optimizer_options(self, name: Any, semantics: str | None = None) -> frozenset[str] | None:
         """The option names ``build_optimizer`` accepts for optimizer ``name`` (None: any), so
         that a misspelt option is refused before the model is touched; raises for an unknown name."""
 
@@ -85,40 +182,44 @@ class Backend(Protocol):
         """Make ``optimizer`` use lr = base lr * factor(t) at optimizer step t (0-based)."""
 
     def optimizer_snapshot(self, optimizer: Any, lr_scheduler: Any) -> Any:
-        """Opaque copy of what ``restage_optimizer`` and ``attach_schedule`` change."""
+        """Opaque copy of what restaging and ``attach_schedule`` change."""
 
     def optimizer_rollback(self, optimizer: Any, lr_scheduler: Any, saved: Any) -> None:
         """Put back an ``optimizer_snapshot``: groups, per-parameter state, lr scheduler lists."""
 
-    # --- the fine-tuning lifecycle (tunespec.loading, init, stages, checkpoint) -------------
+
+# --- optional capabilities -------------------------------------------------------------------
+
+@runtime_checkable
+class CheckpointFiles(Protocol):
+    """Reading and writing the framework's weights files (``load``, ``port``, the CLI)."""
+
     def read_checkpoint(self, path: str, allow_pickle: bool) -> Any:
-        """A checkpoint file's named tensors (torch: weights_only unless ``allow_pickle``)."""
+        """A checkpoint file's named tensors; nothing that runs code unless ``allow_pickle``."""
 
     def read_safetensors(self, path: str) -> dict[str, Any]:
-        ...
+        """A safetensors file's tensors."""
 
     def is_tensor(self, value: Any) -> bool:
-        ...
+        """Whether a checkpoint value is a tensor of this framework (or numpy)."""
 
     def to_numpy(self, value: Any) -> Any:
         """A checkpoint value as numpy (other values unchanged)."""
 
-    def optimizer_groups(self, optimizer: Any) -> list[dict]:
-        """The optimizer's param groups (a Gluon Trainer has none)."""
+    def load_file(self, model: Any, path: str, allow_pickle: bool = False) -> None:
+        """A whole weights file into ``model``, every name and shape checked before any is set."""
 
-    def restage_optimizer(self, optimizer: Any, layout: Sequence[dict], added: Sequence[Any],
-                          removed: Sequence[Any], lr_scheduler: Any) -> None:
-        """Regroup the optimizer as ``layout`` after a stage change, keeping kept parameters' state."""
+    def save_file(self, model: Any, path: str) -> None:
+        """The model's weights in the framework's own format (callers make it atomic)."""
 
-    def is_distributed_wrapper(self, model: Any) -> bool:
-        ...
 
-    def rewrap(self, model: Any) -> Any:
-        """A distributed wrapper rebuilt so that it reduces the newly trainable parameters."""
+@runtime_checkable
+class RunCheckpoints(Protocol):
+    """Run checkpoints (``save_checkpoint`` / ``resume``): model, best weights, optimizer state."""
 
     def save_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
                  best: dict[str, Any] | None) -> None:
-        """Write a run checkpoint with ``tunespec.files.write_checked``: tensors plus JSON, no pickle."""
+        """Write a run checkpoint with ``write_checked``: tensors plus JSON, no pickle."""
 
     def load_run(self, tensors: dict[str, Any], metadata: dict[str, str], path: str) -> dict[str, Any]:
         """A checked file's tensors and metadata as the backend's run state (nothing applied yet)."""
@@ -136,16 +237,47 @@ class Backend(Protocol):
         """What a failed resume needs to put the optimizer back as it was."""
 
     def optimizer_restore(self, optimizer: Any, backup: Any) -> None:
-        ...
+        """Put back an ``optimizer_backup``."""
 
-    def load_file(self, model: Any, path: str, allow_pickle: bool = False) -> None:
-        """A whole weights file into ``model``, every name and shape checked before any is set."""
 
-    def save_file(self, model: Any, path: str) -> None:
-        """The model's weights in the framework's own format (callers make it atomic)."""
+@runtime_checkable
+class Restaging(Protocol):
+    """Changing an optimizer's parameters in place when a stage changes the trainable set."""
 
-    # --- cached frozen prefix (tunespec.cache) ----------------------------------------------
-    def trace_split(self, model: Any, split: str) -> tuple[list[Any], Any]:
+    def optimizer_groups(self, optimizer: Any, lr_scheduler: Any = None) -> list[dict]:
+        """The optimizer's param groups as the core laid them out (empty where it keeps none):
+        ``params``, the keys the core put on them (``lr_mult``, ``wd_mult``, ``lr_factor``,
+        ``ramp``), the group's current ``lr`` and its ``initial_lr`` (the lr scheduler's base lr)."""
+
+    def lr_state(self, optimizer: Any, lr_scheduler: Any) -> dict[str, Any]:
+        """``lr`` and ``weight_decay`` the optimizer was built with, and ``step``: the optimizer
+        steps the lr schedule has counted (the next step's t)."""
+
+    def restage_optimizer(self, optimizer: Any, layout: Sequence[dict], added: Sequence[Any],
+                          removed: Sequence[Any], lr_scheduler: Any) -> None:
+        """Install ``layout`` after a stage change, keeping kept parameters' state: group i gets
+        layout[i]'s parameters, groups past the current ones are appended. The core computed the
+        numbers: where a group gives ``lr``, ``initial_lr``, ``weight_decay`` or ``factor`` (its lr
+        factor function for the lr scheduler; ``lr_mult_at``: a per-step multiplier, where
+        multipliers live on parameters), they are installed as given, never recomputed."""
+
+
+@runtime_checkable
+class DistributedWrapping(Protocol):
+    """Frameworks whose data-parallel wrapper fixes at construction which parameters it reduces."""
+
+    def is_distributed_wrapper(self, model: Any) -> bool:
+        """Whether ``model`` is such a wrapper."""
+
+    def rewrap(self, model: Any) -> Any:
+        """A wrapper rebuilt so that it reduces the newly trainable parameters."""
+
+
+@runtime_checkable
+class GraphTracing(Protocol):
+    """Tracing a forward pass into core graph nodes and cutting it (``cache_frozen``)."""
+
+    def trace_split(self, model: Any, split: str) -> tuple[list[GraphNode], Any]:
         """The forward graph as GraphNodes (the split module's nodes marked) and a traced handle."""
 
     def cut_at(self, traced: Any, entry: int, prefix: frozenset[int]) -> tuple[Any, Any]:
@@ -153,3 +285,52 @@ class Backend(Protocol):
 
     def run_frozen(self, prefix: Any, x: Any) -> Any:
         """The prefix's output with no gradient recorded."""
+
+
+@runtime_checkable
+class ModelZoo(Protocol):
+    """Building zoo models offline, for the CLI (``facts.zoos`` names the zoos)."""
+
+    def build_model(self, zoo: str, name: str, input_size: int | None = None) -> Any:
+        """Model ``name`` of ``zoo`` with no pretrained weights, shapes known where that needs a forward."""
+
+
+@runtime_checkable
+class ParameterServer(Protocol):
+    """Running a parameter-server process (``python -m tunespec.distributed``)."""
+
+    def serve_parameters(self) -> None:
+        """Run this process's server or scheduler loop until the workers finish."""
+
+
+@runtime_checkable
+class Sharding(Protocol):
+    """Optional capability: sharded data parallelism (torch: FSDP2). The core decides the units
+    (``tunespec.sharding``); a backend without these methods makes ``tunespec.shard`` a SpecError."""
+
+    def check_shard(self, model: Any, **options: Any) -> None:
+        """SpecError for anything that would make ``shard`` fail (no process group, already
+        sharded, an unknown option), before the model changes."""
+
+    def shard(self, model: Any, units: Sequence[str], **options: Any) -> None:
+        """Shard the modules at the canonical paths ``units`` (children first, root ``''`` last)."""
+
+    def is_sharded(self, model: Any) -> bool:
+        """Whether the model's parameters are sharded (its run checkpoints are directories)."""
+
+    def save_sharded_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
+                         best: dict[str, Any] | None) -> None:
+        """Write a run checkpoint directory (every rank calls it): shards plus a JSON sidecar."""
+
+    def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
+        """(the run's JSON meta, the backend's run state) of a checked checkpoint directory."""
+
+
+def require(backend: Any, capability: type, what: str) -> Any:
+    """``backend`` if it has ``capability``; otherwise the one error that says which is missing."""
+    if isinstance(backend, capability):
+        return backend
+    missing = sorted(k for k in capability.__dict__ if not k.startswith("_") and callable(
+        capability.__dict__[k]) and not hasattr(backend, k))
+    raise SpecError(f"{what}: the {getattr(backend, 'name', type(backend).__name__)!r} backend lacks the "
+                    f"{capability.__name__} capability ({', '.join(missing)}); use a backend that has it")

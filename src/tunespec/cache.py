@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .backend_api import GraphNode
+from .backend_api import GraphNode, GraphTracing, require
+from .dispatch import check_backend_name
 from .errors import SpecError
 from .plan import Plan
 from .validate import excerpt
@@ -116,8 +117,7 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
     if not isinstance(split, str) or not split:
         raise SpecError(f"cache_frozen: split must be a module's canonical path like 'layer4', got "
                         f"{excerpt(split)}")
-    if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"cache_frozen: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
+    check_backend_name(backend, "cache_frozen: backend")
     if isinstance(spec, Plan):
         plan = spec
         if plan.model is not model:
@@ -126,17 +126,18 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
         from .api import plan as make_plan
 
         plan = make_plan(model, spec, backend)
-    plan._check_fresh("cache a frozen prefix")
+    plan.check_fresh("cache a frozen prefix")
+    tracer = require(plan.backend, GraphTracing, "cache_frozen")
     applied_here = not plan.applied
     if applied_here:
         plan.apply()  # the trace must see frozen BatchNorm layers as frozen
     try:
-        nodes, traced = plan.backend.trace_split(model, split)
+        nodes, traced = tracer.trace_split(model, split)
         entry, prefix = find_cut(nodes, split)
         check_prefix_frozen(plan, nodes, prefix, split)
-        front, head = plan.backend.cut_at(traced, entry, prefix)
+        front, head = tracer.cut_at(traced, entry, prefix)
     except BaseException:
         if applied_here:  # a refusal leaves the model as it was
-            plan._rollback()
+            plan.rollback()
         raise
     return FrozenPrefix(plan, split, front, head)

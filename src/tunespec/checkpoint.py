@@ -4,7 +4,9 @@ A run checkpoint is one safetensors file in both frameworks: the model's tensors
 weights and the optimizer state as arrays, and in its metadata the JSON run description (format,
 framework, epoch, schedule state, the whole recipe in canonical form, the optimizer-state
 structure) plus a sha256 digest over all of it. Nothing in it is pickled, so reading it never
-runs code; a damaged or foreign file is refused before anything is changed.
+runs code; a damaged or foreign file is refused before anything is changed. A sharded model's
+(torch FSDP2) run checkpoint is a directory instead: each rank's shards in torch's distributed
+checkpoint format plus a JSON sidecar with the same run description and a digest of every file.
 
 Files are written by :func:`tunespec.files.atomic_write`, so a crash mid-save leaves the previous
 checkpoint as it was. Resuming checks the file, the recipe, the stage and the model's tensors
@@ -23,13 +25,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backend_api import RUN_LAYOUT, Sharding
 from .dispatch import backend_for
 from .errors import SpecError
 from .files import atomic_write, excerpt, read_checked, regular_file
-from .stages import Schedule
+from .stages import StageRunner as Schedule  # the stage runner (Schedule is its deprecated name)
 
 FORMAT = "tunespec-run/2"
-RUN_KEY = "tunespec.run"  # the metadata entry holding the run's JSON description
+RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description
 
 
 # --- the recipe, canonical ----------------------------------------------------------------------
@@ -113,9 +116,19 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
     except (TypeError, ValueError) as exc:
         raise SpecError(f"save_checkpoint: extra must be JSON-serialisable with finite numbers "
                         f"({excerpt(str(exc))})") from None
+    if _sharded(be, model):  # every rank writes its shards: a directory
+        if not isinstance(path, (str, Path)) or "\0" in str(path):
+            raise SpecError(f"save_checkpoint: expected a directory path, got {excerpt(path)}")
+        be.save_sharded_run(str(path), model, optimizer, lr_scheduler, text, best)
+        return Path(path)
     atomic_write(path, lambda tmp: be.save_run(tmp, model, optimizer, lr_scheduler, text, best),
                  "save_checkpoint")
     return Path(path)
+
+
+def _sharded(be: Any, model: Any) -> bool:
+    """Whether ``model`` is sharded (a backend with the Sharding capability says so)."""
+    return isinstance(be, Sharding) and be.is_sharded(model)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -125,26 +138,39 @@ def read_run_file(path: str | Path, where: str) -> tuple[dict[str, Any], dict[st
     tunespec's format. ``where`` names the calling function in messages."""
     regular_file(path, where)
     tensors, metadata = read_checked(path, where)
-    where = f"{where}: {str(path)!r}"
+    return _run_meta(metadata.get(RUN_KEY), f"{where}: {str(path)!r}"), tensors, metadata
+
+
+def _run_meta(text: Any, where: str) -> dict[str, Any]:
+    """The run description (JSON) of a checkpoint, in tunespec's format, or a SpecError."""
     try:
-        meta = json.loads(metadata[RUN_KEY])
-    except (KeyError, ValueError, RecursionError):
+        meta = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
         raise SpecError(f"{where} is not a tunespec run checkpoint (no run description)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise SpecError(f"{where} is not a tunespec run checkpoint of format {FORMAT} "
                         f"(it says {excerpt(found)})")
-    return meta, tensors, metadata
+    return meta
 
 
 def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, run) of a checkpoint file of this framework, checked (see :func:`read_run_file`).
-    ``run`` is the backend's view of the tensors (not yet applied to anything)."""
-    meta, tensors, metadata = read_run_file(path, "resume")
+    """(meta, run) of a checkpoint of this framework, checked (see :func:`read_run_file`); a
+    directory is a sharded run (the backend checks its digests). ``run`` is the backend's view of
+    the tensors (not yet applied to anything)."""
+    if isinstance(path, (str, Path)) and "\0" not in str(path) and Path(path).is_dir():
+        if not isinstance(be, Sharding):
+            raise SpecError(f"resume: {str(path)!r} is a directory; the {be.name} backend reads run "
+                            f"checkpoints from files only")
+        text, run = be.read_sharded_run(str(path), "resume")
+        meta = _run_meta(text, f"resume: {str(path)!r}")
+    else:
+        meta, tensors, metadata = read_run_file(path, "resume")
+        run = None
     if meta.get("backend") != be.name:
         raise SpecError(f"resume: {str(path)!r} was saved from a {excerpt(meta.get('backend'))} run; this "
                         f"model is {be.name} (use tunespec.load for weights across frameworks)")
-    return meta, be.load_run(tensors, metadata, str(path))
+    return meta, run if run is not None else be.load_run(tensors, metadata, str(path))
 
 
 def _check_schedule_state(meta: Mapping[str, Any], schedule: Schedule, where: str) -> dict[str, Any]:
@@ -173,7 +199,7 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
            lr_scheduler: Any = None) -> tuple[Any, Any, dict[str, Any]]:
     """Restore a run saved by :func:`save_checkpoint`; returns (model, optimizer, meta).
 
-    With a ``schedule`` (a fresh ``tunespec.Schedule`` of the run's recipe) the optimizer is built
+    With a ``schedule`` (a fresh ``tunespec.StageRunner`` of the run's recipe) the optimizer is built
     as the run built it, stage by stage, then given the saved state; a recipe that differs from the
     run's in any section is refused, naming the first difference. Without one, pass the
     ``optimizer`` (and ``lr_scheduler``) to load the state into. ``meta`` holds ``epoch`` (the one
@@ -201,6 +227,8 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
                 raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec "
                                 f"the run was saved with; resume with the run's own recipe")
             lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+            schedule.load_lr_state(state)  # where ramps started, where the lr schedule restarted
+            schedule.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
         be.check_run_optimizer(run, optimizer, lr_scheduler)
         be.load_run_state(run, model, optimizer, lr_scheduler)
         if schedule is not None:

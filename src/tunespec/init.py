@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .cards import card_for
 from .dispatch import backend_for
 from . import validate as V
 from .errors import SpecError
+from .layer_kinds import SELECTORS, check_layouts, fans, layer_mask
 from .listing import TensorInfo
 from .matching import Matcher
-from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
-from .spec import _check_regex, _close, check_keys
+from .recipe import Recipe, load_recipe
+from .spec import check_keys, check_pattern
 from .validate import excerpt
 
 METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defaults
@@ -41,15 +41,9 @@ METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defa
     "kaiming_normal": {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu"},
 }
 NONLINEARITIES = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
-# Framework-neutral layer kinds; any other ``layer`` value is a layer class name (Conv2d, Dense ...).
-LAYER_KINDS = {
-    "conv": lambda t: re.fullmatch(r"Conv(Transpose)?\d[dD](Transpose)?", t.layer_type) is not None,
-    "linear": lambda t: t.layer_type in ("Linear", "LazyLinear", "Dense"),
-    "norm": lambda t: t.is_norm,
-    "embedding": lambda t: t.layer_type == "Embedding",
-}
+# A rule's ``layer`` is a layer kind (tunespec.layer_kinds.SELECTORS: conv, linear, norm, ...),
+# the same vocabulary spec rules take; any other value is the owning layer's class name.
 RULE_KEYS = ("match", "layer", "method")
-RECIPE_SECTIONS["init"] = "re-initialise parameters: seed and rules {match/layer, method, arguments}"
 
 
 @dataclass(frozen=True)
@@ -67,12 +61,12 @@ class InitRule:
         allowed = RULE_KEYS + tuple(METHODS[method])
         for key in data:
             if key not in allowed:
-                raise SpecError(f"{origin}: {method} takes no {V.excerpt(key)}{_close(key, allowed)}; "
+                raise SpecError(f"{origin}: {method} takes no {V.excerpt(key)}{V.suggestion(key, allowed)}; "
                                 f"its keys are {', '.join(allowed)}")
         if data.get("match") is None and data.get("layer") is None:
             raise SpecError(f"{origin}: give match (a regex or '@group') and/or layer "
-                            f"({', '.join(LAYER_KINDS)} or a layer class name)")
-        match = None if data.get("match") is None else _check_regex(data["match"], f"{origin}.match")
+                            f"({', '.join(SELECTORS)} or a layer class name)")
+        match = None if data.get("match") is None else check_pattern(data["match"], f"{origin}.match")
         layer = data.get("layer")
         if layer is not None:
             V.string(layer, f"{origin}.layer", max_length=200)
@@ -114,7 +108,6 @@ class InitSpec:
         return cls(tuple(InitRule.from_dict(r, f"init.rules[{i}]") for i, r in enumerate(rules)), seed)
 
 
-SECTION_PARSERS["init"] = InitSpec.from_dict
 
 
 @dataclass
@@ -128,12 +121,16 @@ class InitReport:
                          [f"  {n}: {d}" for n, d in self.initialised.items()])
 
 
-def _fans(t: TensorInfo, origin: str) -> tuple[int, int]:
+def _fans(t: TensorInfo, origin: str, layouts: Mapping[str, Sequence[str]] | None) -> tuple[int, int]:
+    """Fan-in and fan-out from the weight layout the backend declares for the tensor's layer kind."""
     if t.shape is None or len(t.shape) < 2 or 0 in t.shape:
         raise SpecError(f"{origin}: {t.canonical!r} has shape {t.shape}; fan-based methods need a "
                         f"weight of 2 or more known dimensions (use normal, uniform or constant)")
-    receptive = math.prod(t.shape[2:])
-    return t.shape[1] * receptive, t.shape[0] * receptive
+    layout = None if layouts is None else layouts.get(t.layer_kind, layouts.get("default"))
+    if layout is None:
+        raise SpecError(f"{origin}: the backend declares no weight layout for {t.layer_kind} layers, so "
+                        f"{t.canonical!r} has no fan-in; use normal, uniform or constant")
+    return fans(t.shape, layout)
 
 
 def _gain(nonlinearity: str, a: float) -> float:
@@ -141,8 +138,10 @@ def _gain(nonlinearity: str, a: float) -> float:
             "leaky_relu": math.sqrt(2.0 / (1 + a * a))}.get(nonlinearity, 1.0)
 
 
-def distribution(rule: InitRule, t: TensorInfo) -> tuple[str, float, float]:
-    """('normal', mean, std), ('uniform', low, high) or ('constant', value, 0) for one tensor."""
+def distribution(rule: InitRule, t: TensorInfo,
+                 layouts: Mapping[str, Sequence[str]] | None = None) -> tuple[str, float, float]:
+    """('normal', mean, std), ('uniform', low, high) or ('constant', value, 0) for one tensor
+    (``layouts``: the backend's weight layouts per layer kind, for fan-based methods)."""
     m, a = rule.method, rule.args
     if m in ("zeros", "ones", "constant"):
         return "constant", {"zeros": 0.0, "ones": 1.0}.get(m, a.get("value")), 0.0
@@ -150,7 +149,7 @@ def distribution(rule: InitRule, t: TensorInfo) -> tuple[str, float, float]:
         return "normal", float(a["mean"]), float(a["std"])
     if m == "uniform":
         return "uniform", float(a["low"]), float(a["high"])
-    fan_in, fan_out = _fans(t, rule.origin)
+    fan_in, fan_out = _fans(t, rule.origin, layouts)
     if m.startswith("xavier"):
         std = a["gain"] * math.sqrt(2.0 / (fan_in + fan_out))
     else:
@@ -187,7 +186,7 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
     if not isinstance(strict, bool):
         raise SpecError(f"initialize: strict must be True or False, got {excerpt(strict)}")
     if backend is not None and not isinstance(backend, str):
-        raise SpecError(f"initialize: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
+        raise SpecError(f"initialize: backend must be a backend's name or None, got {excerpt(backend)}")
     groups: dict[str, str] = {}
     if not isinstance(init, InitSpec):
         recipe = load_recipe(init)
@@ -204,9 +203,12 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
     chosen: dict[int, InitRule] = {}
     for rule in init.rules:
         hits = set(matcher.select(rule.match, groups, rule.origin)) if rule.match else set(range(len(params)))
-        if rule.layer is not None:
-            pred = LAYER_KINDS.get(rule.layer, lambda t, layer=rule.layer: t.layer_type == layer)
-            hits = {i for i in hits if pred(params[i])}
+        if rule.layer in SELECTORS:
+            mask = layer_mask(rule.layer, listing.layer_kinds, listing.layer_norms, rule.origin)
+            rows, layers = listing.param_rows, listing.layers
+            hits = {i for i in hits if mask[layers[rows[i]]]}
+        elif rule.layer is not None:
+            hits = {i for i in hits if params[i].layer_type == rule.layer}
         if not hits and strict:
             what = " ".join(filter(None, [rule.match and f"match {rule.match!r}",
                                           rule.layer and f"layer {rule.layer!r}"]))
@@ -216,11 +218,14 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
         for i in hits:
             chosen[i] = rule
     plans = []
+    layouts = be.facts.weight_layouts or None
+    if layouts is not None:
+        check_layouts(layouts, be.name)
     for i in sorted(chosen):  # every distribution is checked before anything is written
         t = params[i]
         if t.shape is None or 0 in t.shape:
             raise SpecError(f"init: {t.canonical!r} has no shape yet; initialise the model first")
-        plans.append((t, chosen[i], distribution(chosen[i], t)))
+        plans.append((t, chosen[i], distribution(chosen[i], t, layouts)))
     report = InitReport()
     base = init.seed if seed is None else seed
     values = [(t, sample(kind, a, b, tuple(t.shape), base, t.canonical)) for t, _, (kind, a, b) in plans]

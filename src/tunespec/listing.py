@@ -17,16 +17,14 @@ from __future__ import annotations
 import gc
 import itertools
 import operator
+import os
 import re
 from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Collection, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
-NORM_LEAF_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-                   "moving_var": "running_var"}
-_FLAT_NORM_LEAF = re.compile(r"(.*_)(gamma|beta|moving_mean|moving_var)$")
 
 
 @contextmanager
@@ -46,13 +44,41 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def norm_leaf(leaf: str) -> str:
-    """A norm layer's tensor name spelled as in torch ('gamma' -> 'weight', also inside the flat
-    names of Gluon SymbolBlocks: 'mobilenet0_batchnorm0_beta' -> 'mobilenet0_batchnorm0_bias')."""
-    if leaf in NORM_LEAF_NAMES:
-        return NORM_LEAF_NAMES[leaf]
-    m = _FLAT_NORM_LEAF.match(leaf)
-    return m.group(1) + NORM_LEAF_NAMES[m.group(2)] if m else leaf
+def norm_speller(spellings: Mapping[str, str] | None = None) -> Callable[[str], str]:
+    """A function spelling a norm layer's tensor name canonically, from a backend's native
+    spellings (``{'gamma': 'weight'}``: also inside flat names, 'bn0_gamma' -> 'bn0_weight');
+    None: every registered backend's."""
+    if spellings is None:
+        from .framework_facts import leaf_spellings
+
+        spellings = leaf_spellings()
+    table = dict(spellings)
+    if not table:
+        return lambda leaf: leaf
+    flat = re.compile(r"(.*_)(" + "|".join(map(re.escape, sorted(table, key=len, reverse=True))) + r")$")
+
+    def spell(leaf: str) -> str:
+        if leaf in table:
+            return table[leaf]
+        m = flat.match(leaf)
+        return m.group(1) + table[m.group(2)] if m else leaf
+
+    return spell
+
+
+def norm_leaf(leaf: str, spellings: Mapping[str, str] | None = None) -> str:
+    """``leaf`` spelled canonically (see :func:`norm_speller`)."""
+    return norm_speller(spellings)(leaf)
+
+
+def flat_prefix_length(names: Sequence[str]) -> int:
+    """How much of a flat block's tensor names to drop: their common prefix, cut back to a '_'
+    boundary ('ssd0_mobilenet0_conv0_weight', 'ssd0_expand_...' -> 'ssd0_'), which is where a
+    framework's per-process counter lives; what remains is the same in every process."""
+    if not names:
+        return 0
+    prefix = os.path.commonprefix(list(names))
+    return prefix.rfind("_") + 1
 
 
 def module_of(name: str) -> str:
@@ -75,6 +101,7 @@ class TensorInfo:
     lr_mult: float
     wd_mult: float
     aliases: tuple[str, ...] = ()  # other canonical names of the same tensor (tied weights)
+    layer_kind: str = "other"  # the owning layer's kind (tunespec.layer_kinds.KINDS)
 
     @property
     def ndim(self) -> int | None:
@@ -120,6 +147,7 @@ class Listing:
     layers: Sequence[int]  # row -> index into layer_types / layer_norms
     layer_types: list[str]
     layer_norms: list[bool]
+    layer_kinds: list[str]  # per layer, one of tunespec.layer_kinds.KINDS
     is_state: Sequence[int]  # 0/1 (numeric columns are arrays: see ListingBuilder)
     trainable: Sequence[int]  # 0/1
     lr_mults: Sequence[float]
@@ -136,7 +164,7 @@ class Listing:
         return TensorInfo(self.handles[row], self.names[row], self.natives[row], self.shapes[row],
                           self.layer_types[layer], self.layer_norms[layer], bool(self.is_state[row]),
                           bool(self.trainable[row]), self.lr_mults[row], self.wd_mults[row],
-                          self.aliases.get(row, ()))
+                          self.aliases.get(row, ()), self.layer_kinds[layer])
 
     def is_norm(self, row: int) -> bool:
         return self.layer_norms[self.layers[row]]
@@ -167,7 +195,8 @@ class Listing:
 class ListingBuilder:
     """Collects what a backend finds while walking a model, straight into a listing's columns.
 
-    The backend announces each layer with ``layer(path, layer_type, is_norm, wrappers)``, then
+    The backend announces each layer with ``layer(path, layer_type, is_norm, wrappers, kind)``
+    (``kind``: one of :data:`tunespec.layer_kinds.KINDS`), then
     adds its tensors with ``add(handle, leaf, native, shape, is_state, trainable, lr_mult,
     wd_mult)``; a tensor met again (tied weights, shared Gluon parameters) becomes an alias.
     Both are closures over the columns, not methods: ``add`` runs once per tensor, 100,000 times
@@ -176,7 +205,8 @@ class ListingBuilder:
     element of the listing's lists: a tenth of a plan's time).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, leaf_spellings: Mapping[str, str] | None = None) -> None:
+        norm_leaf = norm_speller(leaf_spellings)  # the backend's facts; None: all registered
         handles: list[Any] = []
         names: list[str] = []
         natives: list[str] = []
@@ -184,18 +214,20 @@ class ListingBuilder:
         layers = array("l")
         layer_types: list[str] = []
         layer_norms: list[bool] = []
+        layer_kinds: list[str] = []
         states, trainables = array("b"), array("b")
         lr_mults, wd_mults = array("d"), array("d")
         # The current layer: index, canonical 'a.b.', native 'a.module.b.', renames leaves.
         layer_index, prefix, native_prefix, renames, norm = -1, "", "", False, False
 
         def layer(path: tuple[str, ...], layer_type: str, is_norm: bool = False,
-                  wrappers: Collection[int] = ()) -> None:
+                  wrappers: Collection[int] = (), kind: str = "other") -> None:
             """Start a layer at ``path`` (``wrappers``: positions in it that are wrapper attributes)."""
             nonlocal layer_index, prefix, native_prefix, renames, norm
             layer_index = len(layer_types)
             layer_types.append(layer_type)
             layer_norms.append(is_norm)
+            layer_kinds.append(kind)
             native_prefix = ".".join(path) + "." if path else ""
             if wrappers:
                 kept = [s for i, s in enumerate(path) if i not in wrappers]
@@ -230,8 +262,8 @@ class ListingBuilder:
             return prefix[:-1]
 
         self.layer, self.add, self._current = layer, add, current
-        self._columns = (handles, names, natives, shapes, layers, layer_types, layer_norms, states,
-                         trainables, lr_mults, wd_mults)
+        self._columns = (handles, names, natives, shapes, layers, layer_types, layer_norms, layer_kinds,
+                         states, trainables, lr_mults, wd_mults)
         self.norms: list[NormInfo] = []
         self._ids: tuple[int, set[int]] | None = None
 
@@ -278,10 +310,10 @@ class ListingBuilder:
             elif names[row] != names[at] and names[row] not in aliases.get(at, ()):
                 aliases[at] = aliases.get(at, ()) + (names[row],)
         renumber = {row: new for new, row in enumerate(keep)}
-        handles, names, natives, shapes, layers, layer_types, layer_norms, *flags = columns
+        handles, names, natives, shapes, layers, layer_types, layer_norms, layer_kinds, *flags = columns
         kept: list[Any] = [[column[row] for row in keep] for column in (handles, names, natives, shapes)]
         kept += [array(column.typecode, [column[row] for row in keep]) for column in (layers, *flags)]
-        return Listing(model_type, *kept[:5], layer_types, layer_norms, *kept[5:],
+        return Listing(model_type, *kept[:5], layer_types, layer_norms, layer_kinds, *kept[5:],
                        {renumber[row]: names for row, names in aliases.items()}, self.norms, base_types)
 
 

@@ -7,21 +7,23 @@ a GluonCV twin (and a Gluon ``.params`` file into a torchvision one) by the name
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backend_api import CheckpointFiles, require
 from .dispatch import backend_for, load_backend
 from .errors import SpecError
 from .files import excerpt, has_digest, regular_file
-from .listing import NORM_LEAF_NAMES, Listing, TensorInfo
+from .framework_facts import (
+    is_ignored_state,
+    leaf_spellings,
+    reader_for_suffix,
+    wrapper_prefixes,
+    wrapper_segments,
+)
+from .listing import Listing, TensorInfo
 from .naming import NameMap, Rename
-
-# Segments that framework wrappers insert into saved names (DDP/DataParallel, torch.compile, FSDP).
-_WRAPPER_SEGMENTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
-# torch's BatchNorm batch counter: skipped without complaint where the model has no such tensor.
-_COUNTER = re.compile(r"(.*\.)?num_batches_tracked")
 
 
 @dataclass
@@ -55,12 +57,14 @@ class LoadReport:
 
 
 def canonical_key(key: str) -> str:
-    """A checkpoint key spelled as a canonical name: wrapper segments gone, norm leaves torch-style."""
-    parts = [p for p in key.split(".") if p not in _WRAPPER_SEGMENTS]
-    if parts and parts[0] == "module" and len(parts) > 1:
+    """A checkpoint key spelled as a canonical name: every registered framework's wrapper segments
+    and prefixes gone, norm leaves spelled canonically (the backends' facts say how)."""
+    segments, spellings = wrapper_segments(), leaf_spellings()
+    parts = [p for p in key.split(".") if p not in segments]
+    if parts and parts[0] in wrapper_prefixes() and len(parts) > 1:
         parts = parts[1:]
-    if parts and parts[-1] in NORM_LEAF_NAMES:
-        parts[-1] = NORM_LEAF_NAMES[parts[-1]]
+    if parts and parts[-1] in spellings:
+        parts[-1] = spellings[parts[-1]]
     return ".".join(parts)
 
 
@@ -73,13 +77,12 @@ def _index(listing: Listing) -> dict[str, TensorInfo]:
 
 
 def _reader_for(path: Path, model_backend: Any) -> Any:
-    """Which backend reads the file: its own framework's, or the model's for safetensors."""
+    """Which backend reads the file: the one whose facts claim its suffix (or that reads unclaimed
+    ones), and the model's own for safetensors, which every backend reads."""
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return model_backend
-    if suffix == ".params":
-        return load_backend("mxnet")
-    return load_backend("torch")  # .pt, .pth, .bin, .ckpt, .tar and anything torch.save wrote
+    name = None if suffix == ".safetensors" else reader_for_suffix(suffix)
+    reader = model_backend if name is None or name == model_backend.name else load_backend(name)
+    return require(reader, CheckpointFiles, f"load {path.name}")
 
 
 def pick_state(obj: Any, key: str | None, is_tensor: Any, where: str) -> dict[str, Any]:
@@ -107,7 +110,7 @@ def pick_state(obj: Any, key: str | None, is_tensor: Any, where: str) -> dict[st
         return dict(obj[nested[0]])
     have = ", ".join(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
     raise SpecError(f"{where}: cannot tell which state dict to load (the checkpoint holds {have}); "
-                    f"pass key='state_dict' or the like")
+                    f"pass key= naming the mapping of tensors to load")
 
 
 def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = False,
@@ -191,6 +194,26 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
     else:
         raise SpecError(f"load: expected a checkpoint path or a {{name: tensor}} mapping, "
                         f"got {type(checkpoint).__name__}")
+    report, writes, listing = match_state(be, model, state, names, "load")
+    if not writes and not state:
+        raise SpecError("load: the checkpoint holds no tensors")
+    names.check_used("load", strict)
+    if select is not None and not writes and not report.unexpected and not report.mismatched:
+        raise SpecError(f"load: select={select!r} matches none of the checkpoint's keys "
+                        f"(they look like {', '.join(list(state)[:3])})")
+    if strict and not report.ok:
+        raise SpecError(f"{report}\nnothing was loaded; fix select/rename, or pass strict=False to "
+                        f"load what fits")
+    report.loaded = write_all(be, writes, "load", "nothing was loaded")
+    return report
+
+
+def match_state(be: Any, model: Any, state: Mapping[str, Any], names: NameMap,
+                where: str) -> tuple[LoadReport, dict[int, tuple[TensorInfo, Any]], Listing]:
+    """Where each of ``state``'s keys lands in ``model`` (``select``/``rename`` applied, then the
+    model's canonical names and aliases, then the key's canonical spelling), as a report of
+    everything that does not fit plus the writes that do; nothing is written here. ``port`` uses
+    it too, with the source model's canonical names as keys."""
     listing = be.listing(model)
     index = _index(listing)
     report = LoadReport()
@@ -203,40 +226,47 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
         target = index.get(new) or index.get(canonical_key(new))
         label = raw_key if new == raw_key else f"{raw_key} -> {new}"
         if target is None:
-            (report.ignored if _COUNTER.fullmatch(new) else report.unexpected).append(label)
+            (report.ignored if is_ignored_state(new) else report.unexpected).append(label)
             continue
         if target.shape is None or 0 in target.shape:
-            raise SpecError(f"load: model tensor {target.canonical!r} has no shape yet; initialise "
-                            f"the model (one forward pass) before loading into it")
+            raise SpecError(f"{where}: model tensor {target.canonical!r} has no shape yet; initialise "
+                            f"the model (one forward pass) before {where}ing into it")
         shape = tuple(value.shape)
         if shape != tuple(target.shape):
             report.mismatched.append((target.canonical, shape, tuple(target.shape)))
         elif id(target.handle) in writes:
-            raise SpecError(f"load: checkpoint keys {label!r} and another one both map onto "
+            raise SpecError(f"{where}: keys {label!r} and another one both map onto "
                             f"{target.canonical!r}; narrow select or fix rename")
         else:
             writes[id(target.handle)] = (target, value)
-    if not writes and not state:
-        raise SpecError("load: the checkpoint holds no tensors")
-    names.check_used("load", strict)
-    if select is not None and not writes and not report.unexpected and not report.mismatched:
-        raise SpecError(f"load: select={select!r} matches none of the checkpoint's keys "
-                        f"(they look like {', '.join(list(state)[:3])})")
-    if strict and not report.ok:
-        raise SpecError(f"{report}\nnothing was loaded; fix select/rename, or pass strict=False to "
-                        f"load what fits")
+    report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
+                      and not is_ignored_state(t.canonical)]
+    return report, writes, listing
+
+
+def write_all(be: Any, writes: Mapping[int, tuple[TensorInfo, Any]], where: str, undone: str) -> list[str]:
+    """Write every matched value, or none: a failing write puts back what was written before it.
+    A value with a ``read()`` (a source tensor ``port`` has not copied yet) is read only now."""
     backup = [(t, be.read(t.handle)) for t, _ in writes.values()]
-    current = None
+    done, current = [], None
     try:
         for t, value in writes.values():
             current = t.canonical
-            be.write(t.handle, value)
-            report.loaded.append(t.canonical)
+            be.write(t.handle, value.read() if isinstance(value, Deferred) else value)
+            done.append(t.canonical)
     except Exception as exc:
         for t, array in backup:
             be.write(t.handle, array)
-        raise SpecError(f"load: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
-                        f"nothing was loaded") from None
-    report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
-                      and not _COUNTER.fullmatch(t.canonical)]
-    return report
+        raise SpecError(f"{where}: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
+                        f"{undone}") from None
+    return done
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A tensor's shape now and its values on demand: ``port`` matches a whole model before it
+    copies any value out of it."""
+
+    shape: tuple[int, ...]
+    read: Any  # () -> the values
+    dtype: Any = None

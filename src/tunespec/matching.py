@@ -19,10 +19,12 @@ import re
 import re._constants as sre_constants
 import re._parser as sre_parse
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from . import validate as V
 from .errors import SpecError
+from .layer_kinds import TOKEN, layer_mask, parse_token
 from .listing import Listing
 
 # Seconds one rule may spend matching all names: a normal rule needs milliseconds, a rule on the
@@ -39,6 +41,20 @@ _BUILTIN: dict[str, Selector] = {
     "norm": lambda ls, row: ls.is_norm(row),
     "1d": lambda ls, row: ls.shapes[row] is not None and len(ls.shapes[row]) <= 1,
 }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One part of a group: parameters fullmatching ``match`` (None: all) in layers of kind
+    ``layer`` (None: any)."""
+
+    match: str | None
+    layer: str | None
+
+    def to_dict(self) -> Any:
+        if self.layer is None:
+            return self.match
+        return TOKEN + self.layer if self.match is None else {"layer": self.layer, "match": self.match}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -89,10 +105,47 @@ class Matcher:
             self._until = time.monotonic() + PLAN_BUDGET_RULES * budget_for(len(self._names))
         return self._until
 
-    def select(self, match: str, groups: Mapping[str, str], origin: str) -> list[int]:
-        """Positions (in model order) of the parameters a rule's ``match`` selects."""
+    def select(self, match: str, groups: Mapping[str, Any], origin: str,
+               layer: str | None = None) -> list[int]:
+        """Positions (in model order) of the parameters a rule's ``match`` selects (and, with
+        ``layer``, that belong to layers of that kind)."""
+        hits = self._select(match, groups, origin)
+        return self._in_kind(hits, layer, origin) if layer is not None else hits
+
+    def select_rule(self, rule: Any, groups: Mapping[str, Any]) -> list[int]:
+        """Positions a spec rule selects: by ``match`` or ``native``, then by ``layer``."""
+        if rule.native is None:
+            return self.select(rule.match, groups, rule.origin, rule.layer)
+        hits = self.select_native(rule.native, rule.origin)
+        return self._in_kind(hits, rule.layer, rule.origin) if rule.layer is not None else hits
+
+    def select_native(self, pattern: str, origin: str) -> list[int]:
+        """Positions of the parameters whose native name ``re.match``-es ``pattern`` (matched at
+        the start only, as Gluon's ``collect_params(pattern)`` selects by prefixed name)."""
+        natives = self.listing.natives
+        return scan(pattern, [natives[row] for row in self.rows], origin, full=False, until=self.until)
+
+    def _in_kind(self, hits: Sequence[int], layer: str, origin: str) -> list[int]:
+        ls = self.listing
+        mask = layer_mask(layer, ls.layer_kinds, ls.layer_norms, origin)
+        rows, layers = self.rows, ls.layers
+        return [i for i in hits if mask[layers[rows[i]]]]
+
+    def _select(self, match: str, groups: Mapping[str, Any], origin: str) -> list[int]:
+        kind = parse_token(match)
+        if kind is not None:
+            return self._in_kind(range(len(self.rows)), kind, origin)
         if match.startswith("@"):
             name = match[1:]
+            if name in groups and not isinstance(groups[name], str):
+                where = f"{origin} (group @{name})"
+                hit: set[int] = set()
+                for part in groups[name]:
+                    if part.match is None:  # a kind alone: no name to match
+                        hit.update(self._in_kind(range(len(self.rows)), part.layer, where))
+                    else:
+                        hit.update(self.select(part.match, {}, where, part.layer))
+                return sorted(hit)
             if name in groups:
                 return self.select(groups[name], {}, f"{origin} (group @{name})")
             if name not in _BUILTIN:
@@ -113,11 +166,16 @@ class Matcher:
         hit = {owners[lo + k] for k in scan(match, self._names[lo:hi], origin, until=self.until)}
         return sorted(hit)
 
-    def suggest(self, regex: str) -> str:
+    def suggest(self, regex: str, layer: str | None = None, native: bool = False) -> str:
         """A hint for a rule that matched nothing: close names, or why it missed."""
         if not self.rows:
             return "the model has no parameters"
         ls = self.listing
+        if native:
+            return "native names look like " + ", ".join(repr(ls.natives[r]) for r in self.rows[:3])
+        if layer is not None or regex.startswith(TOKEN):
+            kinds = sorted({ls.layer_kinds[ls.layers[row]] for row in self.rows})
+            return f"its parameters' layer kinds are {', '.join(kinds)}"
         names = [ls.names[row] for row in self.rows]
         if not regex.startswith("@"):
             where = "suggesting a fix for a rule"

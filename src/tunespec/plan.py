@@ -14,12 +14,14 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import report
 from .backend_api import Backend, Group
-from .cards import card_for, preset_rules
+from .cards import Card, card_for, preset_rules
+from .decay import layer_scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
+from .framework_facts import default_semantics
 from .matching import Matcher
 from .recipe import check_semantics
-from .spec import Rule, Spec, _close
+from .spec import Rule, Spec
 from . import validate
 from .validate import excerpt
 
@@ -49,7 +51,7 @@ def model_lock(model: Any) -> threading.RLock:
 APPLIED: "weakref.WeakKeyDictionary[Any, Plan]" = weakref.WeakKeyDictionary()
 
 
-def _remember(model: Any, plan: "Plan | None") -> None:
+def remember_applied(model: Any, plan: "Plan | None") -> None:
     try:
         if plan is None:
             APPLIED.pop(model, None)
@@ -81,7 +83,7 @@ def check_optimizer(backend: Backend, name: Any, lr: Any, weight_decay: Any, sem
     for key in options:
         if not isinstance(key, str) or key not in accepted:
             raise SpecError(f"optimizer: unknown option {excerpt(key, 40)} for {label}"
-                            f"{_close(str(key), sorted(accepted))}; it takes {', '.join(sorted(accepted))}")
+                            f"{validate.suggestion(str(key), sorted(accepted))}; it takes {', '.join(sorted(accepted))}")
     if weight_decay and "weight_decay" not in accepted:
         raise SpecError(f"optimizer: {label} takes no weight_decay; pass weight_decay=0 or pick an "
                         f"optimizer that has it")
@@ -190,33 +192,37 @@ def _digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], str]:
+def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], Card | None]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
     card = card_for((listing.model_type, *listing.base_types), listing.param_names())
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []
     if spec.preset_name is not None:
-        for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type)):
+        names = list(listing.param_names()) if card is not None and card.blocks else ()
+        for i, raw in enumerate(preset_rules(card, spec.preset_name, listing.model_type, names)):
             rules.append(Rule.from_dict(raw, f"preset {spec.preset_name!r}[{i}]", user=False))
-    return rules + list(spec.rules), groups, card.family if card else ""
+    return rules + list(spec.rules), groups, card
 
 
 def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
-    """Run the rules in order over the parameters; each matching rule overrides what it sets."""
-    rules, groups, family = _expand_rules(spec, listing)
+    """Run the rules in order over the parameters; each matching rule overrides what it sets.
+    ``layer_decay`` then multiplies each trainable parameter's lr_mult by its layer's scale."""
+    rules, groups, card = _expand_rules(spec, listing)
+    family = card.family if card else ""
     matcher = Matcher(listing)
-    matches = [matcher.select(r.match, groups, r.origin) for r in rules]
+    layer_scale = layer_scales(spec, card, listing, matcher, groups)
+    matches = [matcher.select_rule(r, groups) for r in rules]
     for r, hits in zip(rules, matches, strict=True):
         if not hits and not r.user:  # a card that does not fit this model: never a silent no-op
-            raise SpecError(f"{r.origin}: the {family} card's {r.match!r} matches no parameter of this "
+            raise SpecError(f"{r.origin}: the {family} card's {r.selection} matches no parameter of this "
                             f"{listing.model_type}; the card does not fit this model. Register a card "
                             f"for it (tunespec.register_card) or write freeze/train rules")
     missed = [r for r, hits in zip(rules, matches, strict=True) if not hits and r.user]
     if missed:
         # Suggestions cost a scan each: a few are enough to show the pattern of a mistake.
-        first = [f"{r.origin}: {r.match!r} matches no parameter of {listing.model_type}; "
-                 f"{matcher.suggest(r.match)}" for r in missed[:3]]
+        first = [f"{r.origin}: {r.selection} matches no parameter of {listing.model_type}; "
+                 f"{matcher.suggest(r.match or r.native, r.layer, r.native is not None)}" for r in missed[:3]]
         if spec.strict:
             raise SpecError(first[0] + ". Fix the rule, or set strict: false to allow it")
         more = f" (and {len(missed) - 3} more rules matching nothing)" if len(missed) > 3 else ""
@@ -234,10 +240,12 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
     for i in range(n):
         if not trainable[i]:  # a frozen tensor has no lr; keep its multipliers neutral
             lr_mult[i] = wd_mult[i] = 1.0
+        elif layer_scale is not None:
+            lr_mult[i] *= layer_scale[i]
     for rule, hits in zip(rules, matches, strict=True):
         sets_mult = rule.lr_mult is not None or rule.wd_mult is not None
         if sets_mult and hits and not any(trainable[i] for i in hits):
-            warnings.warn(f"{rule.origin}: the multiplier of {rule.match!r} lands only on frozen "
+            warnings.warn(f"{rule.origin}: the multiplier of {rule.selection} lands only on frozen "
                           f"parameters and has no effect", TuneSpecWarning, stacklevel=4)
     decided = Decided(rules, matches, trainable, lr_mult, wd_mult)
     handles = listing.handles
@@ -267,6 +275,13 @@ def _norm_decision(norm: NormInfo, policy: str, listing: Listing, trainable: Seq
 
 class Plan:
     """What a spec does to one model; nothing changes until :meth:`apply`."""
+
+    @classmethod
+    def make(cls, model: Any, spec: Spec, backend: Backend, listing: Listing | None = None) -> "Plan":
+        """The one way every call makes a plan: ``listing`` (the backend's, listed here when not
+        given, e.g. to share one listing between several specs) plus the spec, nothing applied."""
+        with gc_paused():  # see gc_paused: a burst of small objects, none in cycles
+            return cls(model, spec, backend, backend.listing(model) if listing is None else listing)
 
     def __init__(self, model: Any, spec: Spec, backend: Backend, listing: Listing):
         self.model = model
@@ -339,7 +354,9 @@ class Plan:
     def _fingerprint(listing: Listing) -> array:
         return array("Q", map(id, listing.handles))
 
-    def _check_fresh(self, action: str) -> None:
+    def check_fresh(self, action: str) -> None:
+        """StalePlanError unless the model still has exactly the tensors this plan was made for
+        (a replaced head or a re-wrapped module means re-planning); ``action`` says what waits."""
         with gc_paused():
             now = self.backend.listing(self.model)
         if self._fingerprint(now) != self._identity:
@@ -362,7 +379,7 @@ class Plan:
         concurrent applies to one model happen one after the other.
         """
         with model_lock(self.model):
-            self._check_fresh("apply")
+            self.check_fresh("apply")
             be = self.backend
             saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
             saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
@@ -372,7 +389,7 @@ class Plan:
                 for n in self.norms:
                     be.set_norm_stats_frozen(n.norm.handle, n.frozen, self.model)
                 be.commit(self.model)
-                checksums = self._take_checksums()
+                checksums = self.take_checksums()
             except BaseException:
                 self._put_back(saved, saved_norms, rollback=True)
                 raise
@@ -390,7 +407,7 @@ class Plan:
         """
         self._restore(rollback=False)
 
-    def _rollback(self) -> None:
+    def rollback(self) -> None:
         """Undo an apply made by a call that then failed: :meth:`restore`, plus what apply dropped
         (torch gradients of tensors it froze), so the failed call leaves everything as it was."""
         self._restore(rollback=True)
@@ -404,7 +421,7 @@ class Plan:
             self._checksums = {}
             self._live = None
             if APPLIED.get(self.model) is self:
-                _remember(self.model, None)
+                remember_applied(self.model, None)
 
     def _put_back(self, saved: dict[int, Any], saved_norms: list[bool], rollback: bool = False) -> None:
         for _, handle, *_ in self._settings():
@@ -424,7 +441,7 @@ class Plan:
         if self._saved is None or self._live is None:
             return False
         try:
-            self._check_fresh("compare")
+            self.check_fresh("compare")
         except StalePlanError:
             return False
         return self._live_settings() == self._live
@@ -439,16 +456,24 @@ class Plan:
                 watched += [("stat", state_rows[id(h)]) for h in n.norm.stats if id(h) in state_rows]
         return watched
 
-    def _take_checksums(self) -> dict[str, str | None]:
+    def take_checksums(self) -> dict[str, str | None]:
+        """Digests of every tensor the plan promises not to change (frozen weights, frozen norm
+        statistics), for ``verify``; taken again after weights are loaded (``rebaseline``)."""
         ls = self.listing
         return {f"{kind}:{ls.names[row]}": _digest(self.backend.tensor_bytes(ls.handles[row]))
                 for kind, row in self._watched()}
+
+
+    # the names these had before they were shared across modules
+    _check_fresh = check_fresh
+    _rollback = rollback
+    _take_checksums = take_checksums
 
     def verify(self) -> VerifyReport:
         """Compare frozen parameters and frozen norm statistics with their bytes at apply time."""
         if self._saved is None:
             raise SpecError("verify: apply the plan first (plan.apply())")
-        now = self._take_checksums()
+        now = self.take_checksums()
         changed_params, changed_stats, unchecked = [], [], []
         for key, digest in now.items():
             kind, _, name = key.partition(":")
@@ -475,25 +500,37 @@ class Plan:
             by_mult[key]["param_names"].append(names[row])
         return list(by_mult.values())
 
-    def param_groups(self, lr: float | None = None, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """torch-style parameter groups with each group's lr and weight decay already scaled."""
+    def param_groups(self, lr: float | None = None, weight_decay: float = 0.0,
+                     lr_scale: bool = False) -> list[dict[str, Any]]:
+        """torch-style parameter groups with each group's lr and weight decay already scaled.
+
+        ``lr_scale`` adds the keys timm's schedulers read: ``lr_scale`` (the group's lr_mult) and
+        ``initial_lr`` (the base lr). A timm scheduler computes one schedule from ``initial_lr``
+        and sets each group's lr to it times ``lr_scale``, so warm-up start and floor scale with
+        the group too. A torch lr scheduler also reads ``initial_lr`` and would then drop the
+        multipliers: use these groups with a timm scheduler only.
+        """
         if lr is not None:
             check_number(lr, "param_groups: lr", positive=True)
         check_number(weight_decay, "param_groups: weight_decay")
+        validate.boolean(lr_scale, "param_groups: lr_scale")
         groups = self.groups()
-        if lr is None and any(g["lr_mult"] != 1.0 for g in groups):
+        if lr is None and (lr_scale or any(g["lr_mult"] != 1.0 for g in groups)):
             raise SpecError("param_groups: give lr, so that each group's lr_mult can scale it")
         out = []
         for g in groups:
             group = dict(g)
             if lr is not None:
                 group["lr"] = lr * g["lr_mult"]
+            if lr_scale:
+                group["lr_scale"] = g["lr_mult"]
+                group["initial_lr"] = lr
             group["weight_decay"] = weight_decay * g["wd_mult"]
             out.append(group)
         return out
 
     def optimizer(self, name: Any = "sgd", lr: float | None = None, weight_decay: float = 0.0,
-                  semantics: str = "torch", **options: Any) -> Any:
+                  semantics: str | None = None, lr_scale: bool = False, **options: Any) -> Any:
         """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon).
 
         ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
@@ -501,26 +538,32 @@ class Plan:
         in full precision (float64 parity runs); ``'native'`` keeps MXNet's own. torch optimizers
         are always torch's.
         Name, lr, weight decay and options are checked before the model is touched, and an apply
-        made here is undone if building still fails.
+        made here is undone if building still fails. ``lr_scale``: see :meth:`param_groups`.
         """
+        semantics = semantics or default_semantics()
         check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
-        self._check_fresh("build an optimizer")
+        validate.boolean(lr_scale, "optimizer: lr_scale")
+        self.check_fresh("build an optimizer")
         applied_here = not self.applied
         if applied_here:
             self.apply()
         try:
-            return self.backend.build_optimizer(self.param_groups(lr, weight_decay), name, lr,
-                                                weight_decay, semantics=semantics, **options)
+            opt = self.backend.build_optimizer(self.param_groups(lr, weight_decay, lr_scale), name, lr,
+                                               weight_decay, semantics=semantics, **options)
+            if lr_scale and not all("lr_scale" in g for g in getattr(opt, "param_groups", [{}])):
+                raise SpecError(f"optimizer: lr_scale is for optimizers with parameter groups that a "
+                                f"timm scheduler drives; this {type(opt).__name__} has none: drop lr_scale")
+            return opt
         except BaseException:
             if applied_here:
-                self._rollback()
+                self.rollback()
             raise
 
     def check(self, optimizer: Any) -> None:
         """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
         if not self.backend.owns_optimizer(optimizer):
             raise SpecError(f"check: expected a {self.backend.name} optimizer, got {type(optimizer).__name__}")
-        self._check_fresh("check an optimizer")
+        self.check_fresh("check an optimizer")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
         names = self.listing.names
         frozen = [names[row] for row, h, trainable, *_ in self._settings() if not trainable and id(h) in held]

@@ -6,17 +6,15 @@ directly. All-or-nothing: every name and shape is checked before anything is wri
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .dispatch import backend_for
 from .errors import SpecError
-from .files import excerpt
+from .framework_facts import is_ignored_state
+from .loading import Deferred, match_state, write_all
 from .naming import NameMap, Rename
-
-# torch's BatchNorm batch counter has no Gluon counterpart: never ported, never missed.
-IGNORED = re.compile(r"(.*\.)?num_batches_tracked")
 
 
 @dataclass
@@ -42,56 +40,33 @@ class PortReport:
 
 
 def _tensors(listing: Any) -> tuple[dict[str, Any], list[str]]:
-    kept = {t.canonical: t for t in listing.tensors if not IGNORED.fullmatch(t.canonical)}
-    return kept, [t.canonical for t in listing.tensors if IGNORED.fullmatch(t.canonical)]
+    """State only one framework has (its facts' ignored_state) is never ported, never missed."""
+    kept = {t.canonical: t for t in listing.tensors if not is_ignored_state(t.canonical)}
+    return kept, [t.canonical for t in listing.tensors if is_ignored_state(t.canonical)]
 
 
 def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
          src_backend: str | None = None, dst_backend: str | None = None) -> PortReport:
     """Copy ``src``'s parameters and statistics into ``dst`` (torch <-> Gluon, or same framework).
 
-    ``rename`` maps source canonical names onto target ones when structures differ (see
-    :class:`tunespec.naming.NameMap`). ``strict`` (default) refuses any missing, unexpected or
-    shape-mismatched tensor; otherwise those are reported and skipped. Either way nothing is
-    written unless every copied tensor checks out.
+    A port is a load whose checkpoint is the source model: its canonical names are the keys, its
+    tensors the values (read only once everything matched). ``rename`` maps source canonical names
+    onto target ones when structures differ (see :class:`tunespec.naming.NameMap`). ``strict``
+    (default) refuses any missing, unexpected or shape-mismatched tensor; otherwise those are
+    reported and skipped. Either way nothing is written unless every copied tensor checks out.
     """
     sb, db = backend_for(src, src_backend), backend_for(dst, dst_backend)
     source, ignored = _tensors(sb.listing(src))
-    target, ignored_dst = _tensors(db.listing(dst))
+    state = {name: Deferred(tuple(t.shape or ()), partial(sb.read, t.handle)) for name, t in source.items()}
     names = NameMap(rename=rename)
-    report = PortReport(ignored=ignored + ignored_dst)
-    pairs = []
-    for name, t in source.items():
-        new = names(name)
-        if new is None:
-            report.ignored.append(name)
-        elif new not in target:
-            report.unexpected.append(name if new == name else f"{name} -> {new}")
-        else:
-            d = target.pop(new)
-            if d.shape is None or 0 in d.shape:
-                raise SpecError(f"port: target tensor {new!r} has no shape yet; initialise the "
-                                f"target model (one forward pass) before porting into it")
-            if tuple(t.shape or ()) != tuple(d.shape):
-                report.mismatched.append((new, tuple(t.shape or ()), tuple(d.shape)))
-            else:
-                pairs.append((t, d))
-    report.missing = sorted(target)
+    loaded, writes, listing = match_state(db, dst, state, names, "port")
+    ignored_dst = [t.canonical for t in listing.tensors if is_ignored_state(t.canonical)]
+    report = PortReport(missing=sorted(loaded.missing), unexpected=loaded.unexpected,
+                        mismatched=loaded.mismatched,
+                        ignored=ignored + ignored_dst + loaded.skipped + loaded.ignored)
     names.check_used("port", strict)
     if strict and not report.ok:
         raise SpecError(f"{report}\nnothing was written; pass rename={{regex: replacement}} for "
                         f"models whose structures differ, or strict=False to copy what matches")
-    values = [(d, sb.read(t.handle)) for t, d in pairs]
-    backup = [(d, db.read(d.handle)) for d, _ in values]
-    current = None
-    try:
-        for d, array in values:
-            current = d.canonical
-            db.write(d.handle, array)
-            report.copied.append(d.canonical)
-    except Exception as exc:
-        for d, array in backup:
-            db.write(d.handle, array)
-        raise SpecError(f"port: cannot write {current!r} ({type(exc).__name__}: {excerpt(str(exc))}); "
-                        f"nothing was written") from None
+    report.copied = write_all(db, writes, "port", "nothing was written")
     return report

@@ -12,27 +12,33 @@ Schedules count optimizer steps (``unit: epoch`` counts epochs; then pass ``step
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from . import validate as V
 from .errors import SpecError
-from .spec import RECIPE_SECTIONS, Spec, check_keys, read_recipe
+from .framework_facts import default_semantics, semantics_names
+from .sections import RECIPE_SECTIONS, SECTION_PARSERS  # noqa: F401  (old import path)
+from .spec import Spec, check_keys, read_recipe
 
-SEMANTICS = ("torch", "native", "torch-exact")
-SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine")
-RECIPE_SECTIONS["optimizer"] = "optimizer name, lr, weight_decay, semantics and options"
-RECIPE_SECTIONS["schedule"] = "lr schedule: constant, step, multistep, cosine, with linear warmup"
+SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine", "onecycle")
 
 
 def check_semantics(value: Any) -> str:
-    if value not in SEMANTICS:
-        raise SpecError(f"semantics: {V.excerpt(value)} is not one of {', '.join(SEMANTICS)}; 'torch' "
-                        f"makes Gluon follow torch's update rules (fused operators, float32 "
-                        f"hyper-parameters), 'torch-exact' in full precision, 'native' keeps each "
-                        f"framework's own")
+    """One of the optimizer semantics the registered backends offer (their facts say which)."""
+    names = semantics_names()
+    if value not in names:
+        raise SpecError(f"semantics: {V.excerpt(value)} is not one of {', '.join(names)} (the update-rule "
+                        f"semantics the backends offer; see docs/frameworks.md)")
     return value
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SEMANTICS":  # kept for callers of the old constant
+        return semantics_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -40,14 +46,18 @@ class OptimizerSpec:
     name: str = "sgd"
     lr: float | None = None
     weight_decay: float = 0.0
-    semantics: str = "torch"
+    semantics: str | None = None  # None: the semantics every backend shares (framework_facts)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.semantics is None:
+            object.__setattr__(self, "semantics", default_semantics())
 
     @classmethod
     def from_dict(cls, data: Any) -> "OptimizerSpec":
         """Validate a whole optimizer section: name, lr, weight_decay, semantics and options.
 
-        The options of the optimizers in :data:`tunespec.validate.OPTIMIZER_OPTIONS` are checked
+        The options of the optimizers in :func:`tunespec.validate.optimizer_tables` are checked
         here; another name is left to the backend, which knows its framework's optimizers.
         """
         data = dict(V.mapping(data, "optimizer", "{name: sgd, lr: 0.01}"))
@@ -58,7 +68,7 @@ class OptimizerSpec:
             lr = V.number(lr, "optimizer.lr", minimum=0.0, min_exclusive=True, maximum=V.MAX_FACTOR)
         wd = V.number(data.pop("weight_decay", 0.0), "optimizer.weight_decay", minimum=0.0,
                       maximum=V.MAX_FACTOR)
-        semantics = check_semantics(data.pop("semantics", "torch"))
+        semantics = check_semantics(data.pop("semantics", default_semantics()))
         options = V.check_optimizer(name, data, "optimizer")
         return cls(name, lr, wd, semantics, options)
 
@@ -76,10 +86,16 @@ class LRSchedule:
     warmup_steps: int = 0
     warmup_start_factor: float = 0.0
     unit: str = "step"
+    pct_start: float = 0.25  # onecycle: fastai's fit_one_cycle defaults
+    div: float = 25.0
+    div_final: float = 1e5
+    epoch_steps: int = 0  # onecycle counted in epochs: optimizer steps per epoch (fastai's positions)
 
     KEYS = ("type", "step_size", "milestones", "gamma", "total_steps", "min_factor", "warmup_steps",
-            "warmup_start_factor", "unit")
-    NEEDS = {"step": "step_size", "multistep": "milestones", "cosine": "total_steps"}
+            "warmup_start_factor", "unit", "pct_start", "div", "div_final")
+    NEEDS = {"step": "step_size", "multistep": "milestones", "cosine": "total_steps",
+             "onecycle": "total_steps"}
+    ONECYCLE = ("pct_start", "div", "div_final")
 
     @classmethod
     def from_dict(cls, data: Any) -> "LRSchedule":
@@ -93,12 +109,14 @@ class LRSchedule:
         if need and data.get(need) is None:
             raise SpecError(f"schedule: type {kind} needs {need}")
         for other, key in cls.NEEDS.items():  # an option that has no effect is an error
-            if other != kind and key in data:
+            if other != kind and key in data and key != cls.NEEDS.get(kind):
                 raise SpecError(f"schedule.{key}: has no effect with type {kind}; remove it or use "
                                 f"type {other}")
         step_size = 0 if kind != "step" else V.count(data["step_size"], "schedule.step_size")
         milestones = () if kind != "multistep" else cls._milestones(data["milestones"])
-        total = 0 if kind != "cosine" else V.count(data["total_steps"], "schedule.total_steps")
+        total = 0 if kind not in ("cosine", "onecycle") else V.count(data["total_steps"],
+                                                                     "schedule.total_steps")
+        cycle = cls._onecycle(data, kind)
         gamma = V.number(data.get("gamma", 0.1), "schedule.gamma", minimum=0.0, maximum=V.MAX_FACTOR)
         if kind in ("constant", "cosine") and "gamma" in data:
             raise SpecError(f"schedule.gamma: has no effect with type {kind}; remove it")
@@ -113,7 +131,26 @@ class LRSchedule:
         if not warmup and "warmup_start_factor" in data:
             raise SpecError("schedule.warmup_start_factor: has no effect without warmup_steps; give "
                             "warmup_steps or remove it")
-        return cls(kind, step_size, milestones, gamma, total, min_factor, warmup, start, unit)
+        if kind == "onecycle" and "warmup_steps" in data:
+            raise SpecError("schedule.warmup_steps: onecycle warms up by itself (pct_start, div); "
+                            "remove warmup_steps")
+        return cls(kind, step_size, milestones, gamma, total, min_factor, warmup, start, unit, *cycle)
+
+    @classmethod
+    def _onecycle(cls, data: Mapping[str, Any], kind: str) -> tuple[float, float, float]:
+        """pct_start, div and div_final of fastai's fit_one_cycle; options of no other type."""
+        if kind != "onecycle":
+            for key in cls.ONECYCLE:
+                if key in data:
+                    raise SpecError(f"schedule.{key}: has no effect with type {kind}; remove it or "
+                                    f"use type onecycle")
+            return cls.pct_start, cls.div, cls.div_final
+        pct = V.number(data.get("pct_start", cls.pct_start), "schedule.pct_start", minimum=0.0,
+                       maximum=1.0, min_exclusive=True, max_exclusive=True)
+        div = V.number(data.get("div", cls.div), "schedule.div", minimum=1.0, maximum=V.MAX_FACTOR)
+        final = V.number(data.get("div_final", cls.div_final), "schedule.div_final", minimum=1.0,
+                         maximum=1e12)
+        return pct, div, final
 
     @staticmethod
     def _milestones(raw: Any) -> tuple[int, ...]:
@@ -129,6 +166,15 @@ class LRSchedule:
             out.append(m)
         return tuple(out)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, onecycle's only on a onecycle schedule: what run checkpoints compare, so
+        checkpoints of other schedules read the same as before onecycle existed."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.type != "onecycle":
+            for key in (*self.ONECYCLE, "epoch_steps"):
+                del out[key]
+        return out
+
     def in_steps(self, steps_per_epoch: int | None) -> "LRSchedule":
         """The same schedule counted in optimizer steps."""
         if self.unit == "step":
@@ -137,10 +183,12 @@ class LRSchedule:
             raise SpecError("schedule.unit is 'epoch': pass steps_per_epoch to tunespec.scheduler")
         k = steps_per_epoch
         return LRSchedule(self.type, self.step_size * k, tuple(m * k for m in self.milestones), self.gamma,
-                        self.total_steps * k, self.min_factor, self.warmup_steps * k,
-                        self.warmup_start_factor, "step")
+                          self.total_steps * k, self.min_factor, self.warmup_steps * k,
+                          self.warmup_start_factor, "step", self.pct_start, self.div, self.div_final, k)
 
     def factor(self, t: int) -> float:
+        if self.type == "onecycle":
+            return self._onecycle_factor(t)
         if self.type == "step":
             f = self.gamma ** (t // self.step_size)
         elif self.type == "multistep":
@@ -155,8 +203,33 @@ class LRSchedule:
         return f
 
 
-# Parsers of the sections other modules own (``init``, ``stages``): name -> parse(value, data).
-SECTION_PARSERS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {}
+    def _onecycle_factor(self, t: int) -> float:
+        """fastai's ``combined_cos(pct_start, 1/div, 1, 1/div_final)`` at the training position
+        fastai's Learner reaches before step t, bit for bit.
+
+        fastai's position is ``epoch / n_epoch`` plus ``1 / (n_iter * n_epoch)`` added once per
+        batch, and its phase boundaries and in-phase position are float32 tensors
+        (``combine_scheds``); both are reproduced, so the factors equal fastai's exactly.
+        """
+        t = min(t, self.total_steps)
+        per_epoch = self.epoch_steps or self.total_steps
+        epochs = self.total_steps // per_epoch
+        epoch, batch = divmod(t, per_epoch)
+        pos = epoch / epochs
+        step = 1.0 / (per_epoch * epochs)
+        for _ in range(batch):
+            pos += step
+        bounds = (0.0, _f32(self.pct_start), _f32(_f32(self.pct_start) + _f32(1 - self.pct_start)))
+        phase = 0 if _f32(pos) < bounds[1] else 1
+        where = _f32(_f32(_f32(pos) - bounds[phase]) / _f32(bounds[phase + 1] - bounds[phase]))
+        low, high = 1.0 / self.div, 1.0 / self.div_final
+        start, end = (low, 1.0) if phase == 0 else (1.0, high)
+        return start + (1 + math.cos(math.pi * (1 - where))) * (end - start) / 2
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to float32, as a float32 tensor holds it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 @dataclass(frozen=True)

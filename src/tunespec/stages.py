@@ -1,4 +1,4 @@
-"""Staged unfreezing: the ``stages`` recipe section and :class:`Schedule`, which applies it live.
+"""Staged unfreezing: the ``stages`` recipe section and :class:`StageRunner`, which runs it live.
 
 ```yaml
 preset: heads                      # stage 0: the recipe's own spec
@@ -13,7 +13,8 @@ stages:
 A stage switches to its own spec (the spec keys in its entry; ``lr_mult``, ``wd_mult``,
 ``groups``, ``bn`` and ``strict`` carry over from the recipe unless given), optionally after
 restoring the weights of the best epoch of the stage that ends, and gives parameters it newly
-unfreezes ``lr_factor`` times their lr.
+unfreezes ``lr_factor`` times their lr, or a ``ramp`` up to it; ``restart`` starts the lr schedule
+again at the stage's first step, ``schedule`` gives the stage its own (see ``tunespec.ramps``).
 The optimizer is changed in place where the framework allows: in torch newly trainable parameters
 join as new param groups (existing groups and their momentum/Adam state stay, parameters whose
 multipliers change move between groups with their state, newly frozen ones leave with theirs),
@@ -26,25 +27,27 @@ re-wrapped, because DDP fixes the parameters it all-reduces when it is built.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from .backend_api import Group
-from .dispatch import backend_for
+from .backend_api import DistributedWrapping
+from .dispatch import backend_for, check_backend_name
 from . import validate as V
 from .errors import SpecError
 from .plan import Plan, check_optimizer
-from .recipe import RECIPE_SECTIONS, SECTION_PARSERS, Recipe, load_recipe
+from .ramps import LRClock, Ramp
+from .recipe import LRSchedule, Recipe, load_recipe
+from .stage_lrs import StageLRs
 from .spec import SPEC_KEYS, Spec, check_keys
 from .validate import excerpt
 
 TRIGGERS = ("at_epoch", "at_step", "on_plateau")
-STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor")
+STAGE_KEYS = ("name", *TRIGGERS, "min_delta", "restore_best", "lr_factor", "ramp", "restart", "schedule")
 # Spec keys a stage takes from the recipe unless it gives its own: what trains changes between
 # stages, how multipliers, groups and BatchNorm are set up usually does not.
-INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict")
-RECIPE_SECTIONS["stages"] = "staged unfreezing: later specs switched to at an epoch, step or plateau"
+INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict", "layer_decay")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,22 @@ class Stage:
     min_delta: float = 0.0
     restore_best: bool = False
     lr_factor: float = 1.0
+    ramp: Ramp | None = None  # how the lr of the parameters it newly unfreezes grows
+    restart: bool = False  # the lr schedule starts again at the stage's first step
+    schedule: LRSchedule | None = None  # the stage's own lr schedule, from its first step
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, the lr options only where set: what run checkpoints compare, so a run
+        without them reads the same as before they existed."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, default in (("ramp", None), ("restart", False), ("schedule", None)):
+            if out[key] == default:
+                del out[key]
+        return out
+
+    @property
+    def resets_schedule(self) -> bool:
+        return self.restart or self.schedule is not None
 
     @classmethod
     def from_dict(cls, data: Any, origin: str, base: Mapping[str, Any]) -> "Stage":
@@ -98,7 +117,18 @@ class Stage:
             raw_name = str(raw_name)  # YAML reads `name: 2` as an int
         name = spec.preset_name or origin if raw_name is None else V.string(
             raw_name, f"{origin}.name", max_length=200)
-        return cls(name, spec, trigger, at, delta, restore, factor)
+        ramp = None if data.get("ramp") is None else Ramp.from_dict(data["ramp"], f"{origin}.ramp")
+        restart = V.boolean(data.get("restart", False), f"{origin}.restart")
+        schedule = None
+        if data.get("schedule") is not None:
+            if "restart" in data:
+                raise SpecError(f"{origin}.restart: a stage's own schedule always starts at the stage's "
+                                f"first step; remove restart")
+            try:
+                schedule = LRSchedule.from_dict(data["schedule"])
+            except SpecError as exc:
+                raise SpecError(f"{origin}.{exc}") from None
+        return cls(name, spec, trigger, at, delta, restore, factor, ramp, restart, schedule)
 
 
 @dataclass(frozen=True)
@@ -119,7 +149,19 @@ class StagesSpec:
                           nonempty=True)
         stages = tuple(Stage.from_dict(s, f"stages.then[{i}]", recipe or {}) for i, s in enumerate(then))
         cls._check_order(stages, [f"stages.then[{i}]" for i in range(len(stages))])
+        cls._check_restarts(stages, (recipe or {}).get("schedule") is not None)
         return cls(stages, mode)
+
+    @staticmethod
+    def _check_restarts(stages: tuple[Stage, ...], recipe_schedule: bool) -> None:
+        """``restart`` needs an lr schedule to restart: the recipe's or an earlier stage's."""
+        have = recipe_schedule
+        for i, stage in enumerate(stages):
+            if stage.restart and not have:
+                raise SpecError(f"stages.then[{i}].restart: there is no lr schedule to restart (the "
+                                f"recipe has no schedule section and no earlier stage gives one); add "
+                                f"one, or give the stage its own schedule")
+            have = have or stage.schedule is not None
 
     @staticmethod
     def _check_order(stages: tuple[Stage, ...], origins: list[str]) -> None:
@@ -136,15 +178,14 @@ class StagesSpec:
                 last[stage.trigger] = (stage.at, origin)
 
 
-SECTION_PARSERS["stages"] = StagesSpec.from_dict
 
 T = TypeVar("T")
 
 
-class Schedule:
-    """Applies a recipe's stages to a live model and optimizer, in a hand-written loop::
+class StageRunner(StageLRs):
+    """Runs a recipe's stages on a live model and optimizer, in a hand-written loop::
 
-        schedule = tunespec.Schedule("two_phase.yaml")
+        schedule = tunespec.StageRunner("two_phase.yaml")
         model, opt = schedule.start(model)           # stage 0 applied, optimizer (+ lr scheduler)
         for epoch in range(epochs):
             ...train, with schedule.lr_scheduler.step() after each opt.step() in torch...
@@ -163,11 +204,16 @@ class Schedule:
     nothing: it checks what it can first and, if a later part fails, puts back the weights,
     trainability, multipliers, norm modes, optimizer groups and state, lr scheduler and this
     schedule's own state.
+
+    The core decides every lr: after a stage change (and as a ``ramp`` grows) it computes each
+    group's lr and initial lr (torch) or each Parameter's ``lr_mult`` (Gluon) and the backend
+    installs them. (This class was called ``Schedule``; that name is a deprecated alias: learning-
+    rate schedules are :class:`tunespec.LRSchedule` and :func:`tunespec.scheduler`.)
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
         if steps_per_epoch is not None:
-            V.count(steps_per_epoch, "Schedule: steps_per_epoch")
+            V.count(steps_per_epoch, "StageRunner: steps_per_epoch")
         self.recipe = load_recipe(recipe)
         section = self.recipe.sections.get("stages")
         later = section.stages if section else ()
@@ -180,6 +226,13 @@ class Schedule:
         self.history: list[tuple[int, str]] = []  # (epoch, stage name) of each change
         self._reset_best()
         self._factors: dict[int, float] = {}  # id(parameter) -> lr factor it joined with
+        self._ramp_of: dict[int, int] = {}  # id(parameter) -> index of the stage whose ramp it follows
+        # stage index -> epoch of the step() call that started it (None: not known yet, see _grow),
+        # or for a per-step ramp the optimizer step it started at
+        self._ramp_from: dict[int, int | None] = {}
+        self._last_epoch: int | None = None  # the epoch of the last step() call
+        self.clock = LRClock()  # the recipe's schedule joins it in start()
+        self._check_steps_per_epoch()
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -192,20 +245,41 @@ class Schedule:
         self.bad_epochs = 0
         self.best_state: dict[str, Any] | None = None
 
+    def _check_steps_per_epoch(self) -> None:
+        """A stage's own schedule counted in epochs needs steps_per_epoch, like the recipe's."""
+        for stage in self.stages:
+            if stage.schedule is not None:
+                try:
+                    stage.schedule.in_steps(self.steps_per_epoch)
+                except SpecError:
+                    raise SpecError(f"stage {stage.name!r}: its schedule counts epochs (unit: epoch); "
+                                    f"pass steps_per_epoch to StageRunner") from None
+
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs besides weights and optimizer state (JSON-serialisable)."""
-        return {"index": self.index, "best": self.best, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "history": [list(h) for h in self.history]}
+        out = {"index": self.index, "best": self.best, "best_epoch": self.best_epoch,
+               "bad_epochs": self.bad_epochs, "history": [list(h) for h in self.history]}
+        if self._ramp_from or self.clock.offset:
+            out["ramps"] = {str(k): v for k, v in self._ramp_from.items()}
+            out["lr_offset"] = self.clock.offset
+            out["last_epoch"] = self._last_epoch
+        return out
 
-    _FIELDS = ("index", "plan", "lr_scheduler", "best", "best_epoch", "bad_epochs", "best_state")
+    _FIELDS = ("index", "plan", "lr_scheduler", "best", "best_epoch", "bad_epochs", "best_state",
+               "_last_epoch")
+    _COPIED = ("history", "_factors", "_ramp_of", "_ramp_from")
 
     def _save(self) -> dict[str, Any]:
         saved = {k: getattr(self, k) for k in self._FIELDS}
-        return {**saved, "history": list(self.history), "_factors": dict(self._factors)}
+        saved.update({k: type(getattr(self, k))(getattr(self, k)) for k in self._COPIED})
+        return {**saved, "_clock": (self.clock.schedule, self.clock.offset)}
 
     def _load(self, saved: Mapping[str, Any]) -> None:
         for key, value in saved.items():
-            setattr(self, key, list(value) if key == "history" else dict(value) if key == "_factors" else value)
+            if key == "_clock":
+                self.clock.schedule, self.clock.offset = value
+            else:
+                setattr(self, key, type(value)(value) if key in self._COPIED else value)
 
     def _all_or_nothing(self, model: Any, optimizer: Any, lr_scheduler: Any,
                         change: Callable[[list[Plan]], T], save_weights: bool) -> T:
@@ -223,7 +297,7 @@ class Schedule:
         except BaseException:
             for plan in reversed(applied):
                 if plan.applied:
-                    plan._rollback()
+                    plan.rollback()
             be.optimizer_rollback(optimizer, sched, opt_saved)
             if weights is not None:
                 self._put_weights(model, weights)
@@ -244,7 +318,7 @@ class Schedule:
         if Plan._fingerprint(listing) != self.plan._identity:
             raise SpecError(f"{where}: this model does not hold the parameters the schedule was started "
                             f"on (another model, or layers replaced since); pass the model "
-                            f"schedule.start returned, or start a new Schedule")
+                            f"schedule.start returned, or start a new StageRunner")
 
     # --- starting -----------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
@@ -253,31 +327,34 @@ class Schedule:
         An ``optimizer`` built elsewhere is checked against stage 0 and used instead. Everything
         (optimizer section and options, lr schedule, a given optimizer) is checked before the
         model changes. Starting again is allowed only while still in stage 0 on the same,
-        unchanged model (it re-applies stage 0); otherwise build a new Schedule.
+        unchanged model (it re-applies stage 0); otherwise build a new StageRunner.
         """
-        if backend is not None and not isinstance(backend, str):
-            raise SpecError(f"Schedule.start: backend must be 'torch', 'mxnet' or None, got {excerpt(backend)}")
+        check_backend_name(backend, "StageRunner.start: backend")
         if self.plan is not None:
             if self.index > 0 or self.plan.model is not model:
-                raise SpecError(f"Schedule.start: this schedule already started (now in stage "
-                                f"{self.stage.name!r}); build a new tunespec.Schedule(recipe) for a new run")
-            self.plan._check_fresh("start the schedule again")
+                raise SpecError(f"StageRunner.start: this schedule already started (now in stage "
+                                f"{self.stage.name!r}); build a new tunespec.StageRunner(recipe) for a new run")
+            self.plan.check_fresh("start the schedule again")
         be = backend_for(model, backend)
-        plan = Plan(model, self.stages[0].spec, be, be.listing(model))  # planning changes nothing
+        plan = Plan.make(model, self.stages[0].spec, be)  # planning changes nothing
         o = self.recipe.optimizer
         if optimizer is None:
             if o is None or o.lr is None:
-                raise SpecError("Schedule.start: the recipe has no optimizer section with an lr; add "
+                raise SpecError("StageRunner.start: the recipe has no optimizer section with an lr; add "
                                 "one, or pass optimizer= built with tunespec.optimizer(model, ...)")
             check_optimizer(be, o.name, o.lr, o.weight_decay, o.semantics, o.options)
         else:
             if not be.owns_optimizer(optimizer):
-                raise SpecError(f"Schedule.start: optimizer is a {type(optimizer).__name__}, not a "
+                raise SpecError(f"StageRunner.start: optimizer is a {type(optimizer).__name__}, not a "
                                 f"{be.name} optimizer")
             plan.check(optimizer)
         lr_schedule = None
         if self.recipe.schedule is not None:
             lr_schedule = self.recipe.schedule.in_steps(self.steps_per_epoch)
+        # Stages that restart the schedule, give their own or ramp per step need an lr scheduler
+        # even when the recipe's schedule is constant (factor 1 until then).
+        clocked = lr_schedule is not None or any(
+            st.resets_schedule or (st.ramp is not None and st.ramp.per == "step") for st in self.stages)
         saved = self._save()
         opt_saved = None if optimizer is None else be.optimizer_snapshot(optimizer, None)
         plan.apply()
@@ -285,9 +362,10 @@ class Schedule:
             if optimizer is None:
                 optimizer = plan.optimizer(o.name, lr=o.lr, weight_decay=o.weight_decay,
                                            semantics=o.semantics, **dict(o.options))
-            lr_scheduler = None if lr_schedule is None else be.attach_schedule(optimizer, lr_schedule.factor)
+            self.clock.schedule, self.clock.offset = lr_schedule, 0
+            lr_scheduler = be.attach_schedule(optimizer, self.clock.function()) if clocked else None
         except BaseException:
-            plan._rollback()
+            plan.rollback()
             if opt_saved is not None:
                 be.optimizer_rollback(optimizer, None, opt_saved)
             self._load(saved)
@@ -295,6 +373,7 @@ class Schedule:
         self.plan, self.index, self.history, self.lr_scheduler = plan, 0, [], lr_scheduler
         self._reset_best()
         self._factors = {id(d.tensor.handle): 1.0 for d in plan.trainable}
+        self._ramp_of, self._ramp_from = {}, {}
         return model, optimizer
 
     # --- stepping -----------------------------------------------------------------------------
@@ -329,24 +408,24 @@ class Schedule:
         puts everything back (see the class docstring).
         """
         if self.plan is None:
-            raise SpecError("Schedule.step: call schedule.start(model) first")
-        V.count(epoch, "Schedule.step: epoch", minimum=0)
+            raise SpecError("StageRunner.step: call schedule.start(model) first")
+        V.count(epoch, "StageRunner.step: epoch", minimum=0)
         if step is not None:
-            V.count(step, "Schedule.step: step", minimum=0)
+            V.count(step, "StageRunner.step: step", minimum=0)
         if metric is not None:
             if isinstance(metric, bool) or not isinstance(metric, (int, float)) and not hasattr(metric, "__float__"):
-                raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}")
+                raise SpecError(f"StageRunner.step: metric must be a number, got {excerpt(metric)}")
             try:
                 metric = float(metric)
             except (TypeError, ValueError, OverflowError):
-                raise SpecError(f"Schedule.step: metric must be a number, got {excerpt(metric)}") from None
+                raise SpecError(f"StageRunner.step: metric must be a number, got {excerpt(metric)}") from None
             if not math.isfinite(metric):
-                raise SpecError(f"Schedule.step: metric {metric!r} is not a finite number")
+                raise SpecError(f"StageRunner.step: metric {metric!r} is not a finite number")
         be = self.plan.backend
-        self._check_objects(be, model, optimizer, "Schedule.step")
+        self._check_objects(be, model, optimizer, "StageRunner.step")
         nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
         if nxt is not None and nxt.trigger == "at_step" and step is None:
-            raise SpecError(f"Schedule.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
+            raise SpecError(f"StageRunner.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
                             f"step= (the optimizer steps so far) to schedule.step; without it the stage "
                             f"would never start")
         best, best_epoch, bad, take_best = self.best, self.best_epoch, self.bad_epochs, False
@@ -360,14 +439,18 @@ class Schedule:
         if not due:
             best_state = self._weights(model) if take_best else self.best_state
             self.best, self.best_epoch, self.bad_epochs, self.best_state = best, best_epoch, bad, best_state
-            return model, optimizer
+            self._last_epoch = epoch
+            if not self._growing(epoch):
+                return model, optimizer
+            return self._all_or_nothing(model, optimizer, lr_scheduler, lambda applied: self._grow(
+                epoch, model, optimizer, lr_scheduler), save_weights=False)
         first = due[0]
         if first.restore_best and not take_best and self.best_state is None:
             raise SpecError(f"stage {first.name!r} restores the best weights, but step() was never "
                             f"given a metric: pass metric= (e.g. the validation loss) every epoch")
         listing = be.listing(model)
-        self._check_same_model(listing, "Schedule.step")
-        plans = [Plan(model, stage.spec, be, listing) for stage in due]  # every spec checked first
+        self._check_same_model(listing, "StageRunner.step")
+        plans = [Plan.make(model, stage.spec, be, listing) for stage in due]  # every spec checked first
         # When this very epoch is the best, the weights are already the best ones.
         write_best = first.restore_best and not take_best
         best_state = self.best_state
@@ -376,73 +459,83 @@ class Schedule:
             if write_best:
                 self._put_weights(model, best_state)
             m, o = model, optimizer
+            self._last_epoch = epoch
             for stage, plan in zip(due, plans, strict=True):
                 self.history.append((epoch, stage.name))
-                m, o = self._advance(m, o, lr_scheduler, applied, plan)
+                m, o = self._advance(m, o, lr_scheduler, applied, plan, epoch)
+            if self._growing(epoch):
+                self._grow(epoch, m, o, lr_scheduler)
             return m, o
 
         return self._all_or_nothing(model, optimizer, lr_scheduler, change, save_weights=write_best)
 
     def advance(self, model: Any, optimizer: Any, lr_scheduler: Any = None) -> tuple[Any, Any]:
-        """Switch to the next stage now (``step`` calls this when it is due; resuming replays it)."""
+        """Switch to the next stage now (``step`` calls this when it is due; resuming replays it).
+        A per-epoch ramp the stage starts grows from the next ``step`` call on."""
         if self.plan is None:
-            raise SpecError("Schedule.advance: call schedule.start(model) first")
+            raise SpecError("StageRunner.advance: call schedule.start(model) first")
         if self.index + 1 >= len(self.stages):
-            raise SpecError(f"Schedule.advance: no later stage to switch to (stage {self.stage.name!r} "
+            raise SpecError(f"StageRunner.advance: no later stage to switch to (stage {self.stage.name!r} "
                             f"is the last of {len(self.stages)})")
         be = self.plan.backend
-        self._check_objects(be, model, optimizer, "Schedule.advance")
+        self._check_objects(be, model, optimizer, "StageRunner.advance")
         listing = be.listing(model)
-        self._check_same_model(listing, "Schedule.advance")
-        plan = Plan(model, self.stages[self.index + 1].spec, be, listing)
+        self._check_same_model(listing, "StageRunner.advance")
+        plan = Plan.make(model, self.stages[self.index + 1].spec, be, listing)
         return self._all_or_nothing(
             model, optimizer, lr_scheduler,
             lambda applied: self._advance(model, optimizer, lr_scheduler, applied, plan), save_weights=False)
 
     def _advance(self, model: Any, optimizer: Any, lr_scheduler: Any, applied: list[Plan],
-                 plan: Plan) -> tuple[Any, Any]:
+                 plan: Plan, epoch: int | None = None) -> tuple[Any, Any]:
         """One stage change; the caller undoes it (and the plans in ``applied``) if it fails."""
-        nxt = self.stages[self.index + 1]
+        index = self.index + 1
+        nxt = self.stages[index]
         be = self.plan.backend
+        sched = lr_scheduler or self.lr_scheduler
         before = {id(d.tensor.handle): d.tensor.handle for d in self.plan.trainable}
+        fresh = [id(d.tensor.handle) for d in plan.trainable if id(d.tensor.handle) not in before]
+        self._check_lr_options(nxt, fresh, lr_scheduler, plan)
+        state = be.lr_state(optimizer, sched)
         applied.append(plan.apply())
         after = {id(d.tensor.handle): d for d in plan.trainable}
-        for key in [k for k in self._factors if k not in after]:
-            del self._factors[key]
+        for table in (self._factors, self._ramp_of):
+            for key in [k for k in table if k not in after]:
+                del table[key]
         for key in after:
             self._factors.setdefault(key, nxt.lr_factor)
-        for key, d in after.items():  # Gluon reads multipliers from the Parameter (torch ignores them)
-            be.set_param(d.tensor.handle, True, d.lr_mult * self._factors[key], d.wd_mult)
-        layout = self._layout(be.optimizer_groups(optimizer), plan)
+        if nxt.ramp is not None:
+            self._ramp_of.update({key: index for key in fresh})
+            self._ramp_from[index] = state["step"] if nxt.ramp.per == "step" else epoch
+        if nxt.resets_schedule:
+            self.clock.offset = state["step"]
+            if nxt.schedule is not None:
+                self.clock.schedule = nxt.schedule.in_steps(self.steps_per_epoch)
         added = [d.tensor.handle for k, d in after.items() if k not in before]
         removed = [h for k, h in before.items() if k not in after]
-        be.restage_optimizer(optimizer, layout, added, removed, lr_scheduler or self.lr_scheduler)
-        if (added or removed) and be.is_distributed_wrapper(model):
+        self._install(optimizer, sched, plan, added, removed, epoch, state, nxt.resets_schedule)
+        if (added or removed) and isinstance(be, DistributedWrapping) and be.is_distributed_wrapper(model):
             model = be.rewrap(model)
         self.plan = plan
         self.index += 1
         self._reset_best()
         return model, optimizer
 
-    def _layout(self, current: list[Group], plan: Plan) -> list[Group]:
-        """Every trainable parameter's group: existing groups keep their place, new ones follow."""
-        key_of = [(g["lr_mult"], g["wd_mult"], g["lr_factor"]) for g in current]
-        layout = [Group(params=[], param_names=[], lr_mult=k[0], wd_mult=k[1], lr_factor=k[2])
-                  for k in key_of]
-        for d in plan.trainable:
-            key = (d.lr_mult, d.wd_mult, self._factors[id(d.tensor.handle)])
-            if key not in key_of:
-                key_of.append(key)
-                layout.append(Group(params=[], param_names=[], lr_mult=key[0], wd_mult=key[1],
-                                    lr_factor=key[2]))
-            group = layout[key_of.index(key)]
-            group["params"].append(d.tensor.handle)
-            group["param_names"].append(d.name)
-        return layout
+    def _check_lr_options(self, stage: Stage, fresh: list[int], lr_scheduler: Any, plan: Plan) -> None:
+        """A ramp needs parameters to ramp; a restart needs the runner's own lr scheduler."""
+        if stage.ramp is not None and not fresh:
+            message = (f"stage {stage.name!r}: its ramp has no effect, the stage unfreezes no parameter "
+                       f"that was frozen; remove the ramp or unfreeze more")
+            if plan.spec.strict:
+                raise SpecError(message)
+            warnings.warn(message, stacklevel=4)
+        if stage.resets_schedule and lr_scheduler is not None and lr_scheduler is not self.lr_scheduler:
+            raise SpecError(f"stage {stage.name!r} restarts the lr schedule, which only the runner's own "
+                            f"lr scheduler (schedule.lr_scheduler) follows; leave lr_scheduler out")
 
     def rebaseline(self) -> None:
         """Take the frozen tensors' checksums again (after weights were loaded into the model)."""
-        self.plan._checksums = self.plan._take_checksums()
+        self.plan._checksums = self.plan.take_checksums()
 
     # --- best weights -------------------------------------------------------------------------
     def _weights(self, model: Any) -> dict[str, Any]:
@@ -454,3 +547,13 @@ class Schedule:
         for t in be.listing(model).tensors:
             if t.canonical in state:
                 be.write(t.handle, state[t.canonical])
+
+
+class Schedule(StageRunner):
+    """Deprecated name of :class:`StageRunner` (it read like an lr schedule)."""
+
+    def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
+        warnings.warn("tunespec.Schedule is now tunespec.StageRunner (it runs a recipe's stages; lr "
+                      "schedules are tunespec.LRSchedule and tunespec.scheduler()); the old name will "
+                      "be removed", DeprecationWarning, stacklevel=2)
+        super().__init__(recipe, steps_per_epoch)

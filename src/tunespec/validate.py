@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 import reprlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -212,6 +213,13 @@ def regex(value: Any, path: str) -> str:
     return value
 
 
+def group_reference(value: Any, path: str) -> str:
+    """A ``@group`` reference (resolved at plan time, when model cards' groups are known too)."""
+    if not isinstance(value, str) or len(value) > 200 or not re.fullmatch(r"@[A-Za-z0-9_][\w+-]*", value):
+        raise SpecError(f"{path}: {excerpt(value)} is not a group reference like '@heads' or '@bias'")
+    return value
+
+
 # --- whole documents --------------------------------------------------------------------------
 def tree(data: Any, path: str = "recipe", *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> None:
     """Refuse a document nested deeper than ``max_depth`` or with more than ``max_nodes`` values.
@@ -271,15 +279,15 @@ def _optional_positive(value: Any, path: str) -> float | None:
 
 
 def _optional_boolean(value: Any, path: str) -> bool | None:
-    """true, false or null (Gluon's ``update_on_kvstore=None``: let MXNet decide)."""
+    """true, false or null (null: let the framework decide)."""
     return None if value is None else boolean(value, path)
 
 
-def _kvstore(value: Any, path: str) -> Any:
-    """A kvstore type name ('device', 'dist_sync', ...) or, given in code, a kvstore object the
-    framework built (the core cannot name its type, so anything that is not plain data passes)."""
+def _name_or_object(value: Any, path: str) -> Any:
+    """A name ('device', 'dist_sync', ...) or, given in code, an object the framework built (the
+    core cannot name its type, so anything that is not plain data passes)."""
     if isinstance(value, (bool, int, float, list, tuple, dict)) or value is None:
-        raise fail(path, "a kvstore name like 'device' or 'dist_sync', or a kvstore object", value)
+        raise fail(path, "a name like 'device' or 'dist_sync', or an object the framework built", value)
     return string(value, path, max_length=64) if isinstance(value, str) else value
 
 
@@ -293,34 +301,50 @@ def _compression(value: Any, path: str) -> Mapping[str, Any]:
     return data
 
 
-# Options either backend understands, besides name, lr, weight_decay and semantics.
+# Options of the update rules themselves, besides name, lr, weight_decay and semantics; options a
+# framework adds (its facts' optimizer_options) join them with the checker their value kind names.
 _COMMON: dict[str, Checker] = {
     "maximize": boolean, "foreach": _optional_boolean, "differentiable": boolean, "fused": _optional_boolean,
-    # Gluon: Optimizer and Trainer arguments (torch refuses them when it builds the optimizer)
-    "clip_gradient": _optional_positive, "rescale_grad": _positive, "multi_precision": boolean,
-    "kvstore": _kvstore, "update_on_kvstore": _optional_boolean, "compression_params": _compression,
-    "lazy_update": boolean,
+}
+VALUE_KINDS: dict[str, Checker] = {
+    "boolean": boolean, "optional_boolean": _optional_boolean, "positive": _positive,
+    "optional_positive": _optional_positive, "unit": _unit, "name_or_object": _name_or_object,
+    "compression": _compression,
 }
 _ADAM: dict[str, Checker] = {
     "betas": _betas, "eps": _positive, "amsgrad": boolean, "capturable": boolean,
     "decoupled_weight_decay": boolean,
     "beta1": _beta, "beta2": _beta, "epsilon": _positive,  # Gluon's names for betas and eps
 }
-OPTIMIZER_OPTIONS: dict[str, dict[str, Checker]] = {
+_RULES: dict[str, dict[str, Checker]] = {
     "sgd": {"momentum": _unit, "dampening": _unit, "nesterov": boolean, **_COMMON},
     "adam": {**_ADAM, **_COMMON},
     "adamw": {**_ADAM, **_COMMON},
 }
 
 
+def optimizer_tables() -> dict[str, dict[str, Checker]]:
+    """Per known optimizer, every option a registered backend accepts and its checker."""
+    from .framework_facts import framework_options
+
+    extra = {k: VALUE_KINDS[v] for k, v in framework_options().items() if v in VALUE_KINDS}
+    return {name: {**table, **extra} for name, table in _RULES.items()}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OPTIMIZER_OPTIONS":  # the tables as they stand with the backends registered now
+        return optimizer_tables()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def check_optimizer(name: Any, options: Mapping[str, Any], path: str = "optimizer") -> dict[str, Any]:
     """Check the options of a known optimizer against its table; return them checked.
 
-    A name not in :data:`OPTIMIZER_OPTIONS` passes here (the backend knows its framework's
+    A name not in :func:`optimizer_tables` passes here (the backend knows its framework's
     other optimizers and checks them when it builds one).
     """
     checked = dict(options)
-    table = OPTIMIZER_OPTIONS.get(name.lower()) if isinstance(name, str) else None
+    table = optimizer_tables().get(name.lower()) if isinstance(name, str) else None
     if table is None:
         for key in checked:
             if not isinstance(key, str):

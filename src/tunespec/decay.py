@@ -1,0 +1,211 @@
+"""Layer-wise learning-rate decay: the ``layer_decay`` spec key, and each parameter's scale.
+
+```yaml
+layer_decay: {rate: 0.75}                 # the model card's layers
+layer_decay: {rate: 0.75, layers: ['embeddings\\..*', 'encoder\\.layer\\.(\\d+)\\..*', '@heads']}
+```
+
+Layers run from the input (first) to the output (last). Each entry is a regex on canonical
+names or an ``@group``; a parameter belongs to the first entry that matches it. A regex with
+capture groups is one layer per distinct tuple of captured numbers, in numeric order (a group
+that did not take part counts as 0); an ``@group`` is one layer. ``{match: ...,
+with_previous: true}`` joins the layer before it. This is timm's ``group_matcher`` grouping, so cards can reproduce timm's layer ids
+exactly: ``blocks\\.(\\d+)\\..*`` is one layer per block, the final norm joins the last block.
+Parameters in no entry form the top layer, as timm puts a model's unmatched head.
+
+With L layers, layer i's lr is scaled by ``rate ** (L - 1 - i)`` (timm's
+``param_groups_layer_decay``): the top layer keeps the base lr. The scale multiplies the
+parameter's ``lr_mult`` from the rules. Layer ids are counted over all parameters, frozen ones
+too, so a stage that unfreezes layers does not move the lr of layers already training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import re
+import warnings
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from . import validate as V
+from .errors import SpecError, TuneSpecWarning
+from .matching import simple
+
+if TYPE_CHECKING:
+    from .cards import Card
+    from .listing import Listing
+    from .matching import Matcher
+    from .spec import Spec
+
+KEYS = ("rate", "layers")
+LAYER_KEYS = ("match", "with_previous")
+MAX_LAYERS = 10_000
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One entry of an ordered layer list: a regex or ``@group``; ``with_previous`` joins the
+    layer(s) it matches to the layer before it (timm's ``MATCH_PREV_GROUP``)."""
+
+    match: str
+    with_previous: bool = False
+
+
+def _check_match(value: Any, path: str) -> str:
+    if isinstance(value, str) and value.startswith("@"):
+        return V.group_reference(value, path)
+    return V.regex(value, path)
+
+
+def layer_entries(raw: Any, path: str) -> tuple[Layer, ...]:
+    """An ordered, non-empty list of layers: regexes, ``@group`` names or ``{match, with_previous}``."""
+    items = V.sequence(raw, path, what="a non-empty list of regexes or @groups, first = the input's",
+                       max_length=MAX_LAYERS, nonempty=True)
+    out: list[Layer] = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        if isinstance(item, Layer):
+            out.append(Layer(_check_match(item.match, where), V.boolean(item.with_previous, where)))
+        elif isinstance(item, Mapping):
+            V.keys(item, where, LAYER_KEYS, "layer key")
+            if "match" not in item:
+                raise SpecError(f"{where}: a layer mapping needs 'match' (a regex or '@group')")
+            joined = V.boolean(item.get("with_previous", False), f"{where}.with_previous")
+            out.append(Layer(_check_match(item["match"], f"{where}.match"), joined))
+        else:
+            out.append(Layer(_check_match(item, where)))
+    if out[0].with_previous:
+        raise SpecError(f"{path}[0]: the first layer has no layer before it to join; remove "
+                        f"with_previous")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LayerDecay:
+    """``rate`` in (0, 1]; ``layers`` None uses the model card's ordered layers."""
+
+    rate: float
+    layers: tuple[Layer, ...] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "layer_decay") -> "LayerDecay":
+        if isinstance(data, LayerDecay):
+            return data
+        data = V.mapping(data, path, "{rate: 0.75}")
+        V.keys(data, path, KEYS)
+        if "rate" not in data:
+            raise SpecError(f"{path}: give rate (each layer's lr is rate times the next one's), e.g. "
+                            f"{{rate: 0.75}}")
+        rate = V.number(data["rate"], f"{path}.rate", minimum=0.0, min_exclusive=True, maximum=1.0)
+        layers = None if data.get("layers") is None else layer_entries(data["layers"], f"{path}.layers")
+        return cls(rate, layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rate": self.rate}
+        if self.layers is not None:
+            out["layers"] = [e.match if not e.with_previous else {"match": e.match, "with_previous": True}
+                             for e in self.layers]
+        return out
+
+
+def layer_ids(entries: Sequence[Layer], hits: Sequence[Sequence[int]], captures: Sequence[Sequence[tuple]],
+              n: int) -> tuple[list[int], int]:
+    """Each parameter's layer id (0 = the input's) and the number of layers.
+
+    ``hits[e]`` are the positions entry ``e`` matched, ``captures[e][k]`` the numbers it
+    captured for ``hits[e][k]``. A position takes the first entry matching it; positions in no
+    entry take the top layer.
+    """
+    key_of: list[tuple | None] = [None] * n
+    for e, (entry_hits, entry_caps) in enumerate(zip(hits, captures, strict=True)):
+        for i, numbers in zip(entry_hits, entry_caps, strict=True):
+            if key_of[i] is None:
+                key_of[i] = (e, *numbers)
+    keys = sorted({k for k in key_of if k is not None})
+    joins = {k for k in keys if entries[k[0]].with_previous}
+    layer_of: dict[tuple, int] = {}
+    lid = -1
+    for k in keys:
+        if lid < 0 or k not in joins:
+            lid += 1
+        layer_of[k] = lid
+    unmatched = any(k is None for k in key_of)
+    count = lid + 1 + (1 if unmatched else 0)
+    return [count - 1 if k is None else layer_of[k] for k in key_of], count
+
+
+def scales(rate: float, ids: Sequence[int], count: int) -> list[float]:
+    """``rate ** (count - 1 - id)`` per parameter, computed as timm does."""
+    top = count - 1
+    per_layer = [rate ** (top - i) for i in range(count)]
+    return [per_layer[i] for i in ids]
+
+
+def captured_numbers(match: Any, where: str) -> tuple[int, ...]:
+    """The numbers a layer regex captured; a group that did not take part counts as 0."""
+    groups = match.groups()
+    if None not in groups and all(groups) and "".join(groups).isdecimal():  # the usual case, fast
+        return tuple(map(int, groups))
+    out = []
+    for value in groups:
+        if value is None:
+            out.append(0)
+        elif value.isdecimal():
+            out.append(int(value))
+        else:
+            raise SpecError(f"{where}: captured {V.excerpt(value)}, not a layer number; capture only "
+                            f"the digits that number layers (write other groups as (?:...))")
+    return tuple(out)
+
+
+# --- planning: each parameter's scale -------------------------------------------------------
+
+def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher: "Matcher",
+                  groups: Mapping[str, str]) -> list[float] | None:
+    """Each parameter's ``layer_decay`` scale (in ``param_rows`` order), or None without decay."""
+    decay = spec.layer_decay
+    if decay is None:
+        return None
+    entries, where = decay.layers, "layer_decay.layers"
+    if entries is None:
+        if card is None or card.layers is None:
+            what = f"the {card.family} card has no ordered layers" if card else \
+                f"no model card knows {listing.model_type}'s layers"
+            raise SpecError(f"layer_decay: {what}; list them from input to output in "
+                            f"layer_decay.layers (regexes or @groups), or register a card with layers")
+        entries, where = card.layers, f"the {card.family} card's layers"
+    rows = listing.param_rows
+    hits: list[list[int]] = []
+    captures: list[list[tuple[int, ...]]] = []
+    for i, entry in enumerate(entries):
+        origin = f"{where}[{i}]"
+        found = matcher.select(entry.match, groups, origin)
+        if not found and decay.layers is not None:  # a card's entry may be absent in a variant
+            message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
+            if spec.strict:
+                raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
+            warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
+        hits.append(found)
+        captures.append(_captures(entry.match, found, listing, origin))
+    if decay.layers is None and not any(hits):
+        raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
+                        f"card does not fit this model: list its layers in layer_decay.layers")
+    ids, count = layer_ids(entries, hits, captures, len(rows))
+    return scales(decay.rate, ids, count)
+
+
+def _captures(match: str, found: Sequence[int], listing: "Listing", origin: str) -> list[tuple[int, ...]]:
+    """The layer numbers a layer entry captured from each parameter it matched (positions in
+    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
+    if match.startswith("@"):
+        return [()] * len(found)
+    pattern = re.compile(match) if simple(match) else V.compiled(match)  # re is the fast one
+    if not pattern.groups:
+        return [()] * len(found)
+    names, rows, aliases = listing.names, listing.param_rows, listing.aliases
+    out = []
+    for k in found:
+        m = pattern.fullmatch(names[rows[k]])
+        if m is None:  # it matched an alias (a tied parameter's other name)
+            m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
+        out.append(captured_numbers(m, origin))
+    return out
