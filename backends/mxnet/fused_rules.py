@@ -83,20 +83,20 @@ class FusedTorchSGD(TorchSGD):
     def update_multi_precision(self, index: Any, weight: Any, grad: Any, state: Any) -> None:
         indices, weights, grads, states = _listed(index, weight, grad, state)
         if _half_master(self, weights):
-            for item in zip(indices, weights, grads, states):  # casts, then comes back to self.update
+            for item in zip(indices, weights, grads, states, strict=True):  # casts, then comes back to self.update
                 mx.optimizer.Optimizer.update_multi_precision(self, *item)
             return
         self._fused_update(indices, weights, grads, states)
 
     def _fused_update(self, indices: list, weights: list, grads: list, states: list) -> None:
         if self.nesterov:
-            for item in zip(indices, weights, grads, states):
+            for item in zip(indices, weights, grads, states, strict=True):
                 TorchSGD.update(self, *item)
             return
         self._update_count(indices)
         lrs, wds = self._get_lrs(indices), self._get_wds(indices)
         runs: list[tuple[float, list[tuple]]] = []  # consecutive parameters sharing one momentum
-        for index, w, g, state, lr, wd in zip(indices, weights, grads, states, lrs, wds):
+        for index, w, g, state, lr, wd in zip(indices, weights, grads, states, lrs, wds, strict=True):
             if not self.momentum:
                 momentum, op_lr = 0.0, lr
             elif lr == 0.0:
@@ -119,14 +119,14 @@ class FusedTorchSGD(TorchSGD):
 
     def _apply(self, momentum: float, items: list[tuple]) -> None:
         options = _op_options(self)
-        ws, gs, moms, lrs, wds = (list(x) for x in zip(*items))
+        ws, gs, moms, lrs, wds = (list(x) for x in zip(*items, strict=True))
         if len(items) > 1 and _dense(*ws, *gs):
             if self.momentum:
-                mx.nd.multi_sgd_mom_update(*[a for t in zip(ws, gs, moms) for a in t], out=ws,
+                mx.nd.multi_sgd_mom_update(*[a for t in zip(ws, gs, moms, strict=True) for a in t], out=ws,
                                            num_weights=len(ws), lrs=lrs, wds=wds, momentum=momentum,
                                            **options)
             else:
-                mx.nd.multi_sgd_update(*[a for t in zip(ws, gs) for a in t], out=ws,
+                mx.nd.multi_sgd_update(*[a for t in zip(ws, gs, strict=True) for a in t], out=ws,
                                        num_weights=len(ws), lrs=lrs, wds=wds, **options)
             return
         for w, g, mom, lr, wd in items:
