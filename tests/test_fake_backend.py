@@ -133,3 +133,22 @@ def test_register_backend_refuses_bad_facts_and_a_taken_name():
     with pytest.raises(SpecError, match="already registered"):
         tunespec.register_backend(dataclasses.replace(FACTS, backend="elsewhere:BACKEND"))
     tunespec.register_backend(FACTS)  # the same facts again: a no-op
+
+
+def test_a_broken_entry_point_warns_and_the_other_backends_stay(tmp_path):
+    dist = tmp_path / "brokenpkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenpkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tunespec.backends]\nbroken = no_such_module_xyz:FACTS\n")
+    code = textwrap.dedent('''
+        import warnings
+        from tunespec import registry
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            names = set(registry.registered())
+        print("broken" in names, {"torch", "mxnet"} <= names,
+              any("entry point 'broken'" in str(w.message) for w in caught))
+    ''')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.split() == ["False", "True", "True"], out.stdout + out.stderr

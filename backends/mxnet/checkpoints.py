@@ -10,9 +10,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from tunespec.backend_api import (MAX_DIMS, RUN_LAYOUT, decode_tree, encode_tree, excerpt, read_bytes, regular_file,
-                                  write_checked)
-from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.backend_api import (MAX_DIMS, RUN_LAYOUT, decode_tree, encode_tree, excerpt, first_line, read_bytes,
+                                  read_safetensors_file, regular_file, write_checked)
+from tunespec.errors import SpecError
 
 from .listing import _shape
 from .update_rules import GLUON_OPTIMIZERS
@@ -202,25 +202,14 @@ class MXNetCheckpoints:
         try:
             loaded = mx.nd.load_frombuffer(data)
         except Exception as exc:  # MXNetError, and whatever a damaged file makes the reader raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise SpecError(f"{path}: not an MXNet .params file ({excerpt(first, 200)})") from None
+            raise SpecError(f"{path}: not an MXNet .params file ({excerpt(first_line(exc), 200)})") from None
         if not isinstance(loaded, dict):
             raise SpecError(f"{path}: holds an unnamed list of arrays; tunespec loads named parameters")
         return {k.split(":", 1)[1] if k.startswith(("arg:", "aux:")) else k: v for k, v in loaded.items()}
 
     def read_safetensors(self, path: str) -> dict[str, Any]:
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
-                                        "pip install 'tunespec[safetensors]'") from None
-        regular_file(path, "load", None)
-        try:
-            return load_file(path)
-        except Exception as exc:  # SafetensorError, and TypeError for dtypes numpy lacks (bfloat16)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise SpecError(f"{path}: not a safetensors file MXNet can read ({type(exc).__name__}: "
-                            f"{excerpt(first, 200)})") from None
+        # numpy's reader: it refuses dtypes numpy lacks (bfloat16) with a TypeError, reported here
+        return read_safetensors_file(path, "safetensors.numpy", "not a safetensors file MXNet can read")
 
     def to_numpy(self, value: Any) -> Any:
         if isinstance(value, mx.nd.NDArray):

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunespec.backend_api import RUN_LAYOUT, decode_tree, encode_tree, excerpt, regular_file, write_checked
-from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.backend_api import (RUN_LAYOUT, decode_tree, encode_tree, excerpt, first_line, read_safetensors_file,
+                                  regular_file, write_checked)
+from tunespec.errors import SpecError
 
 from .listing import _unwrap
 
@@ -81,7 +82,7 @@ class TorchCheckpoints:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             if not allow_pickle and "weights_only" in str(exc).lower():
                 raise SpecError(f"{path}: this checkpoint needs pickle to load ({excerpt(first, 200)}); "
                                 f"unpickling can run arbitrary code, so tunespec refuses it. If you trust "
@@ -90,18 +91,7 @@ class TorchCheckpoints:
         return obj.state_dict() if isinstance(obj, nn.Module) else obj
 
     def read_safetensors(self, path: str) -> dict[str, torch.Tensor]:
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
-                                        "pip install 'tunespec[safetensors]'") from None
-        regular_file(path, "load", None)
-        try:
-            return load_file(path, device="cpu")
-        except Exception as exc:  # SafetensorError, and OSError/ValueError from a damaged header
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise SpecError(f"{path}: not a valid safetensors file ({type(exc).__name__}: "
-                            f"{excerpt(first, 200)})") from None
+        return read_safetensors_file(path, "safetensors.torch", "not a valid safetensors file", device="cpu")
 
     def to_numpy(self, value: Any) -> Any:
         value = value.detach().cpu()

@@ -22,16 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
-from .errors import SpecError
+from .errors import MissingFrameworkError, SpecError
 from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
 from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from .validate import excerpt
 
 __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
-           "encode_tree", "excerpt", "flat_prefix_length", "FrameworkFacts", "GraphNode",
+           "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
            "GraphTracing", "Group", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
-           "ParameterServer", "read_bytes", "regular_file", "require", "Restaging", "RUN_LAYOUT",
-           "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
+           "ParameterServer", "read_bytes", "read_safetensors_file", "regular_file", "require",
+           "Restaging", "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,30 @@ class Sharding(Protocol):
 
     def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
         """(the run's JSON meta, the backend's run state) of a checked checkpoint directory."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for errors
+    that quote what a framework's reader said about a damaged file."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def read_safetensors_file(path: str, loader: str, refusal: str, **options: Any) -> dict[str, Any]:
+    """A safetensors file read by ``loader`` (the safetensors module for the backend's arrays,
+    e.g. ``'safetensors.numpy'``): a regular file only, and any reader error a SpecError that
+    says ``refusal`` (what the file is not) and quotes the reader."""
+    import importlib
+
+    try:
+        load_file = importlib.import_module(loader).load_file
+    except ImportError:
+        raise MissingFrameworkError("reading .safetensors needs the safetensors package; "
+                                    "pip install 'tunespec[safetensors]'") from None
+    regular_file(path, "load", None)
+    try:
+        return load_file(path, **options)
+    except Exception as exc:  # SafetensorError, and OSError/ValueError/TypeError from a damaged header
+        raise SpecError(f"{path}: {refusal} ({type(exc).__name__}: {excerpt(first_line(exc), 200)})") from None
 
 
 def require(backend: Any, capability: type, what: str) -> Any:

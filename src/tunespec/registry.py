@@ -27,7 +27,10 @@ _version = 0  # bumped on every change, so derived facts know when to recompute
 
 
 def version() -> int:
-    """A number that changes whenever the set of registered backends does."""
+    """A number that changes whenever the set of registered backends does (read on every derived
+    fact, per checkpoint key: lock-free once the entry points are scanned)."""
+    if _scanned:
+        return _version
     with _lock:
         _scan_entry_points()
         return _version
@@ -110,3 +113,4 @@ def _scan_entry_points() -> None:
             continue
         if isinstance(facts, FrameworkFacts) and facts.name not in _facts:
             _facts[facts.name] = facts
+    _version += 1  # again once complete: facts derived while the scan ran are recomputed
