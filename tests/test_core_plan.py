@@ -235,8 +235,9 @@ def test_summary_and_to_dict_and_table():
     assert [g["lr"] for g in s["groups"]] == [0.01, 0.1]
     d = plan.to_dict()
     assert d["params"][0]["name"] == "stem.conv.weight" and d["params"][0]["trainable"] is False
-    text = str(plan)
-    assert "stem.conv.weight" in text and "frozen 3 tensors" in text
+    text = str(plan)  # collapsed by module, like the CLI's default
+    assert text == plan.table(full=False) and "stem.*" in text and "frozen 3 tensors" in text
+    assert "stem.conv.weight" in plan.table()
     collapsed = plan.table(full=False)
     assert "layer1.*" in collapsed and "layer1.0.conv.weight" not in collapsed
 

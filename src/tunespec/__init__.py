@@ -9,6 +9,7 @@ from .backend_api import FrameworkFacts
 from .cache import FrozenPrefix, cache_frozen
 from .cards import Card, register_card
 from .checkpoint import resume, save_checkpoint
+from .groups_report import ModelGroups, groups
 from .errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWarning
 from .importers import from_mmengine, from_timm
 from .init import InitReport, InitSpec, initialize
@@ -30,6 +31,6 @@ __all__ = [
     "LoadReport", "load", "InitReport", "InitSpec", "initialize",
     "Schedule", "Stage", "StageRunner", "StagesSpec", "resume", "save_checkpoint", "shard", "from_timm",
     "from_mmengine",
-    "FrameworkFacts", "register_backend", "unregister_backend",
+    "FrameworkFacts", "register_backend", "unregister_backend", "groups", "ModelGroups",
 ]
 __version__ = "0.1.0"

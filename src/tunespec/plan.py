@@ -334,6 +334,21 @@ class Plan:
     def summary(self, lr: float | None = None) -> dict[str, Any]:
         return report.summary(self, lr)
 
+    def summary_table(self, lr: float | None = None, weight_decay: float | None = None) -> str:
+        """A compact view, one row per optimizer group plus one for the frozen tensors.
+
+        Each row gives tensors, parameters, lr and weight decay (absolute with ``lr`` and
+        ``weight_decay``, else the multipliers) and the top-level modules it covers; totals
+        follow, the way ``torchinfo`` ends its summary::
+
+            print(tunespec.plan(model, spec).summary_table(lr=0.01, weight_decay=5e-4))
+        """
+        if lr is not None:
+            check_number(lr, "summary_table: lr", positive=True)
+        if weight_decay is not None:
+            check_number(weight_decay, "summary_table: weight_decay")
+        return report.group_table(self, lr, weight_decay)
+
     def to_dict(self) -> dict[str, Any]:
         return report.to_dict(self)
 
@@ -341,7 +356,9 @@ class Plan:
         return report.table(self, full=full)
 
     def __str__(self) -> str:
-        return report.table(self, full=len(self.decisions) <= 80)
+        """The table collapsed by module (``tunespec plan``'s default); ``plan.table()`` lists
+        every tensor."""
+        return report.table(self, full=False)
 
     def __repr__(self) -> str:
         s = self.summary()

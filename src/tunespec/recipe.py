@@ -180,7 +180,9 @@ class LRSchedule:
         if self.unit == "step":
             return self
         if not steps_per_epoch:
-            raise SpecError("schedule.unit is 'epoch': pass steps_per_epoch to tunespec.scheduler")
+            raise SpecError("schedule.unit is 'epoch': give steps_per_epoch, the optimizer steps in one "
+                          "epoch: tunespec.StageRunner(recipe, steps_per_epoch=len(loader)) or "
+                          "tunespec.scheduler(opt, recipe, steps_per_epoch=len(loader))")
         k = steps_per_epoch
         return LRSchedule(self.type, self.step_size * k, tuple(m * k for m in self.milestones), self.gamma,
                           self.total_steps * k, self.min_factor, self.warmup_steps * k,

@@ -1,0 +1,75 @@
+"""Every ```python block of README.md and docs/ runs as pasted, and the API reference builds.
+
+A page's blocks run in order in one namespace (a later block may use what an earlier one made),
+in a fresh directory that holds what a reader in a clone of this repository has: ``examples/``.
+A ```yaml block whose first line is ``# NAME.yaml`` is a file the page tells the reader to save:
+it is written there before the page's Python runs. Blocks that are not Python must be fenced as
+```text, ```bash, ```yaml or ```toml so that nothing a reader copies is silently untested.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sybil = pytest.importorskip("sybil")
+from sybil.parsers.markdown import PythonCodeBlockParser  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+FENCE = re.compile(r"^```(\w*)", re.M)
+SAVED_FILE = re.compile(r"```yaml\n# ([\w.-]+\.ya?ml)\n(.*?)```", re.S)
+ALLOWED_LANGUAGES = {"python", "text", "bash", "yaml", "toml", "json"}
+
+
+def _pages_with_python() -> list[Path]:
+    return [p for p in PAGES if "```python" in p.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("page", _pages_with_python(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_python_block_runs_as_pasted(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    text = page.read_text(encoding="utf-8")
+    for name, body in SAVED_FILE.findall(text):
+        (tmp_path / name).write_text(body, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    document = sybil.Sybil(parsers=[PythonCodeBlockParser()]).parse(page)
+    examples = list(document)
+    assert examples, f"{page.name}: no python block was found"
+    for example in examples:
+        example.evaluate()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_code_block_names_its_language(page: Path) -> None:
+    """An unlabelled fence would hide code from the test above; opening fences alternate with
+    closing ones, so every other fence is an opening one."""
+    fences = FENCE.findall(page.read_text(encoding="utf-8"))
+    assert len(fences) % 2 == 0, f"{page.name}: a code block is not closed"
+    openings = fences[0::2]
+    bad = [lang or "(none)" for lang in openings if lang not in ALLOWED_LANGUAGES]
+    assert not bad, f"{page.name}: code blocks must say their language ({sorted(ALLOWED_LANGUAGES)}), got {bad}"
+
+
+def test_the_saved_file_convention_is_used() -> None:
+    """The porting page's recipe.yaml is written from its yaml block (the convention is live)."""
+    assert any(SAVED_FILE.search(p.read_text(encoding="utf-8")) for p in PAGES)
+
+
+@pytest.mark.skipif(shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None
+                    and not (ROOT / "mkdocs.yml").exists(), reason="mkdocs is not installed")
+def test_docs_site_builds_strict(tmp_path: Path) -> None:
+    """``mkdocs build --strict`` fails on a broken link, a missing page or an API reference that
+    names something that does not exist (mkdocstrings), so the reference cannot drift."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+                             "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "site" / "reference" / "index.html").exists()
