@@ -197,7 +197,7 @@ def test_verify_names_changed_frozen_params_and_stats():
 
 def test_param_groups_one_per_distinct_multipliers_in_first_appearance_order():
     spec = {"freeze": ["stem\\..*"], "lr_mult": {"fc\\..*": 10}, "wd_mult": {"@bias": 0}}
-    plan = fake_plan(small_net(), spec)
+    plan = fake_plan(small_net(), spec).apply()
     groups = plan.param_groups(lr=0.1, weight_decay=1e-4)
     assert [(g["lr_mult"], g["wd_mult"]) for g in groups] == [(1.0, 1.0), (1.0, 0.0), (10.0, 1.0), (10.0, 0.0)]
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.1, 1e-4), (0.1, 0.0), (1.0, 1e-4), (1.0, 0.0)]

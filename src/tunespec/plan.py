@@ -160,7 +160,16 @@ class NormDecision:
 
 @dataclass
 class VerifyReport:
-    """Frozen tensors whose bytes changed since ``apply`` (should always be empty)."""
+    """Frozen tensors whose bytes changed since ``apply``, and those that could not be checked.
+
+    ``unchecked`` tensors had no values when the plan was applied (Gluon parameters whose
+    initialisation was deferred to the first forward pass): nothing can say whether they moved
+    before this call, so ``ok`` is False for them too. Their baseline is taken now, so the next
+    ``verify()`` checks them; run one forward pass before ``apply`` to check them from the start::
+
+        report = plan.verify()
+        assert report.ok, str(report)
+    """
 
     changed_params: list[str]
     changed_stats: list[str]
@@ -168,19 +177,27 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.changed_params and not self.changed_stats
+        """True only when every frozen tensor was checked and none changed."""
+        return not self.changed_params and not self.changed_stats and not self.unchecked
 
     def raise_if_changed(self) -> None:
+        """AssertionError (with this report as its message) unless :attr:`ok`."""
         if not self.ok:
             raise AssertionError(str(self))
 
     def __str__(self) -> str:
         if self.ok:
-            extra = f" ({len(self.unchecked)} had no baseline yet)" if self.unchecked else ""
-            return f"verify: all frozen parameters and frozen norm statistics unchanged{extra}"
-        lines = ["verify: frozen tensors changed since apply:"]
-        lines += [f"  parameter {n}" for n in self.changed_params]
-        lines += [f"  norm statistic {n}" for n in self.changed_stats]
+            return "verify: all frozen parameters and frozen norm statistics unchanged"
+        lines = []
+        if self.changed_params or self.changed_stats:
+            lines.append("verify: frozen tensors changed since apply:")
+            lines += [f"  parameter {n}" for n in self.changed_params]
+            lines += [f"  norm statistic {n}" for n in self.changed_stats]
+        if self.unchecked:
+            lines.append(f"verify: {len(self.unchecked)} frozen tensor(s) had no values at apply "
+                         f"(deferred initialisation) and could not be checked: {_few(self.unchecked)}; "
+                         f"their baseline is taken now. Run one forward pass before apply "
+                         f"(net(x)) so that verify checks them from the start")
         return "\n".join(lines)
 
 
@@ -530,6 +547,7 @@ class Plan:
         if lr is not None:
             check_number(lr, "param_groups: lr", positive=True)
         check_number(weight_decay, "param_groups: weight_decay")
+        self.require_applied("param_groups")
         validate.boolean(lr_scale, "param_groups: lr_scale")
         groups = self.groups()
         if lr is None and (lr_scale or any(g["lr_mult"] != 1.0 for g in groups)):
@@ -576,11 +594,41 @@ class Plan:
                 self.rollback()
             raise
 
-    def check(self, optimizer: Any) -> None:
-        """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
+    def require_applied(self, action: str) -> None:
+        """SpecError if this plan was never applied while the model's settings differ from it.
+
+        Groups or a check from an unapplied plan look right, but the model still computes
+        gradients for the tensors the plan freezes and its frozen BatchNorm layers still update
+        their statistics: training would move what the plan promises to keep. A plan that
+        changes nothing (its settings are the model's already) needs no apply.
+        """
+        if self.applied:
+            return
+        grads = [d.name for d in self.decisions if d.tensor.trainable and not d.trainable]
+        stats = [n.norm.name for n in self.norms if n.frozen and not n.norm.stats_frozen]
+        if grads or stats:
+            effects = "; ".join(filter(None, [
+                f"{len(grads)} tensor(s) it freezes still get gradients ({_few(grads)})" if grads else "",
+                f"{len(stats)} norm layer(s) it freezes still update their statistics ({_few(stats)})"
+                if stats else ""]))
+            raise SpecError(f"{action}: this plan was never applied: {effects}. Call plan.apply() "
+                            f"first (tunespec.apply(model, spec) plans and applies; plan.optimizer(...) "
+                            f"applies for you)")
+
+    def check(self, optimizer: Any, *, before_apply: bool = False) -> None:
+        """Raise if ``optimizer`` holds frozen parameters or misses trainable ones.
+
+        The plan must be applied (see :meth:`require_applied`), unless ``before_apply``: a caller
+        that applies it next, as ``StageRunner.start`` does with an optimizer it was given::
+
+            opt = plan.optimizer("sgd", lr=0.01)
+            plan.check(opt)   # passes; a hand-built optimizer over frozen tensors raises
+        """
         if not self.backend.owns_optimizer(optimizer):
             raise SpecError(f"check: expected a {self.backend.name} optimizer, got {type(optimizer).__name__}")
         self.check_fresh("check an optimizer")
+        if not before_apply:
+            self.require_applied("check")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
         names = self.listing.names
         frozen = [names[row] for row, h, trainable, *_ in self._settings() if not trainable and id(h) in held]

@@ -347,7 +347,7 @@ class StageRunner(StageLRs):
             if not be.owns_optimizer(optimizer):
                 raise SpecError(f"StageRunner.start: optimizer is a {type(optimizer).__name__}, not a "
                                 f"{be.name} optimizer")
-            plan.check(optimizer)
+            plan.check(optimizer, before_apply=True)  # stage 0 is applied below
         lr_schedule = None
         if self.recipe.schedule is not None:
             lr_schedule = self.recipe.schedule.in_steps(self.steps_per_epoch)
