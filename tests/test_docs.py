@@ -9,8 +9,8 @@ it is written there before the page's Python runs. Blocks that are not Python mu
 
 from __future__ import annotations
 
+import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +22,14 @@ from sybil.parsers.markdown import PythonCodeBlockParser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
-FENCE = re.compile(r"^```(\w*)", re.M)
+FENCE = re.compile(r"^ *```(\w*)", re.M)
+PYTHON_FENCE = re.compile(r"^ *```python *$", re.M)
 SAVED_FILE = re.compile(r"```yaml\n# ([\w.-]+\.ya?ml)\n(.*?)```", re.S)
 ALLOWED_LANGUAGES = {"python", "text", "bash", "yaml", "toml", "json"}
 
 
 def _pages_with_python() -> list[Path]:
-    return [p for p in PAGES if "```python" in p.read_text(encoding="utf-8")]
+    return [p for p in PAGES if PYTHON_FENCE.search(p.read_text(encoding="utf-8"))]
 
 
 @pytest.mark.parametrize("page", _pages_with_python(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -61,8 +62,6 @@ def test_the_saved_file_convention_is_used() -> None:
     assert any(SAVED_FILE.search(p.read_text(encoding="utf-8")) for p in PAGES)
 
 
-@pytest.mark.skipif(shutil.which("mkdocs", path=str(Path(sys.executable).parent)) is None
-                    and not (ROOT / "mkdocs.yml").exists(), reason="mkdocs is not installed")
 def test_docs_site_builds_strict(tmp_path: Path) -> None:
     """``mkdocs build --strict`` fails on a broken link, a missing page or an API reference that
     names something that does not exist (mkdocstrings), so the reference cannot drift."""
@@ -73,3 +72,16 @@ def test_docs_site_builds_strict(tmp_path: Path) -> None:
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "reference" / "index.html").exists()
+
+
+def test_a_broken_api_reference_fails_the_build(tmp_path: Path) -> None:
+    """The check above can fail: a reference to a name tunespec does not have aborts the build."""
+    pytest.importorskip("mkdocstrings")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# x\n\n::: tunespec.no_such_function\n", encoding="utf-8")
+    (tmp_path / "mkdocs.yml").write_text(
+        "site_name: x\nplugins:\n  - mkdocstrings:\n      handlers:\n        python:\n"
+        f"          paths: [{json.dumps(str(ROOT / 'src'))}]\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "tunespec.no_such_function" in result.stdout + result.stderr
