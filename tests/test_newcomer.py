@@ -271,3 +271,26 @@ def test_package_ships_typing_marker_and_license():
     assert "Apache License" in (root / "LICENSE").read_text(encoding="utf-8")
     text = (root / "pyproject.toml").read_text(encoding="utf-8")
     assert 'requires-python = ">=3.11"' in text and '"py.typed"' in text
+
+
+def test_every_public_name_says_what_it_does_with_an_example():
+    """help(tunespec.X) is where a user looks first: every public function and class explains
+    itself and shows one use (the deprecated alias Schedule points to StageRunner instead)."""
+    import inspect
+
+    thin = []
+    for name in tunespec.__all__:
+        doc = inspect.getdoc(getattr(tunespec, name)) or ""
+        if name == "Schedule":
+            assert "StageRunner" in doc
+        elif len(doc) < 100 or not (re.search(r"::\n\n\s+\S", doc) or ">>>" in doc):
+            thin.append(f"{name} ({len(doc)} characters)")
+    for cls, names in ((tunespec.Plan, ("summary", "summary_table", "table", "to_dict", "verify", "apply",
+                                        "optimizer", "param_groups", "check")),
+                       (tunespec.Spec, ("to_dict", "from_dict", "with_strict")),
+                       (tunespec.Recipe, ("from_dict",))):
+        for method in names:
+            doc = inspect.getdoc(getattr(cls, method)) or ""
+            if len(doc) < 60:
+                thin.append(f"{cls.__name__}.{method} ({len(doc)} characters)")
+    assert not thin, "docstrings too thin: " + ", ".join(thin)

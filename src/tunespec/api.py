@@ -33,14 +33,39 @@ def _check_call(backend: Any, strict: Any) -> None:
 
 
 def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
-    """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
+    """What ``spec`` would do to ``model``, computed without changing anything.
+
+    ``spec`` is a :class:`Spec`, a mapping, a :class:`Recipe` or a recipe file's path. The plan
+    holds one decision per parameter (trainable, lr and weight-decay multipliers, the deciding
+    rules) and the BatchNorm policy; print it to read it, then :meth:`Plan.apply` it or build the
+    optimizer with :meth:`Plan.optimizer`. The backend is chosen from the model's type
+    (``backend`` checks it); ``strict`` overrides the spec's own strictness. A spec that does not
+    fit the model is a :class:`SpecError` naming the fix.
+
+    Example::
+
+        plan = tunespec.plan(model, {"freeze": [".*"], "train": [r"fc\\..*"]})
+        print(plan)          # what would happen; the model is untouched
+        plan.apply()
+    """
     _check_call(backend, strict)
     be = backend_for(model, backend)
     return Plan.make(model, as_spec(spec).with_strict(strict), be)
 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
-    """Plan and apply; returns the applied plan (``plan.restore()`` undoes it)."""
+    """Plan and apply in one call; returns the applied plan (``plan.restore()`` undoes it).
+
+    Applying sets each parameter's trainability (``requires_grad`` / ``grad_req``) and
+    multipliers and the BatchNorm policy, and records checksums of everything frozen for
+    :meth:`Plan.verify`. All or nothing: a failure leaves the model as it was.
+
+    Example::
+
+        plan = tunespec.apply(model, "recipe.yaml")
+        ...train...
+        plan.restore()   # trainability, multipliers and BN policy as before
+    """
     p = plan(model, spec, backend, strict).apply()
     remember_applied(model, p)
     return p
@@ -58,6 +83,11 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     is undone. The spec is (re-)applied unless the model has exactly its settings now: another
     plan applied since, or a hand-made change, never leaves a stale optimizer. ``lr_scale`` gives
     torch groups the keys a timm scheduler reads (:meth:`tunespec.Plan.param_groups`).
+
+    Example::
+
+        opt = tunespec.optimizer(model, "examples/two_phase.yaml")            # from the recipe's optimizer section
+        opt = tunespec.optimizer(model, spec, "adamw", lr=1e-4, weight_decay=0.05)
     """
     _check_call(backend, None)
     recipe = load_recipe(spec)
@@ -94,7 +124,14 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
               steps_per_epoch: int | None = None) -> Any:
     """An lr scheduler for a torch optimizer (step it once per optimizer step) or, for a Gluon
     Trainer, the MXNet scheduler it now uses; both give the same lr at every step.
-    The optimizer and the schedule are checked before the optimizer is touched."""
+    The optimizer and the schedule are checked before the optimizer is touched.
+
+    Example::
+
+        opt = tunespec.optimizer(model, "examples/two_phase.yaml")
+        sched = tunespec.scheduler(opt, "examples/two_phase.yaml", steps_per_epoch=len(loader))
+        # torch: sched.step() after every opt.step(); Gluon: the Trainer steps it itself
+    """
     be = backend_for_optimizer(optimizer)
     if steps_per_epoch is not None:
         validate.count(steps_per_epoch, "scheduler: steps_per_epoch")

@@ -46,7 +46,13 @@ class PresetInfo:
 
 @dataclass(frozen=True)
 class ModelGroups:
-    """Everything a spec can name on one model (see :func:`groups`); ``str()`` is the CLI's view."""
+    """Everything a spec can name on one model (see :func:`groups`); ``str()`` is the CLI's view.
+
+    Example::
+
+        info = tunespec.groups(model)
+        info.group("stage4").modules, info.preset("4+").trains
+    """
 
     model_type: str
     backend: str

@@ -91,6 +91,13 @@ class InitRule:
 
 @dataclass(frozen=True)
 class InitSpec:
+    """A recipe's ``init`` section: rules choosing tensors and how to re-initialise them, and a
+    seed, so that torch and Gluon get identical values.
+
+    Example::
+
+        spec = tunespec.InitSpec.from_dict({"seed": 0, "rules": [{"match": r"fc\\.weight", "method": "normal", "std": 0.01}]})
+    """
     rules: tuple[InitRule, ...]
     seed: int = 0
 
@@ -112,7 +119,13 @@ class InitSpec:
 
 @dataclass
 class InitReport:
-    """Which initialisation each re-initialised tensor got (canonical name -> description)."""
+    """Which initialisation each re-initialised tensor got (canonical name -> description).
+
+    Example::
+
+        report = tunespec.initialize(model, "examples/two_phase.yaml")
+        print(report)   # fc.weight: normal(std=0.01), fc.bias: zeros
+    """
 
     initialised: dict[str, str] = field(default_factory=dict)
 
@@ -180,6 +193,11 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
 
     All or nothing: every rule, shape and distribution is checked and every value drawn before
     the first write, and a write that still fails puts back the tensors already written.
+
+    Example::
+
+        tunespec.initialize(model, "examples/two_phase.yaml")   # the recipe's init section
+        tunespec.initialize(model, {"init": {"rules": [{"match": r"fc\\..*", "method": "zeros"}]}})
     """
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise SpecError(f"initialize: seed must be an integer >= 0, got {excerpt(seed)}")

@@ -291,7 +291,15 @@ def _norm_decision(norm: NormInfo, policy: str, listing: Listing, trainable: Seq
 
 
 class Plan:
-    """What a spec does to one model; nothing changes until :meth:`apply`."""
+    """What a spec does to one model; nothing changes until :meth:`apply`.
+
+    Example::
+
+        plan = tunespec.plan(model, {"freeze": [".*"], "train": [r"fc\\..*"]})
+        print(plan)                        # the table, collapsed by module
+        opt = plan.optimizer("sgd", lr=0.01)   # applies, then builds
+        assert plan.verify().ok
+    """
 
     @classmethod
     def make(cls, model: Any, spec: Spec, backend: Backend, listing: Listing | None = None) -> "Plan":
@@ -315,10 +323,12 @@ class Plan:
     # --- inspection -------------------------------------------------------------------------
     @property
     def backend_name(self) -> str:
+        """The backend's name: ``'torch'`` or ``'mxnet'``."""
         return self.backend.name
 
     @property
     def applied(self) -> bool:
+        """Whether :meth:`apply` ran (and :meth:`restore` has not undone it since)."""
         return self._saved is not None
 
     @cached_property
@@ -328,10 +338,12 @@ class Plan:
 
     @property
     def trainable(self) -> list[Decision]:
+        """The decisions of the tensors this plan trains, in model order."""
         return [d for d in self.decisions if d.trainable]
 
     @property
     def frozen(self) -> list[Decision]:
+        """The decisions of the tensors this plan freezes, in model order."""
         return [d for d in self.decisions if not d.trainable]
 
     def __getitem__(self, name: str) -> Decision:
@@ -349,6 +361,16 @@ class Plan:
         return zip(rows, (handles[row] for row in rows), d.trainable, d.lr_mult, d.wd_mult, strict=True)
 
     def summary(self, lr: float | None = None) -> dict[str, Any]:
+        """Counts as a dict: tensors and elements (all, trainable, frozen, changed), norm layers and
+        how many keep their statistics frozen, state tensors, and one entry per optimizer group
+        (its multipliers, tensor count and, given ``lr``, its absolute lr). For a readable table see
+        :meth:`summary_table`.
+
+        Example::
+
+            s = plan.summary(lr=0.01)
+            s["trainable_elements"], [g["lr"] for g in s["groups"]]
+        """
         return report.summary(self, lr)
 
     def summary_table(self, lr: float | None = None, weight_decay: float | None = None) -> str:
@@ -367,9 +389,27 @@ class Plan:
         return report.group_table(self, lr, weight_decay)
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything the plan decided, JSON-serialisable: the spec, the summary, one entry per
+        parameter (names, shape, trainable, multipliers, the rules that matched and decided), the
+        norm layers' policy and the state tensors. ``tunespec plan --json`` prints it.
+
+        Example::
+
+            json.dump(plan.to_dict(), open("plan.json", "w"), indent=2)
+        """
         return report.to_dict(self)
 
     def table(self, full: bool = True) -> str:
+        """The plan as text: one row per tensor (``full``, the default) or per module subtree whose
+        tensors share one setting (``full=False``, what ``print(plan)`` shows), with status, lr and
+        wd multipliers, whether applying changes the tensor (``chg``) and the deciding rules, then
+        totals.
+
+        Example::
+
+            print(plan.table())             # every tensor
+            print(plan.table(full=False))   # collapsed by module
+        """
         return report.table(self, full=full)
 
     def __str__(self) -> str:

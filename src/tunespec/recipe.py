@@ -43,6 +43,14 @@ def __getattr__(name: str) -> Any:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
+    """A recipe's ``optimizer`` section: the optimizer's name, lr, weight decay, update-rule
+    semantics (Gluon) and any other options, checked when the recipe is read.
+
+    Example::
+
+        recipe = tunespec.load_recipe({"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}})
+        recipe.optimizer.lr, recipe.optimizer.options   # 0.01, {'momentum': 0.9}
+    """
     name: str = "sgd"
     lr: float | None = None
     weight_decay: float = 0.0
@@ -75,7 +83,13 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """lr factor per optimizer step t (0 for the first step), the same in both frameworks."""
+    """lr factor per optimizer step t (0 for the first step), the same in both frameworks.
+
+    Example::
+
+        sched = tunespec.LRSchedule.from_dict({"type": "cosine", "total_steps": 100, "min_factor": 0.1})
+        sched.factor(0), sched.factor(99)   # 1.0 ... 0.1
+    """
 
     type: str = "constant"
     step_size: int = 0
@@ -236,6 +250,14 @@ def _f32(x: float) -> float:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A recipe file read and checked: its spec (the rules), and the ``optimizer``, ``schedule``
+    and other sections (``stages``, ``init``) it holds.
+
+    Example::
+
+        recipe = tunespec.load_recipe("examples/two_phase.yaml")
+        recipe.spec, recipe.optimizer, recipe.schedule, recipe.sections["stages"]
+    """
     spec: Spec
     optimizer: OptimizerSpec | None = None
     schedule: LRSchedule | None = None
@@ -243,6 +265,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        """Validate a whole recipe mapping: its spec keys and every section (``optimizer``,
+        ``schedule``, ``stages``, ``init``, ...); an unknown top-level key is a SpecError.
+
+        Example::
+
+            recipe = tunespec.Recipe.from_dict({"preset": "heads", "optimizer": {"name": "sgd", "lr": 0.01}})
+            recipe.optimizer.lr   # 0.01
+        """
         spec = Spec.from_dict(data)
         opt = data.get("optimizer")
         sched = data.get("schedule")
@@ -253,7 +283,12 @@ class Recipe:
 
 
 def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Recipe:
-    """A recipe from a file, a mapping, or a bare spec."""
+    """A recipe from a file, a mapping, or a bare spec.
+
+    Example::
+
+        recipe = tunespec.load_recipe("examples/two_phase.yaml")   # or a dict, a Spec, a .json/.toml path
+    """
     if isinstance(source, Recipe):
         return source
     if isinstance(source, Spec):
@@ -269,5 +304,11 @@ def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Rec
 
 
 def load_spec(path: str | Path) -> Spec:
-    """The spec of a recipe file; every section is validated, unknown top-level keys are errors."""
+    """The spec of a recipe file; every section is validated, unknown top-level keys are errors.
+
+    Example::
+
+        spec = tunespec.load_spec("examples/resnet_finetune.yaml")
+        plan = tunespec.plan(model, spec)
+    """
     return load_recipe(path).spec

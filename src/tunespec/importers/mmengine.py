@@ -45,6 +45,12 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
     too). Multipliers do not depend on them, but decay multipliers need a base weight decay.
     The recipe is not strict: like MMEngine's, a rule for a layer kind the model lacks (no
     depthwise convolutions) is a warning when planned, not an error.
+
+    Example::
+
+        recipe = tunespec.from_mmengine(dict(custom_keys={"backbone": dict(lr_mult=0.1)}, norm_decay_mult=0.0),
+                                       optimizer=dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4))
+        opt = tunespec.optimizer(model, recipe)
     """
     section = None
     if optimizer is not None:

@@ -77,6 +77,11 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
     planned with the recipe, so a model whose layers no card knows fails here. Pass the lr and
     optimizer name to ``tunespec.optimizer``; the recipe's ``optimizer`` section holds the weight
     decay.
+
+    Example::
+
+        recipe = tunespec.from_timm(model, weight_decay=0.05, layer_decay=0.75)
+        opt = tunespec.optimizer(model, recipe, "adamw", lr=1e-3)
     """
     wd = V.number(weight_decay, "from_timm: weight_decay", minimum=0.0, maximum=V.MAX_FACTOR)
     V.boolean(filter_bias_and_bn, "from_timm: filter_bias_and_bn")
