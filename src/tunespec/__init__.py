@@ -4,23 +4,23 @@ Importing tunespec imports neither torch nor mxnet; a backend is loaded when a
 model of its framework is planned.
 """
 
-from .api import apply, optimizer, plan, scheduler
-from .backend_api import FrameworkFacts
-from .cache import FrozenPrefix, cache_frozen
-from .cards import Card, register_card
-from .checkpoint import resume, save_checkpoint
-from .errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWarning
-from .importers import from_mmengine, from_timm
-from .init import InitReport, InitSpec, initialize
-from .loading import LoadReport, load
-from .naming import NameMap
-from .plan import Plan, VerifyReport
-from .port import PortReport, port
-from .registry import register_backend, unregister_backend
-from .sharding import shard
-from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
-from .spec import Rule, Spec
-from .stages import Schedule, Stage, StageRunner, StagesSpec
+from tunespec.api import apply, optimizer, plan, scheduler
+from tunespec.backend_api import FrameworkFacts
+from tunespec.cache import FrozenPrefix, cache_frozen
+from tunespec.cards import Card, register_card
+from tunespec.checkpoint import resume, save_checkpoint
+from tunespec.errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWarning
+from tunespec.importers import from_mmengine, from_timm
+from tunespec.init import InitReport, InitSpec, initialize
+from tunespec.loading import LoadReport, load
+from tunespec.naming import NameMap
+from tunespec.plan import Plan, VerifyReport
+from tunespec.port import PortReport, port
+from tunespec.registry import register_backend, unregister_backend
+from tunespec.sharding import shard
+from tunespec.recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
+from tunespec.spec import Rule, Spec
+from tunespec.stages import Schedule, Stage, StageRunner, StagesSpec
 
 __all__ = [
     "FrozenPrefix", "cache_frozen",

@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
-from .errors import MissingFrameworkError, SpecError
-from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
-from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
-from .validate import excerpt
+from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
+from tunespec.listing import Listing, ListingBuilder, class_names, flat_prefix_length
+from tunespec.validate import excerpt
 
 __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
            "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",

@@ -49,7 +49,7 @@ def norm_speller(spellings: Mapping[str, str] | None = None) -> Callable[[str], 
     spellings (``{'gamma': 'weight'}``: also inside flat names, 'bn0_gamma' -> 'bn0_weight');
     None: every registered backend's."""
     if spellings is None:
-        from .framework_facts import leaf_spellings
+        from tunespec.framework_facts import leaf_spellings
 
         spellings = leaf_spellings()
     table = dict(spellings)

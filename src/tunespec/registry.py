@@ -13,9 +13,9 @@ import importlib
 import threading
 from typing import Any
 
-from .backend_api import Backend, FrameworkFacts
-from .errors import MissingFrameworkError, SpecError
-from .validate import excerpt
+from tunespec.backend_api import Backend, FrameworkFacts
+from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.validate import excerpt
 
 ENTRY_POINT_GROUP = "tunespec.backends"
 

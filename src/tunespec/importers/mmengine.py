@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec import validate as V
+from tunespec.errors import SpecError
 
 KEYS = ("custom_keys", "bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
         "flat_decay_mult", "bypass_duplicate", "dcn_offset_lr_mult")
@@ -74,7 +74,7 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
         recipe["groups"] = groups
     if section is not None:
         recipe["optimizer"] = section
-    from ..recipe import load_recipe
+    from tunespec.recipe import load_recipe
 
     load_recipe(recipe)  # the recipe is valid as written (a bug here must not reach a model)
     return recipe
@@ -203,7 +203,7 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def read_config(path: str, allow_exec: bool = False) -> Mapping[str, Any]:
     """An MMEngine config file as data: .json/.yaml/.yml are read as untrusted data; a .py config
     is Python that runs when read, so only with ``allow_exec`` and through mmengine's Config."""
-    from ..spec import read_recipe
+    from tunespec.spec import read_recipe
 
     if not str(path).endswith(".py"):
         return read_recipe(path)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any, Collection
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec import validate as V
+from tunespec.errors import SpecError
 
 _GLOB = re.compile(r"\*|\?|\[!?\]?[^\]]*\]")
 
@@ -43,7 +43,7 @@ def glob_regex(pattern: str) -> str:
 
 def _model_names(model: Any) -> list[tuple[str, str, int | None]]:
     """(canonical, native, ndim) of each parameter, read through the model's backend."""
-    from ..dispatch import backend_for
+    from tunespec.dispatch import backend_for
 
     listing = backend_for(model).listing(model)
     return [(t.canonical, t.native, t.ndim) for t in listing.params]
@@ -109,7 +109,7 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
         recipe["wd_mult"] = rules
     recipe["optimizer"] = {"weight_decay": wd}
     if model is not None:
-        from ..api import plan
+        from tunespec.api import plan
 
         plan(model, recipe)  # a model no card orders, a rule matching nothing: fail here, not later
     return recipe
