@@ -12,7 +12,7 @@ from typing import Any
 from tunespec.backend_api import Backend
 from tunespec.errors import SpecError
 from tunespec.registry import load_backend, registered
-from tunespec.validate import excerpt
+from tunespec.recipe.validate import excerpt
 
 __all__ = ["backend_for", "backend_for_optimizer", "check_backend_name", "load_backend"]
 

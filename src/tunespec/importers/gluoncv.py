@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunespec import validate as V
+from tunespec.recipe import validate as V
 from tunespec.errors import SpecError
 
 NO_WD_PATTERN = ".*beta|.*gamma|.*bias"  # GluonCV's train scripts, --no-wd

@@ -1,42 +1,18 @@
-"""The top-level calls: plan, apply, optimizer."""
+"""Applying a spec and building its optimizer and lr scheduler: ``tunespec.apply``,
+``tunespec.optimizer``, ``tunespec.scheduler``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
-from tunespec.dispatch import backend_for, backend_for_optimizer, check_backend_name
-from tunespec.framework_facts import default_semantics
+from tunespec.dispatch import backend_for, backend_for_optimizer
 from tunespec.errors import SpecError
-from tunespec.plan import APPLIED, Plan, remember_applied, check_optimizer, model_lock
-from tunespec.recipe import LRSchedule, Recipe, load_recipe
-from tunespec.spec import Spec
-from tunespec import validate
-from tunespec.validate import excerpt
-
-SpecLike = Spec | Recipe | Mapping[str, Any] | str | Path
-
-# The plan tunespec.apply (or optimizer) last applied to each model, so
-# optimizer() does not re-apply needlessly; it re-applies whenever that record is not live.
-_APPLIED = APPLIED
-
-
-def as_spec(spec: SpecLike) -> Spec:
-    return load_recipe(spec).spec
-
-
-def _check_call(backend: Any, strict: Any) -> None:
-    """Wrong-type arguments are SpecErrors, never an AttributeError or TypeError from deep inside."""
-    check_backend_name(backend, "backend")
-    if strict is not None and not isinstance(strict, bool):
-        raise SpecError(f"strict: expected True, False or None (the spec's own), got {excerpt(strict)}")
-
-
-def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
-    """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
-    _check_call(backend, strict)
-    be = backend_for(model, backend)
-    return Plan.make(model, as_spec(spec).with_strict(strict), be)
+from tunespec.planning.make import SpecLike, check_call, plan
+from tunespec.planning.optimizers import check_optimizer
+from tunespec.planning.plan import APPLIED, Plan, model_lock, remember_applied
+from tunespec.recipe import validate
+from tunespec.recipe.schedule import LRSchedule
+from tunespec.recipe.recipe import load_recipe
 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
@@ -59,19 +35,19 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     plan applied since, or a hand-made change, never leaves a stale optimizer. ``lr_scale`` gives
     torch groups the keys a timm scheduler reads (:meth:`tunespec.Plan.param_groups`).
     """
-    _check_call(backend, None)
+    check_call(backend, None)
     recipe = load_recipe(spec)
     o = recipe.optimizer
     name = name if name is not None else (o.name if o else "sgd")
     lr = lr if lr is not None else (o.lr if o else None)
     weight_decay = weight_decay if weight_decay is not None else (o.weight_decay if o else 0.0)
-    semantics = semantics or (o.semantics if o else default_semantics())
+    semantics = semantics or (o.semantics if o else None)
     options = {**(dict(o.options) if o else {}), **options}
     be = backend_for(model, backend)
-    check_optimizer(be, name, lr, weight_decay, semantics, options)
+    semantics = check_optimizer(be, name, lr, weight_decay, semantics, options)
     with model_lock(model):
         try:
-            current = _APPLIED.get(model)
+            current = APPLIED.get(model)
         except TypeError:
             current = None
         if current is not None and current.spec == recipe.spec and current.backend.name == be.name \

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 from tunespec.backend_api import GraphNode, GraphTracing, require
 from tunespec.dispatch import check_backend_name
 from tunespec.errors import SpecError
-from tunespec.plan import Plan
-from tunespec.validate import excerpt
+from tunespec.planning.plan import Plan
+from tunespec.recipe.validate import excerpt
+from tunespec.planning.make import plan as make_plan
 
 if TYPE_CHECKING:
-    from tunespec.api import SpecLike
+    from tunespec.planning.make import SpecLike
 
 
 def find_cut(nodes: Sequence[GraphNode], split: str) -> tuple[int, frozenset[int]]:
@@ -123,8 +124,6 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
         if plan.model is not model:
             raise SpecError("cache_frozen: the plan was made for another model; pass that model or re-plan")
     else:
-        from tunespec.api import plan as make_plan
-
         plan = make_plan(model, spec, backend)
     plan.check_fresh("cache a frozen prefix")
     tracer = require(plan.backend, GraphTracing, "cache_frozen")

@@ -8,7 +8,7 @@ runs code; a damaged or foreign file is refused before anything is changed. A sh
 (torch FSDP2) run checkpoint is a directory instead: each rank's shards in torch's distributed
 checkpoint format plus a JSON sidecar with the same run description and a digest of every file.
 
-Files are written by :func:`tunespec.files.atomic_write`, so a crash mid-save leaves the previous
+Files are written by :func:`tunespec.recipe.files.atomic_write`, so a crash mid-save leaves the previous
 checkpoint as it was. Resuming checks the file, the recipe, the stage and the model's tensors
 first, then rebuilds the optimizer the way the run built it (stage 0, then every stage change up
 to the saved one) so param groups and state line up, and rolls everything back if a later step
@@ -28,8 +28,8 @@ from typing import Any, Mapping
 from tunespec.backend_api import RUN_LAYOUT, Sharding
 from tunespec.dispatch import backend_for
 from tunespec.errors import SpecError
-from tunespec.files import atomic_write, excerpt, read_checked, regular_file
-from tunespec.stages import StageRunner as Schedule  # the stage runner (Schedule is its deprecated name)
+from tunespec.recipe.files import atomic_write, excerpt, read_checked, regular_file
+from tunespec.lifecycle.stages import StageRunner as Schedule  # the stage runner (Schedule is its deprecated name)
 
 FORMAT = "tunespec-run/2"
 RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description

@@ -4,7 +4,7 @@ With MXNet's ``update_on_kvstore=True`` (its default for ``dist_sync``) the work
 optimizer to the servers. A server started with ``python -c "import mxnet"`` runs its loop inside
 the import and cannot unpickle optimizers defined elsewhere (tunespec's ``fusedtorchsgd``,
 ``torchsgd``, ...); it then keeps running without an optimizer and stores gradients as weights. Start
-servers and the scheduler with ``python -m tunespec.distributed`` instead (same environment).
+servers and the scheduler with ``python -m tunespec.lifecycle.distributed`` instead (same environment).
 
 Which backend serves is read from the facts: the one whose ``server_role_variable`` is set. The
 variable is hidden while the framework is imported, so the import does not start the loop before
@@ -28,12 +28,12 @@ def serve() -> None:
     chosen = [f for f in servers if os.environ.get(f.server_role_variable) in ROLES]
     if not chosen:
         told = ", ".join(f"{f.server_role_variable}={os.environ.get(f.server_role_variable)!r}" for f in servers)
-        raise SpecError(f"python -m tunespec.distributed runs a 'server' or a 'scheduler' (workers run the "
+        raise SpecError(f"python -m tunespec.lifecycle.distributed runs a 'server' or a 'scheduler' (workers run the "
                         f"training script); the role variables say {told or 'nothing: no backend serves'}")
     facts = chosen[0]
     role = os.environ.pop(facts.server_role_variable)
     try:
-        backend = require(load_backend(facts.name), ParameterServer, "python -m tunespec.distributed")
+        backend = require(load_backend(facts.name), ParameterServer, "python -m tunespec.lifecycle.distributed")
     finally:
         os.environ[facts.server_role_variable] = role
     backend.serve_parameters()

@@ -1,4 +1,5 @@
-"""The ``init`` recipe section: re-initialise selected parameters (a new head) the same way everywhere.
+"""Re-initialising selected parameters (a new head) the same way everywhere, as the ``init``
+recipe section (:mod:`tunespec.recipe.init`) says.
 
 ```yaml
 init:
@@ -22,93 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tunespec.cards import card_for
 from tunespec.dispatch import backend_for
-from tunespec import validate as V
 from tunespec.errors import SpecError
-from tunespec.layer_kinds import SELECTORS, check_layouts, fans, layer_mask
 from tunespec.listing import TensorInfo
-from tunespec.matching import Matcher
-from tunespec.recipe import Recipe, load_recipe
-from tunespec.spec import check_keys, check_pattern
-from tunespec.validate import excerpt
-
-METHODS: dict[str, dict[str, Any]] = {  # method -> its arguments and their defaults
-    "zeros": {}, "ones": {}, "constant": {"value": None},
-    "normal": {"mean": 0.0, "std": 1.0}, "uniform": {"low": 0.0, "high": 1.0},
-    "xavier_uniform": {"gain": 1.0}, "xavier_normal": {"gain": 1.0},
-    "kaiming_uniform": {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu"},
-    "kaiming_normal": {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu"},
-}
-NONLINEARITIES = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
-# A rule's ``layer`` is a layer kind (tunespec.layer_kinds.SELECTORS: conv, linear, norm, ...),
-# the same vocabulary spec rules take; any other value is the owning layer's class name.
-RULE_KEYS = ("match", "layer", "method")
-
-
-@dataclass(frozen=True)
-class InitRule:
-    match: str | None
-    layer: str | None
-    method: str
-    args: Mapping[str, Any]
-    origin: str
-
-    @classmethod
-    def from_dict(cls, data: Any, origin: str) -> "InitRule":
-        data = V.mapping(data, origin, "{match: 'fc\\..*', method: zeros}")
-        method = V.choice(data.get("method"), f"{origin}.method", tuple(METHODS))
-        allowed = RULE_KEYS + tuple(METHODS[method])
-        for key in data:
-            if key not in allowed:
-                raise SpecError(f"{origin}: {method} takes no {V.excerpt(key)}{V.suggestion(key, allowed)}; "
-                                f"its keys are {', '.join(allowed)}")
-        if data.get("match") is None and data.get("layer") is None:
-            raise SpecError(f"{origin}: give match (a regex or '@group') and/or layer "
-                            f"({', '.join(SELECTORS)} or a layer class name)")
-        match = None if data.get("match") is None else check_pattern(data["match"], f"{origin}.match")
-        layer = data.get("layer")
-        if layer is not None:
-            V.string(layer, f"{origin}.layer", max_length=200)
-        args = {k: data.get(k, default) for k, default in METHODS[method].items()}
-        for key, value in args.items():
-            if key == "mode":
-                V.choice(value, f"{origin}.mode", ("fan_in", "fan_out"))
-            elif key == "nonlinearity":
-                V.choice(value, f"{origin}.nonlinearity", NONLINEARITIES)
-            else:  # values, means, bounds and gains are drawn in float64: keep them far from overflow
-                low = 0.0 if key in ("std", "gain") else -1e30
-                args[key] = V.number(value, f"{origin}.{key}", minimum=low, maximum=1e30)
-        if method == "uniform" and args["low"] > args["high"]:
-            raise SpecError(f"{origin}: uniform with low {args['low']:g} > high {args['high']:g} is not "
-                            f"a distribution; swap them")
-        return cls(match, layer, method, args, origin)
-
-    def describe(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
-        return f"{self.method}({args})"
-
-
-@dataclass(frozen=True)
-class InitSpec:
-    rules: tuple[InitRule, ...]
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, data: Any, recipe: Mapping[str, Any] | None = None) -> "InitSpec":
-        if isinstance(data, (list, tuple)):
-            data = {"rules": data}
-        if not isinstance(data, Mapping):
-            raise V.fail("init", "{seed: 0, rules: [...]} or a list of rules", data)
-        check_keys(data, "init", ("seed", "rules"))
-        V.tree(data, "init")
-        seed = V.number(data.get("seed", 0), "init.seed", minimum=0, maximum=2**64 - 1, integer=True)
-        rules = V.sequence(data.get("rules"), "init.rules", what="a list of rules", max_length=10_000,
-                           nonempty=True)
-        return cls(tuple(InitRule.from_dict(r, f"init.rules[{i}]") for i, r in enumerate(rules)), seed)
-
-
-
+from tunespec.planning.cards import card_for
+from tunespec.planning.layer_kinds import check_layouts, fans, layer_mask
+from tunespec.planning.matching import Matcher
+from tunespec.recipe.init import InitRule, InitSpec
+from tunespec.recipe.recipe import Recipe, load_recipe
+from tunespec.recipe.selectors import SELECTORS
+from tunespec.recipe.validate import excerpt
 
 @dataclass
 class InitReport:

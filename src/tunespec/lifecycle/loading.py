@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from tunespec.backend_api import CheckpointFiles, require
 from tunespec.dispatch import backend_for, load_backend
 from tunespec.errors import SpecError
-from tunespec.files import excerpt, has_digest, regular_file
+from tunespec.recipe.files import excerpt, has_digest, regular_file
 from tunespec.framework_facts import (
     is_ignored_state,
     leaf_spellings,
@@ -23,7 +23,8 @@ from tunespec.framework_facts import (
     wrapper_segments,
 )
 from tunespec.listing import Listing, TensorInfo
-from tunespec.naming import NameMap, Rename
+from tunespec.planning.naming import NameMap, Rename
+from tunespec.lifecycle.checkpoint import read_run_file
 
 
 @dataclass
@@ -132,8 +133,6 @@ def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = F
 def _run_weights(path: Path, key: str | None) -> dict[str, Any]:
     """The weights in a run checkpoint (``key``: 'model', the default, or 'best', the best epoch's),
     read by the backend of the framework that saved it, so weights cross frameworks."""
-    from tunespec.checkpoint import read_run_file  # checkpoint pulls in stages and planning; load needs neither
-
     meta, tensors, metadata = read_run_file(path, "load")
     saved_by = meta.get("backend")
     if not isinstance(saved_by, str):

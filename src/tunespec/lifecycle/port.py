@@ -13,8 +13,8 @@ from typing import Any
 from tunespec.dispatch import backend_for
 from tunespec.errors import SpecError
 from tunespec.framework_facts import is_ignored_state
-from tunespec.loading import Deferred, match_state, write_all
-from tunespec.naming import NameMap, Rename
+from tunespec.lifecycle.loading import Deferred, match_state, write_all
+from tunespec.planning.naming import NameMap, Rename
 
 
 @dataclass
@@ -51,7 +51,7 @@ def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
 
     A port is a load whose checkpoint is the source model: its canonical names are the keys, its
     tensors the values (read only once everything matched). ``rename`` maps source canonical names
-    onto target ones when structures differ (see :class:`tunespec.naming.NameMap`). ``strict``
+    onto target ones when structures differ (see :class:`tunespec.planning.naming.NameMap`). ``strict``
     (default) refuses any missing, unexpected or shape-mismatched tensor; otherwise those are
     reported and skipped. Either way nothing is written unless every copied tensor checks out.
     """

@@ -30,11 +30,11 @@ from typing import Any, Hashable, Iterable, Sequence
 from tunespec.dispatch import backend_for, check_backend_name
 from tunespec.errors import SpecError, TuneSpecWarning
 from tunespec.listing import gc_paused
-from tunespec.plan import Plan, remember_applied, model_lock
-from tunespec.recipe import Recipe, load_recipe
-from tunespec.spec import Spec
-from tunespec import validate
-from tunespec.validate import excerpt
+from tunespec.planning.plan import Plan, remember_applied, model_lock
+from tunespec.recipe.recipe import Recipe, load_recipe
+from tunespec.recipe.spec import Spec
+from tunespec.recipe import validate
+from tunespec.recipe.validate import excerpt
 
 ROOT = ""
 

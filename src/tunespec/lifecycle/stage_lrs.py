@@ -11,7 +11,7 @@ from tunespec.backend_api import Group
 from tunespec.errors import SpecError
 
 if TYPE_CHECKING:
-    from tunespec.plan import Plan
+    from tunespec.planning.plan import Plan
 
 
 class StageLRs:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from tunespec import validate as V
+from tunespec.recipe import validate as V
 from tunespec.errors import SpecError
-from tunespec.ramps import LRClock
-from tunespec.recipe import Recipe, load_recipe
+from tunespec.lifecycle.ramps import LRClock
+from tunespec.recipe.recipe import Recipe, load_recipe
+from tunespec.lifecycle.stages import StageRunner
 
 MAX_TIMELINE_STEPS = 10**6
 
@@ -79,8 +80,6 @@ def lr_timeline(recipe: Any, epochs: int, steps_per_epoch: int = 1,
     plan of that stage's spec on a model has them; without it each stage stands for one
     pseudo-group of the tensors it newly unfreezes (multiplier 1). ``lr`` overrides the recipe's.
     """
-    from tunespec.stages import StageRunner  # the runner's stages, parsed and checked the same way
-
     epochs = V.count(epochs, "lr_timeline: epochs")
     steps_per_epoch = V.count(steps_per_epoch, "lr_timeline: steps_per_epoch")
     steps = epochs * steps_per_epoch

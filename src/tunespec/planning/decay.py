@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-from tunespec import validate as V
+from tunespec.recipe import validate as V
 from tunespec.errors import SpecError, TuneSpecWarning
 from tunespec.planning.matching import simple
 from tunespec.recipe.layer_decay import Layer, captured_numbers

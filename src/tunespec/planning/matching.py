@@ -19,12 +19,12 @@ import re
 import re._constants as sre_constants
 import re._parser as sre_parse
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from tunespec import validate as V
+from tunespec.recipe import validate as V
 from tunespec.errors import SpecError
-from tunespec.layer_kinds import TOKEN, layer_mask, parse_token
+from tunespec.recipe.selectors import TOKEN, parse_token
+from tunespec.planning.layer_kinds import layer_mask
 from tunespec.listing import Listing
 
 # Seconds one rule may spend matching all names: a normal rule needs milliseconds, a rule on the

@@ -11,9 +11,9 @@ import warnings
 from typing import Any, Callable, Mapping
 
 
-from tunespec import validate as V
+from tunespec.recipe import validate as V
 from tunespec.errors import SpecError, TuneSpecWarning
-from tunespec.matching import budget_for, simple
+from tunespec.planning.matching import budget_for, simple
 
 Rename = Mapping[str, str] | Callable[[str], "str | None"] | None
 

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
-if TYPE_CHECKING:
-    from tunespec.plan import Decision, Plan
+from tunespec.listing import Listing
+from tunespec.planning.decide import Decision, NormDecision
+from tunespec.recipe.spec import Spec
+
+
+class Plan(Protocol):
+    """What a report reads of a :class:`tunespec.planning.plan.Plan` (which calls these
+    functions: a protocol here keeps the two modules from importing each other)."""
+
+    spec: Spec
+    listing: Listing
+    backend: Any
+    norms: Sequence[NormDecision]
+
+    @property
+    def decisions(self) -> Sequence[Decision]: ...
+
+    @property
+    def trainable(self) -> Sequence[Decision]: ...
+
+    @property
+    def frozen(self) -> Sequence[Decision]: ...
+
+    def groups(self) -> list[Any]: ...
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:

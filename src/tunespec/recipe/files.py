@@ -21,9 +21,10 @@ import stat
 import struct
 from pathlib import Path
 from typing import Any, Callable, Mapping
+import tempfile
 
 from tunespec.errors import SpecError
-from tunespec.validate import excerpt
+from tunespec.recipe.validate import excerpt
 
 # safetensors dtype codes and their item sizes.
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -288,8 +289,6 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], where: str) -> P
         raise SpecError(f"{where}: {str(link)!r} is a directory; pass a file path")
     _remove_stale(target)
     try:
-        import tempfile  # on first save: import tunespec stays fast
-
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_prefix(target)}{os.getpid()}-",
                                    suffix=".tmp")
     except OSError as exc:

@@ -10,12 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from tunespec import validate as V
-from tunespec.decay import LayerDecay
 from tunespec.errors import SpecError
-from tunespec.sections import RECIPE_SECTIONS as _SECTIONS_TABLE
-from tunespec.layer_kinds import SELECTORS, TOKEN, check_selector, parse_token
-from tunespec.matching import Selection
+from tunespec.recipe import validate as V
+from tunespec.recipe.layer_decay import LayerDecay
+from tunespec.recipe.sections import RECIPE_SECTIONS
+from tunespec.recipe.selectors import SELECTORS, TOKEN, Selection, check_selector, parse_token
 
 BN_POLICIES = ("train", "freeze", "freeze_frozen")
 BUILTIN_GROUPS = ("bias", "norm", "1d")
@@ -23,8 +22,6 @@ RULE_KEYS = ("match", "native", "layer", "trainable", "lr_mult", "wd_mult")
 # Spec keys in the order their rules are desugared (whatever order they were written in).
 SPEC_KEYS = ("preset", "freeze", "train", "lr_mult", "wd_mult", "rules", "groups", "bn", "strict",
              "layer_decay")
-# Sections of a recipe file that belong to other features (tunespec.sections has the table).
-RECIPE_SECTIONS = _SECTIONS_TABLE
 
 
 def check_keys(data: Mapping[str, Any], section: str, keys: Sequence[str]) -> None:
@@ -70,7 +67,7 @@ class Rule:
     wd_mult: float | None = None
     origin: str = "rules[0]"
     user: bool = True  # user-written rules must match something; preset rules come from cards
-    layer: str | None = None  # a layer-kind selector (tunespec.layer_kinds.SELECTORS)
+    layer: str | None = None  # a layer-kind selector (tunespec.recipe.selectors.SELECTORS)
     native: str | None = None  # a regex re.match-ed against native names (instead of match)
 
     @classmethod
@@ -174,7 +171,7 @@ class Spec:
     bn: str = "freeze_frozen"
     strict: bool = True
     preset_name: str | None = None
-    layer_decay: LayerDecay | None = None  # scales lr_mult by depth (tunespec.decay)
+    layer_decay: LayerDecay | None = None  # scales lr_mult by depth (tunespec.planning.decay)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Spec":
@@ -219,7 +216,7 @@ class Spec:
     @staticmethod
     def _groups(raw: Any) -> dict[str, "str | tuple[Selection, ...]"]:
         """Each group: one regex (several joined into one), or, where a layer kind takes part,
-        the union of its :class:`~tunespec.matching.Selection` s."""
+        the union of its :class:`~tunespec.recipe.selectors.Selection` s."""
         if not isinstance(raw, Mapping):
             raise V.fail("groups", "a mapping {name: regex}", raw)
         groups: dict[str, str | tuple[Selection, ...]] = {}

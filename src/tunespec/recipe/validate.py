@@ -25,6 +25,8 @@ import re
 import reprlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import regex as regex_engine
+
 from tunespec.errors import SpecError
 
 EXCERPT_CHARS = 80
@@ -189,10 +191,8 @@ def keys(data: Mapping[Any, Any], path: str, allowed: Sequence[str], what: str =
 
 # --- regexes ----------------------------------------------------------------------------------
 def engine() -> Any:
-    """The ``regex`` module, imported on first use: ``import tunespec`` stays fast."""
-    import regex
-
-    return regex
+    """The ``regex`` module (imported under another name: :func:`regex` is this module's check)."""
+    return regex_engine
 
 
 @functools.lru_cache(maxsize=4096)
@@ -323,34 +323,33 @@ _RULES: dict[str, dict[str, Checker]] = {
 }
 
 
-def optimizer_tables() -> dict[str, dict[str, Checker]]:
-    """Per known optimizer, every option a registered backend accepts and its checker."""
-    from tunespec.framework_facts import framework_options
-
-    extra = {k: VALUE_KINDS[v] for k, v in framework_options().items() if v in VALUE_KINDS}
-    return {name: {**table, **extra} for name, table in _RULES.items()}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "OPTIMIZER_OPTIONS":  # the tables as they stand with the backends registered now
-        return optimizer_tables()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def optimizer_tables(extra: Mapping[str, str] | None = None) -> dict[str, dict[str, Checker]]:
+    """Per known optimizer, its options and their checkers; ``extra`` adds options a framework
+    takes (name -> value kind, from its facts' ``optimizer_options``)."""
+    extras = {k: VALUE_KINDS[v] for k, v in (extra or {}).items() if v in VALUE_KINDS}
+    return {name: {**table, **extras} for name, table in _RULES.items()}
 
 
-def check_optimizer(name: Any, options: Mapping[str, Any], path: str = "optimizer") -> dict[str, Any]:
+def check_optimizer(name: Any, options: Mapping[str, Any], path: str = "optimizer",
+                    extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Check the options of a known optimizer against its table; return them checked.
 
-    A name not in :func:`optimizer_tables` passes here (the backend knows its framework's
-    other optimizers and checks them when it builds one).
+    ``extra`` None (reading a recipe, before any backend is chosen): only the options the update
+    rule itself has are checked, the others wait for the backend. With ``extra`` (the options the
+    frameworks add, when an optimizer is made) an option in neither is refused. A name not in
+    :func:`optimizer_tables` passes here (the backend knows its framework's other optimizers and
+    checks them when it builds one).
     """
     checked = dict(options)
-    table = optimizer_tables().get(name.lower()) if isinstance(name, str) else None
+    table = optimizer_tables(extra).get(name.lower()) if isinstance(name, str) else None
     if table is None:
         for key in checked:
             if not isinstance(key, str):
                 raise fail(path, "option names that are strings", key)
         return checked
     for key, value in checked.items():
+        if key not in table and extra is None and isinstance(key, str):
+            continue  # maybe a framework's own option: checked when the optimizer is made
         if key not in table:
             raise SpecError(f"{path}.{excerpt(key) if not isinstance(key, str) else key[:60]}: unknown "
                             f"option of {name.lower()}{suggestion(key, table)}; its options are "

@@ -8,7 +8,7 @@ and ``heads``. The presets follow Mask R-CNN's ``set_trainable``: ``heads`` trai
 outside the backbone, ``N+`` adds backbone stages N and up, ``all`` trains everything.
 
 Cards of classifiers and encoders may also give ``layers``, the model's depth order from input
-to output, which ``layer_decay`` scales by (see :mod:`tunespec.decay`), and ``blocks``, a regex
+to output, which ``layer_decay`` scales by (see :mod:`tunespec.planning.decay`), and ``blocks``, a regex
 with ``{n}`` where the block number goes, which gives the ``last-K`` presets.
 """
 
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from tunespec.decay import Layer
+from tunespec.recipe.layer_decay import Layer
 from tunespec.errors import SpecError
 
 STAGES = ("stage2", "stage3", "stage4", "stage5")

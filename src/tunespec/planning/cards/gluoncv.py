@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from tunespec.decay import Layer
-from tunespec.cards.base import RESNET, Card, _backbone, _resnet_body, register_card
+from tunespec.recipe.layer_decay import Layer
+from tunespec.planning.cards.base import RESNET, Card, _backbone, _resnet_body, register_card
 
 register_card("gluoncv.model_zoo.resnetv1b.ResNetV1b", RESNET)
 

@@ -6,7 +6,7 @@ the task head together on top (the ordering of the BERT/ELECTRA layer-decay reci
 
 from __future__ import annotations
 
-from tunespec.cards.base import Card, register_card
+from tunespec.planning.cards.base import Card, register_card
 
 _BERT = "transformers.models.bert.modeling_bert."
 

@@ -8,8 +8,8 @@ none of them match (the head) form the top layer, as in timm.
 
 from __future__ import annotations
 
-from tunespec.decay import Layer
-from tunespec.cards.base import RESNET, Card, _backbone, register_card
+from tunespec.recipe.layer_decay import Layer
+from tunespec.planning.cards.base import RESNET, Card, _backbone, register_card
 
 # timm's ResNet names its parameters as torchvision's does (conv1, bn1, layer1..4, fc), and its
 # group_matcher gives the stem, then one layer per residual block: the shared ResNet card.

@@ -8,8 +8,8 @@ the last block, the classifier on top.
 
 from __future__ import annotations
 
-from tunespec.decay import Layer
-from tunespec.cards.base import RESNET, Card, _backbone, _resnet_body, register_card
+from tunespec.recipe.layer_decay import Layer
+from tunespec.planning.cards.base import RESNET, Card, _backbone, _resnet_body, register_card
 
 register_card("torchvision.models.resnet.ResNet", RESNET)
 
