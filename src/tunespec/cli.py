@@ -20,10 +20,21 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+import yaml
 
-from .backend_api import CheckpointFiles, ModelZoo, require
-from .errors import SpecError
-from .registry import load_backend, registered
+from tunespec.backend_api import CheckpointFiles, ModelZoo, require
+from tunespec.errors import SpecError
+from tunespec.registry import load_backend, registered
+from tunespec.planning.make import plan
+from tunespec.lifecycle.port import port
+from tunespec.dispatch import backend_for
+from tunespec.recipe.files import atomic_write
+from tunespec.importers.mmengine import from_mmengine_config, read_config
+from tunespec.recipe.recipe import load_recipe
+from tunespec.lifecycle.timeline import lr_timeline
+from tunespec.lifecycle.stages import StageRunner
+from tunespec.planning.model_groups import groups
+from tunespec import __version__
 
 
 def zoos() -> dict[str, str]:
@@ -50,8 +61,6 @@ def build_model(source: str, input_size: int | None = None) -> Any:
 
 
 def _groups_command(args: argparse.Namespace) -> int:
-    from .groups_report import groups
-
     info = groups(build_model(args.model, args.input_size), backend=args.backend)
     if args.json:
         print(json.dumps(dataclasses.asdict(info), indent=2))
@@ -61,8 +70,6 @@ def _groups_command(args: argparse.Namespace) -> int:
 
 
 def _plan_command(args: argparse.Namespace) -> int:
-    from .api import plan
-
     model = build_model(args.model, args.input_size)
     p = plan(model, args.recipe, backend=args.backend, strict=False if args.no_strict else None)
     if args.json:
@@ -75,8 +82,6 @@ def _plan_command(args: argparse.Namespace) -> int:
 
 
 def _diff_command(args: argparse.Namespace) -> int:
-    from .api import plan
-
     a = plan(build_model(args.a, args.input_size), args.recipe)
     b = plan(build_model(args.b, args.input_size), args.recipe)
     rows = diff_plans(a, b)
@@ -101,8 +106,6 @@ def diff_plans(a: Any, b: Any) -> list[tuple[str, str, str]]:
 
 
 def _port_command(args: argparse.Namespace) -> int:
-    from .port import port
-
     src = build_model(args.from_model, args.input_size)
     dst = build_model(args.to_model, args.input_size)
     load_weights(src, args.src, allow_pickle=args.allow_pickle)
@@ -115,26 +118,16 @@ def _port_command(args: argparse.Namespace) -> int:
 def load_weights(model: Any, path: str, allow_pickle: bool = False) -> None:
     """A weights file in the model's framework's format (nothing that runs code unless
     ``allow_pickle``); every key and shape is checked before the model changes."""
-    from .dispatch import backend_for
-
     require(backend_for(model), CheckpointFiles, "port").load_file(model, path, allow_pickle)
 
 
 def save_weights(model: Any, path: str) -> None:
     """The model's weights, written atomically (a crash or a full disk leaves the old file)."""
-    from .dispatch import backend_for
-    from .files import atomic_write
-
     be = require(backend_for(model), CheckpointFiles, "port")
     atomic_write(path, lambda tmp: be.save_file(model, tmp), "port")
 
 
 def _convert_command(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .files import atomic_write
-    from .importers.mmengine import from_mmengine_config, read_config
-
     recipe = from_mmengine_config(read_config(args.config, allow_exec=args.exec_config))
     text = f"# converted from {args.config} by tunespec convert --from {args.source}\n" + \
         yaml.safe_dump(recipe, sort_keys=False)
@@ -152,9 +145,6 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _lr_plot_command(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
-    from .timeline import lr_timeline
-
     if args.every is not None and args.every < 1:
         raise SpecError(f"--every: expected a positive number of steps, got {args.every}")
     if args.png:
@@ -187,10 +177,10 @@ def check_png_path(path: str) -> None:
     import matplotlib  # only lr-plot --png needs it
 
     matplotlib.use("Agg")
-    from matplotlib.backend_bases import FigureCanvasBase
+    import matplotlib.pyplot as plt
 
     target = Path(path)
-    formats = FigureCanvasBase.get_supported_filetypes()
+    formats = plt.FigureCanvasBase.get_supported_filetypes()
     if target.is_dir() or path.endswith(("/", "\\")):
         raise SpecError(f"--png {path!r}: is a directory; give a file name such as {str(target / 'lr.png')!r}")
     suffix = target.suffix.lower().lstrip(".")
@@ -203,9 +193,6 @@ def check_png_path(path: str) -> None:
 
 def stage_trainables(model: Any, recipe: Any, steps_per_epoch: int) -> list[dict[str, float]]:
     """Per stage, the trainable parameters' names and lr multipliers its plan gives ``model``."""
-    from .api import plan
-    from .stages import StageRunner
-
     runner = StageRunner(recipe, steps_per_epoch)
     return [{d.name: d.lr_mult for d in plan(model, stage.spec, strict=False).trainable}
             for stage in runner.stages]
@@ -256,16 +243,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _command(sub: Any, name: str, summary: str, example: str, func: Any) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=summary, description=f"{summary}.\n\nexample:\n  {example}",
-                            formatter_class=_Formatter)
+    zoo_names = " or ".join(zoos()) or "no zoo is registered"
+    parser = sub.add_parser(name, help=summary, description=f"{summary}.\n\nexample:\n  {example}\n"
+                            f"(ZOO: {zoo_names})", formatter_class=_Formatter)
     parser.set_defaults(func=func)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (``tunespec --help``), every argument with its help text."""
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="tunespec", description=__doc__, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"tunespec {__version__}",
                         help="print tunespec's version and exit")
@@ -275,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     groups_p = _command(sub, "groups", "list a model's groups, presets and layer kinds, with what each selects",
-                        "tunespec groups --model torchvision:resnet18", _groups_command)
+                        "tunespec groups --model ZOO:resnet18", _groups_command)
     groups_p.add_argument("--model", required=True, metavar="ZOO:NAME", help=f"the model: {model_help}")
     groups_p.add_argument("--backend", choices=list(registered()),
                         help="fail unless the model is of this framework")
@@ -283,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups_p.add_argument("--input-size", type=int, metavar="PIXELS", help=size_help)
 
     plan_p = _command(sub, "plan", "print the plan a recipe makes for a model",
-                      "tunespec plan examples/resnet_finetune.yaml --model torchvision:resnet18 --summary --lr 0.01",
+                      "tunespec plan examples/resnet_finetune.yaml --model ZOO:resnet18 --summary --lr 0.01",
                       _plan_command)
     plan_p.add_argument("recipe", help=recipe_help)
     plan_p.add_argument("--model", required=True, metavar="ZOO:NAME", help=f"the model: {model_help}")
@@ -299,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan_p.add_argument("--input-size", type=int, metavar="PIXELS", help=size_help)
 
     diff_p = _command(sub, "diff", "show where one recipe's plans for two models differ",
-                      "tunespec diff recipe.yaml --a torchvision:resnet18 --b gluoncv:resnet18_v1b", _diff_command)
+                      "tunespec diff recipe.yaml --a ZOO:resnet18 --b OTHER_ZOO:resnet18_v1b", _diff_command)
     diff_p.add_argument("recipe", help=recipe_help)
     diff_p.add_argument("--a", required=True, metavar="ZOO:NAME", help=f"first model: {model_help}")
     diff_p.add_argument("--b", required=True, metavar="ZOO:NAME", help="second model, e.g. the same network from another zoo")
     diff_p.add_argument("--input-size", type=int, metavar="PIXELS", help=size_help)
 
     port_p = _command(sub, "port", "convert weights between frameworks (one zoo's model to its twin in another)",
-                      "tunespec port r18.pt r18.params --from torchvision:resnet18 --to gluoncv:resnet18_v1b",
+                      "tunespec port r18.pt r18.params --from ZOO:resnet18 --to OTHER_ZOO:resnet18_v1b",
                       _port_command)
     port_p.add_argument("src", help="weights of --from, in its framework's own format")
     port_p.add_argument("dst", help="where to write the weights of --to")
@@ -327,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="read a .py config with mmengine's Config (runs its code: trusted files only)")
 
     lr_p = _command(sub, "lr-plot", "print (and plot) each group's lr over a run, with the stage changes",
-                    "tunespec lr-plot examples/two_phase.yaml --epochs 6 --model torchvision:resnet18 --png lr.png",
+                    "tunespec lr-plot examples/two_phase.yaml --epochs 6 --model ZOO:resnet18 --png lr.png",
                     _lr_plot_command)
     lr_p.add_argument("recipe", help=recipe_help)
     lr_p.add_argument("--epochs", type=int, required=True, metavar="N", help="how many epochs to show")
