@@ -75,6 +75,20 @@ def test_groups_of_a_timm_vit_list_last_k():
     assert info.group("layer:layer_norm").tensors > 0
 
 
+def test_groups_inside_one_shared_module_show_their_first_and_last_tensor():
+    """A detector's stages all live in ``backbone``: the listing tells them apart by tensor range."""
+    det = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=3)
+    info = tunespec.groups(det)
+    stage = info.group("stage4")
+    assert len(stage.modules) == 1 and " .. " in stage.modules[0]
+    first, last = stage.modules[0].split(" .. ")
+    names = [d.name for d in tunespec.plan(det, {"freeze": [".*"], "train": ["@stage4"]}).trainable]
+    assert (first, last) == (names[0], names[-1])
+    assert info.group("heads").modules == ("roi_heads",) or "roi_heads" in info.group("heads").modules
+    assert "4+" in str(info)
+
+
 def test_groups_of_a_model_without_card_lists_built_in_groups_only():
     info = tunespec.groups(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4)))
     assert info.card is None and info.presets == ()

@@ -90,7 +90,9 @@ class ModelGroups:
 
             def named(group: str) -> str:
                 mods = where.get(group, ())
-                return f"{group} ({', '.join(mods[:3])}{' ...' if len(mods) > 3 else ''})" if mods else group
+                if not mods or " .. " in mods[0]:  # a tensor range says little here
+                    return group
+                return f"{group} ({', '.join(mods[:3])}{' ...' if len(mods) > 3 else ''})"
 
             rows = [[p.name, str(p.tensors), _count(p.parameters),
                      ", ".join(map(named, p.trains)) + (f"; part of {', '.join(p.partly)}" if p.partly else "")]
@@ -120,10 +122,19 @@ def _selected(model: Any, backend: Any, listing: Any, spec: dict[str, Any]) -> l
     return plan.trainable
 
 
-def _info(name: str, source: str, decisions: list[Any]) -> GroupInfo:
+def _where(names: list[str], tops: Counter) -> tuple[str, ...]:
+    """The top-level modules holding ``names``; when that is one module the group shares with
+    others (a detector's ``features``), the first and last tensor instead, which tell them apart."""
+    modules = tuple(dict.fromkeys(n.split(".")[0] for n in names))
+    if len(modules) == 1 and len(names) > 1 and tops[modules[0]] > len(names):
+        return (f"{names[0]} .. {names[-1]}",)
+    return modules
+
+
+def _info(name: str, source: str, decisions: list[Any], tops: Counter) -> GroupInfo:
     sizes = [d.tensor.numel for d in decisions]
     return GroupInfo(name, source, len(decisions), None if None in sizes else sum(sizes),
-                     tuple(dict.fromkeys(d.name.split(".")[0] for d in decisions)))
+                     _where([d.name for d in decisions], tops))
 
 
 def groups(model: Any, backend: str | None = None) -> ModelGroups:
@@ -146,10 +157,11 @@ def groups(model: Any, backend: str | None = None) -> ModelGroups:
     def members(match: str) -> list[Any]:
         return _selected(model, be, listing, {**every, "rules": [{"match": match, "trainable": True}]})
 
-    infos = [_info(g, "card", members("@" + g)) for g in (card.groups if card else {})]
-    infos += [_info(g, "built-in", members("@" + g)) for g in BUILTIN_GROUPS]
+    tops = Counter(n.split(".")[0] for n in listing.param_names())
+    infos = [_info(g, "card", members("@" + g), tops) for g in (card.groups if card else {})]
+    infos += [_info(g, "built-in", members("@" + g), tops) for g in BUILTIN_GROUPS]
     kinds = Counter(listing.layer_kinds[listing.layers[row]] for row in listing.param_rows)
-    infos += [_info(f"layer:{k}", "layer kind", members(f"@layer:{k}")) for k in kinds]
+    infos += [_info(f"layer:{k}", "layer kind", members(f"@layer:{k}"), tops) for k in kinds]
     card_sets = {g.name: set(d.name for d in members("@" + g.name)) for g in infos if g.source == "card"}
     presets = []
     for name in (card.presets or {}) if card else ():
