@@ -308,3 +308,31 @@ def test_every_public_name_says_what_it_does_with_an_example():
             if len(doc) < 60:
                 thin.append(f"{cls.__name__}.{method} ({len(doc)} characters)")
     assert not thin, "docstrings too thin: " + ", ".join(thin)
+
+
+def test_an_epoch_schedule_without_steps_per_epoch_names_the_runners_argument():
+    runner = tunespec.StageRunner("examples/two_phase.yaml")   # the recipe's schedule counts epochs
+    with pytest.raises(SpecError, match=r"StageRunner\(recipe, steps_per_epoch=len\(loader\)\)"):
+        runner.start(resnet18())
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.from_regex(r"[-+]?\d{1,5}(\.\d*)?[eE][-+]?\d{1,4}", fullmatch=True),
+                 st.floats(allow_nan=True, allow_infinity=True).map(str)))
+def test_a_string_where_a_number_belongs_always_gets_a_one_line_error(text):
+    """Whatever string lands in a numeric field (YAML exponents, 'nan', 'inf', huge digit runs,
+    text), the error is a SpecError of one line; a hint appears only for finite numbers, and the
+    number it suggests reads back as that number in YAML."""
+    import yaml
+
+    with pytest.raises(SpecError) as info:
+        tunespec.load_recipe({"optimizer": {"name": "sgd", "lr": text}})
+    message = str(info.value)
+    assert "\n" not in message
+    hint = re.search(r"; write (\S+), or", message)
+    if hint:
+        assert yaml.safe_load(f"x: {hint.group(1)}")["x"] == float(text)

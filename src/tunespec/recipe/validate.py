@@ -98,7 +98,7 @@ def _quoted_number_hint(value: Any) -> str:
         return ""
     if not math.isfinite(number):
         return ""
-    if re.fullmatch(r"\s*[-+]?\d+(\.\d*)?[eE][-+]?\d+\s*", value):
+    if re.fullmatch(r"\s*[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+\s*", value):
         mantissa, _, exponent = value.strip().lower().partition("e")
         fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
         return (f" (a string: YAML reads {value.strip()} as text because a YAML float needs a dot and a "
