@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from .backend_api import LRTable
 from .dispatch import backend_for, backend_for_optimizer, check_backend_name
 from .framework_facts import default_semantics
 from .errors import SpecError
@@ -107,4 +108,4 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
         if sched is None:
             raise SpecError("scheduler: the recipe has no schedule section")
     sched = sched.in_steps(steps_per_epoch)
-    return be.attach_schedule(optimizer, sched.factor)
+    return be.install_lrs(optimizer, LRTable(factor=sched.factor))
