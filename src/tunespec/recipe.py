@@ -166,11 +166,11 @@ class LRSchedule:
             raise SpecError(f"schedule.gamma: {gamma!r} above 1 on a step schedule multiplies the lr "
                             f"without limit (it overflows in a long run); use type multistep with "
                             f"milestones (growth up to {MAX_SCHEDULE_FACTOR:g} in all), or gamma <= 1")
-        growth = math.exp(milestones * math.log(gamma))
-        if growth > MAX_SCHEDULE_FACTOR:
+        digits = milestones * math.log10(gamma)  # compared as logarithms: the power may overflow
+        if digits > math.log10(MAX_SCHEDULE_FACTOR) + 1e-12:
             raise SpecError(f"schedule.gamma: {gamma!r} over {milestones} milestones multiplies the lr "
-                            f"by {growth:.3g}, more than the limit {MAX_SCHEDULE_FACTOR:g}; use a smaller "
-                            f"gamma or fewer milestones")
+                            f"by 10^{digits:.4g}, more than the limit {MAX_SCHEDULE_FACTOR:g}; use a "
+                            f"smaller gamma or fewer milestones")
 
     @staticmethod
     def _milestones(raw: Any) -> tuple[int, ...]:
