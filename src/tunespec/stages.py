@@ -195,21 +195,16 @@ class StageRunner:
     after each optimizer step with ``step=`` for ``at_step`` stages. It returns the model and
     optimizer to go on with: the same objects, except a re-wrapped DDP model.
 
-    Triggers: ``at_epoch: N`` starts the stage at the beginning of epoch N, i.e. in the
-    ``step(epoch=N-1, ...)`` call; ``at_step: K`` in the first call with ``step >= K`` (a call
-    without ``step=`` while an ``at_step`` stage is next is an error, not a silent no-op);
-    ``on_plateau: P`` once P epochs in a row did not improve. Stages that are all due in one call
-    (epochs were skipped) start one after the other in that call; only the first of them restores
-    best weights (``restore_best``): the ones after it had no epoch of their own. Every public
-    call is all or nothing: it checks what it can first and, if a later part fails, puts back the
-    weights, trainability, multipliers, norm modes, optimizer groups and state, lr scheduler and
-    the runner's own state.
+    Triggers: ``at_epoch: N`` starts the stage in the ``step(epoch=N-1, ...)`` call; ``at_step:
+    K`` in the first call with ``step >= K`` (without ``step=`` while one is next: an error);
+    ``on_plateau: P`` once P epochs in a row did not improve. Stages all due in one call start in
+    order; only the first restores best weights (``restore_best``). Every public call is all or
+    nothing: on failure it puts back weights, trainability, multipliers, norm modes, optimizer
+    groups and state, lr scheduler and the runner's own state.
 
-    The core decides every lr (:mod:`tunespec.lrs`): after a stage change and as a ``ramp``
-    grows, the runner computes the lr table from its plain state (``self.lrs``) and the backend
-    installs it (``install_lrs``). A torch training loop that never steps ``lr_scheduler`` is
-    caught at the next ``step`` (an error, a warning under ``strict: false``). (This class was
-    called ``Schedule``; that name is a deprecated alias.)
+    The lrs come from :mod:`tunespec.lrs`: the runner keeps plain lr state (``self.lrs``),
+    computes the table after a stage change and as a ``ramp`` grows, and the backend installs it.
+    A torch loop that never steps ``lr_scheduler`` is caught at the next ``step``.
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
@@ -280,7 +275,7 @@ class StageRunner:
         sched = lr_scheduler if lr_scheduler is not None else self.lr_scheduler
         saved = self._save()
         opt_saved = be.optimizer_snapshot(optimizer, sched)
-        weights = self._weights(model) if save_weights else None
+        weights = _weights(be, model) if save_weights else None
         applied: list[Plan] = []
         try:
             return change(applied)
@@ -290,25 +285,9 @@ class StageRunner:
                     plan.rollback()
             be.optimizer_rollback(optimizer, sched, opt_saved)
             if weights is not None:
-                self._put_weights(model, weights)
+                _put_weights(be, model, weights)
             self._load(saved)
             raise
-
-    def _check_objects(self, be: Any, model: Any, optimizer: Any, where: str) -> None:
-        if not be.owns(model):
-            raise SpecError(f"{where}: the model is a {type(model).__name__}, not a {be.name} model "
-                            f"(the runner started on one)")
-        if not be.owns_optimizer(optimizer):
-            raise SpecError(f"{where}: optimizer is a {type(optimizer).__name__}, not a {be.name} "
-                            f"optimizer; pass the one runner.start returned")
-
-    def _check_same_model(self, listing: Any, where: str) -> None:
-        """A stage change on another model (or one whose parameters were replaced) would move the
-        wrong tensors into the optimizer; a wrapper around the same parameters (DDP) is fine."""
-        if Plan._fingerprint(listing) != self.plan._identity:
-            raise SpecError(f"{where}: this model does not hold the parameters the runner was started "
-                            f"on (another model, or layers replaced since); pass the model "
-                            f"runner.start returned, or start a new StageRunner")
 
     # --- starting -----------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
@@ -366,11 +345,6 @@ class StageRunner:
         return model, optimizer
 
     # --- stepping -----------------------------------------------------------------------------
-    def _improved(self, metric: float, delta: float) -> bool:
-        if self.best is None:
-            return True
-        return metric < self.best - delta if self.mode == "min" else metric > self.best + delta
-
     def _due_stages(self, epoch: int, step: int | None, bad_epochs: int) -> list[Stage]:
         """The stages due now, in order: several when a caller skipped epochs. A plateau counts the
         epochs of its own stage, so a stage that starts here has none yet. ``at_epoch: N`` is due
@@ -399,7 +373,7 @@ class StageRunner:
             V.count(step, "StageRunner.step: step", minimum=0)
         metric = None if metric is None else _metric(metric)
         be = self.plan.backend
-        self._check_objects(be, model, optimizer, "StageRunner.step")
+        _check_objects(be, model, optimizer, "StageRunner.step")
         nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
         if nxt is not None and nxt.trigger == "at_step" and step is None:
             raise SpecError(f"StageRunner.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
@@ -410,14 +384,15 @@ class StageRunner:
             self.lrs.steps = lrs.check_stepped(self.lrs, state, self.plan.spec.strict)
         best, best_epoch, bad, take_best = self.best, self.best_epoch, self.bad_epochs, False
         if metric is not None:
-            if self._improved(metric, nxt.min_delta if nxt else 0.0):
+            delta = nxt.min_delta if nxt else 0.0
+            if self.best is None or (metric < self.best - delta if self.mode == "min" else metric > self.best + delta):
                 best, best_epoch, bad = metric, epoch, 0
                 take_best = nxt is not None and nxt.restore_best
             else:
                 bad += 1
         due = self._due_stages(epoch, step, bad)
         if not due:
-            best_state = self._weights(model) if take_best else self.best_state
+            best_state = _weights(be, model) if take_best else self.best_state
             self.best, self.best_epoch, self.bad_epochs, self.best_state = best, best_epoch, bad, best_state
             self.lrs.last_epoch = epoch
             if not lrs.ramps_growing(self.lrs, self.stages, epoch):
@@ -430,7 +405,7 @@ class StageRunner:
             raise SpecError(f"stage {first.name!r} restores the best weights, but step() was never "
                             f"given a metric: pass metric= (e.g. the validation loss) every epoch")
         listing = be.listing(model)
-        self._check_same_model(listing, "StageRunner.step")
+        _check_same_model(self.plan, listing, "StageRunner.step")
         plans = [Plan.make(model, stage.spec, be, listing) for stage in due]  # every spec checked first
         # When this very epoch is the best, the weights are already the best ones.
         write_best = first.restore_best and not take_best
@@ -438,7 +413,7 @@ class StageRunner:
 
         def change(applied: list[Plan]) -> tuple[Any, Any]:
             if write_best:
-                self._put_weights(model, best_state)
+                _put_weights(be, model, best_state)
             m, o = model, optimizer
             self.lrs.last_epoch = epoch
             for stage, plan in zip(due, plans, strict=True):
@@ -459,9 +434,9 @@ class StageRunner:
             raise SpecError(f"StageRunner.advance: no later stage to switch to (stage {self.stage.name!r} "
                             f"is the last of {len(self.stages)})")
         be = self.plan.backend
-        self._check_objects(be, model, optimizer, "StageRunner.advance")
+        _check_objects(be, model, optimizer, "StageRunner.advance")
         listing = be.listing(model)
-        self._check_same_model(listing, "StageRunner.advance")
+        _check_same_model(self.plan, listing, "StageRunner.advance")
         plan = Plan.make(model, self.stages[self.index + 1].spec, be, listing)
         return self._all_or_nothing(
             model, optimizer, lr_scheduler,
@@ -475,7 +450,7 @@ class StageRunner:
         sched = lr_scheduler or self.lr_scheduler
         before = {id(d.tensor.handle): d.tensor.handle for d in self.plan.trainable}
         fresh = [id(d.tensor.handle) for d in plan.trainable if id(d.tensor.handle) not in before]
-        self._check_lr_options(nxt, fresh, lr_scheduler, plan)
+        _check_lr_options(nxt, fresh, lr_scheduler not in (None, self.lr_scheduler), plan.spec.strict)
         state = be.lr_state(optimizer, sched)
         applied.append(plan.apply())
         after = {id(d.tensor.handle): d for d in plan.trainable}
@@ -513,32 +488,52 @@ class StageRunner:
                                 sched is not None, added, removed)
         be.install_lrs(optimizer, table, sched)
 
-    def _check_lr_options(self, stage: Stage, fresh: list[int], lr_scheduler: Any, plan: Plan) -> None:
-        """A ramp needs parameters to ramp; a restart needs the runner's own lr scheduler."""
-        if stage.ramp is not None and not fresh:
-            message = (f"stage {stage.name!r}: its ramp has no effect, the stage unfreezes no parameter "
-                       f"that was frozen; remove the ramp or unfreeze more")
-            if plan.spec.strict:
-                raise SpecError(message)
-            warnings.warn(message, stacklevel=4)
-        if stage.resets_schedule and lr_scheduler is not None and lr_scheduler is not self.lr_scheduler:
-            raise SpecError(f"stage {stage.name!r} restarts the lr schedule, which only the runner's own "
-                            f"lr scheduler (runner.lr_scheduler) follows; leave lr_scheduler out")
-
     def rebaseline(self) -> None:
         """Take the frozen tensors' checksums again (after weights were loaded into the model)."""
         self.plan._checksums = self.plan.take_checksums()
 
-    # --- best weights -------------------------------------------------------------------------
-    def _weights(self, model: Any) -> dict[str, Any]:
-        be = self.plan.backend
-        return {t.canonical: be.read(t.handle) for t in be.listing(model).tensors}
 
-    def _put_weights(self, model: Any, state: Mapping[str, Any]) -> None:
-        be = self.plan.backend
-        for t in be.listing(model).tensors:
-            if t.canonical in state:
-                be.write(t.handle, state[t.canonical])
+
+def _check_objects(be: Any, model: Any, optimizer: Any, where: str) -> None:
+    if not be.owns(model):
+        raise SpecError(f"{where}: the model is a {type(model).__name__}, not a {be.name} model "
+                        f"(the runner started on one)")
+    if not be.owns_optimizer(optimizer):
+        raise SpecError(f"{where}: optimizer is a {type(optimizer).__name__}, not a {be.name} "
+                        f"optimizer; pass the one runner.start returned")
+
+
+def _check_same_model(plan: Plan, listing: Any, where: str) -> None:
+    """A stage change on another model (or one whose parameters were replaced) would move the
+    wrong tensors into the optimizer; a wrapper around the same parameters (DDP) is fine."""
+    if Plan._fingerprint(listing) != plan._identity:
+        raise SpecError(f"{where}: this model does not hold the parameters the runner was started "
+                        f"on (another model, or layers replaced since); pass the model "
+                        f"runner.start returned, or start a new StageRunner")
+
+
+def _check_lr_options(stage: Stage, fresh: list[int], other_scheduler: bool, strict: bool) -> None:
+    """A ramp needs parameters to ramp; a restart needs the runner's own lr scheduler."""
+    if stage.ramp is not None and not fresh:
+        message = (f"stage {stage.name!r}: its ramp has no effect, the stage unfreezes no parameter "
+                   f"that was frozen; remove the ramp or unfreeze more")
+        if strict:
+            raise SpecError(message)
+        warnings.warn(message, stacklevel=4)
+    if stage.resets_schedule and other_scheduler:
+        raise SpecError(f"stage {stage.name!r} restarts the lr schedule, which only the runner's own "
+                        f"lr scheduler (runner.lr_scheduler) follows; leave lr_scheduler out")
+
+
+def _weights(be: Any, model: Any) -> dict[str, Any]:
+    """The model's weights by canonical name (the best epoch's, for restore_best)."""
+    return {t.canonical: be.read(t.handle) for t in be.listing(model).tensors}
+
+
+def _put_weights(be: Any, model: Any, state: Mapping[str, Any]) -> None:
+    for t in be.listing(model).tensors:
+        if t.canonical in state:
+            be.write(t.handle, state[t.canonical])
 
 
 def _metric(metric: Any) -> float:
