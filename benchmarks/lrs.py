@@ -30,9 +30,9 @@ RECIPE = {"preset": "heads", "optimizer": {"name": "sgd", "lr": 0.1},
 def _factor(start: int):
     """The group factor a runner installs for a per-step ramp under onecycle, fresh, first asked
     at ``start`` (as after a resume), then timed over BLOCK consecutive steps."""
-    from tunespec import lrs
-    from tunespec.ramps import Ramp
-    from tunespec.recipe import LRSchedule
+    from tunespec.lifecycle import lrs
+    from tunespec.recipe.ramps import Ramp
+    from tunespec.recipe.schedule import LRSchedule
 
     # the ramp started 10 steps before, in both variants: both are in its growing phase
     # onecycle over 2 x 10^6 steps (2,000 epochs of 1,000), so step 10^6 is mid-run
@@ -68,7 +68,7 @@ def _lr_plot() -> None:
 
 def _model_timeline_peak() -> float:
     """Peak MiB of a 10^6-step timeline of 20 tensors in 3 lr groups, table included."""
-    from tunespec.timeline import lr_timeline
+    from tunespec.lifecycle.timeline import lr_timeline
 
     names = [f"block{i // 7}.t{i}" for i in range(20)]
     trainable = [{n: 1.0 for n in names[:7]}, {n: 1.0 + (i >= 14) for i, n in enumerate(names)}]

@@ -1,4 +1,4 @@
-"""The learning-rate model (tunespec.lrs): O(1) lr functions (work counted for n and 4n steps),
+"""The learning-rate model (tunespec.lifecycle.lrs): O(1) lr functions (work counted for n and 4n steps),
 growing schedules bounded when read, stages past a schedule's end, the lr timeline's memory,
 and a training loop that never steps the lr scheduler."""
 
@@ -13,12 +13,12 @@ import pytest
 import tunespec
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from tunespec import SpecError
-from tunespec import ramps as ramps_module
-from tunespec import recipe as recipe_module
+from tunespec.recipe import ramps as ramps_module
+from tunespec.recipe import schedule as recipe_module
 from tunespec.cli import main
-from tunespec.ramps import Ramp
-from tunespec.recipe import LRSchedule, accumulate
-from tunespec.timeline import MAX_POINTS, MAX_ROWS, lr_timeline
+from tunespec.recipe.ramps import Ramp
+from tunespec.recipe.schedule import LRSchedule, accumulate
+from tunespec.lifecycle.timeline import MAX_POINTS, MAX_ROWS, lr_timeline
 
 HEAD = r"8\..*"  # small_cnn's classifier
 

@@ -14,9 +14,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 import tunespec  # noqa: E402
 from tunespec import SpecError  # noqa: E402
-from tunespec import ramps as ramps_module  # noqa: E402
-from tunespec import recipe as recipe_module  # noqa: E402
-from tunespec.timeline import lr_timeline  # noqa: E402
+from tunespec.recipe import ramps as ramps_module  # noqa: E402
+from tunespec.recipe import schedule as recipe_module  # noqa: E402
+from tunespec.lifecycle.timeline import lr_timeline  # noqa: E402
 
 # The worst case of one onecycle position from scratch: ~60 binades x 3 additions, with margin.
 ONECYCLE_BOUND = 400

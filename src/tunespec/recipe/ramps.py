@@ -1,0 +1,106 @@
+"""A stage's ``ramp``: newly unfrozen parameters start at a small lr that grows to their full one,
+as Lightning's ``BackboneFinetuning`` does for a backbone::
+
+    ramp: {start: 0.1, growth: 2.0, ceiling: 1.0, per: epoch}
+
+The group starts at ``start`` x the lr it would otherwise have (its *target*: base lr x lr_mult x
+lr_factor) and each epoch (or optimizer step) its lr is multiplied by ``growth``, never past
+``ceiling`` x target. The products are taken on the lr itself, one growth after the other, in the
+order Lightning takes them, so the per-epoch lrs are Lightning's bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tunespec.errors import SpecError
+from tunespec.recipe import validate as V
+
+RAMP_KEYS = ("start", "growth", "ceiling", "per")
+RAMP_UNITS = ("epoch", "step")
+# A ramp that needs more growth steps than this to reach its ceiling is a typo (growth 1.0000001).
+MAX_RAMP_STEPS = 10**6
+# Growth products Ramp.lr has taken since the process started: tests count work with it.
+RAMP_WORK = [0]
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """How the lr of parameters a stage newly unfreezes grows: see the module docstring."""
+
+    start: float
+    growth: float
+    ceiling: float = 1.0
+    per: str = "epoch"
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str) -> "Ramp":
+        data = V.mapping(data, origin, "{start: 0.1, growth: 2.0, ceiling: 1.0, per: epoch}")
+        V.keys(data, origin, RAMP_KEYS, "ramp key")
+        for key in ("start", "growth"):
+            if key not in data:
+                raise SpecError(f"{origin}: give {key} (e.g. {{start: 0.1, growth: 2.0}})")
+        start = V.number(data["start"], f"{origin}.start", minimum=0.0, min_exclusive=True,
+                         maximum=V.MAX_FACTOR)
+        growth = V.number(data["growth"], f"{origin}.growth", minimum=1.0, min_exclusive=True,
+                          maximum=V.MAX_FACTOR)
+        ceiling = V.number(data.get("ceiling", 1.0), f"{origin}.ceiling", minimum=0.0,
+                           min_exclusive=True, maximum=V.MAX_FACTOR)
+        per = V.choice(data.get("per", "epoch"), f"{origin}.per", RAMP_UNITS,
+                       "grow once per epoch (schedule.step) or per optimizer step")
+        if start >= ceiling:
+            raise SpecError(f"{origin}: start {start!r} is not below ceiling {ceiling!r}, so the ramp "
+                            f"never grows; use lr_factor: {start!r} for a fixed factor, or lower start")
+        steps = math.log(ceiling / start) / math.log(growth)
+        if steps > MAX_RAMP_STEPS:
+            raise SpecError(f"{origin}.growth: {growth!r} would take {steps:.3g} {per}s to grow from "
+                            f"{start!r} to {ceiling!r}; use a larger growth")
+        return cls(start, growth, ceiling, per)
+
+    def lr(self, target: float, k: int) -> float:
+        """The lr after ``k`` growths of a group whose full lr is ``target`` (a per-epoch ramp).
+
+        Lightning's ``BackboneFinetuning``: ``lr_0 = current_lr * ratio``, then
+        ``lr = lambda(epoch + 1) * previous``, set to ``current_lr`` once it would pass it. The
+        products are Lightning's, one after the other, so they are continued from the last call
+        for this target (the runner asks for k, k+1, ...: O(1) each); a first call at k, or one
+        going back, multiplies min(k, steps_to_ceiling() + 1) times: the loop stops at the ceiling.
+        """
+        cap = target * self.ceiling
+        memo = self._memo().get(target)
+        done, lr = memo if memo is not None and memo[0] <= k else (0, target * self.start)
+        for _ in range(k - done):
+            if lr >= cap:
+                break
+            RAMP_WORK[0] += 1
+            nxt = self.growth * lr
+            lr = cap if nxt > cap else nxt
+        memo = self._memo()
+        if len(memo) > 64:  # one entry per group target: a handful in a run
+            memo.clear()
+        memo[target] = (k, lr)
+        return lr
+
+    def ratio(self, k: int) -> float:
+        """A per-step ramp's factor after ``k`` optimizer steps, in closed form (O(1) at any step):
+        start x growth^k, never past ceiling."""
+        if k >= self.steps_to_ceiling():
+            return self.ceiling
+        return min(self.start * self.growth ** k, self.ceiling)
+
+    def _memo(self) -> dict[float, tuple[int, float]]:
+        """target -> (growths, lr) of the last ``lr`` call; not a field, so equality ignores it."""
+        memo = self.__dict__.get("_lr_memo")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_lr_memo", memo)
+        return memo
+
+    def steps_to_ceiling(self) -> int:
+        """How many growths take the ramp from start to its ceiling (at most MAX_RAMP_STEPS)."""
+        return math.ceil(math.log(self.ceiling / self.start) / math.log(self.growth))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "growth": self.growth, "ceiling": self.ceiling, "per": self.per}
