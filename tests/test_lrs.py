@@ -215,3 +215,17 @@ def test_gluon_steps_its_own_lr_scheduler_so_the_mistake_cannot_happen():
     train(h, net, opt, runner, 5, step_scheduler=False)  # the Trainer asks its scheduler each update
     assert opt._optimizer.num_update == 5 and opt.learning_rate < 0.02
     runner.step(0, net, opt)
+
+
+@pytest.mark.parametrize("state", [
+    {"ramps": {"1": "3"}, "lr_offset": 0}, {"ramps": {"1": -1}}, {"ramps": {"7": 0}}, {"ramps": {"0": 0}},
+    {"ramps": {"x": 0}}, {"ramps": [1]}, {"lr_offset": True}, {"lr_offset": 2.5}, {"lr_offset": -3},
+    {"ramps": {"1": 10**30}}])
+def test_a_checkpoints_lr_state_is_validated_and_a_refusal_changes_nothing(state):
+    runner = tunespec.StageRunner({"preset": "heads", "optimizer": {"lr": 0.1}, "schedule": {"type": "constant"},
+                                   "stages": [{"at_epoch": 1, "preset": "all", "ramp": {"start": 0.1, "growth": 2.0}}]})
+    runner.load_lr_state({"ramps": {"1": 2}, "lr_offset": 5, "last_epoch": 3})
+    before = runner.lrs.copy()
+    with pytest.raises(SpecError, match="resume: the checkpoint's ramp"):
+        runner.load_lr_state(state)
+    assert runner.lrs == before and runner.state_dict()["ramps"] == {"1": 2}
