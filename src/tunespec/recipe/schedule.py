@@ -170,6 +170,15 @@ class LRSchedule:
         return f
 
 
+    def _phases(self) -> tuple[tuple[float, float, float], tuple[float, float]]:
+        """onecycle's float32 phase boundaries and phase lengths (computed once per schedule)."""
+        cached = self.__dict__.get("_phase_bounds")
+        if cached is None:
+            bounds = (0.0, _f32(self.pct_start), _f32(_f32(self.pct_start) + _f32(1 - self.pct_start)))
+            cached = bounds, (_f32(bounds[1] - bounds[0]), _f32(bounds[2] - bounds[1]))
+            object.__setattr__(self, "_phase_bounds", cached)
+        return cached
+
     def _onecycle_factor(self, t: int) -> float:
         """fastai's ``combined_cos(pct_start, 1/div, 1, 1/div_final)`` at the training position
         fastai's Learner reaches before step t, bit for bit.
@@ -191,9 +200,10 @@ class LRSchedule:
         else:
             pos = accumulate(epoch / epochs, step, batch)
         object.__setattr__(self, "_position", (epoch, batch, pos))
-        bounds = (0.0, _f32(self.pct_start), _f32(_f32(self.pct_start) + _f32(1 - self.pct_start)))
-        phase = 0 if _f32(pos) < bounds[1] else 1
-        where = _f32(_f32(_f32(pos) - bounds[phase]) / _f32(bounds[phase + 1] - bounds[phase]))
+        bounds, spans = self._phases()
+        here = _f32(pos)
+        phase = 0 if here < bounds[1] else 1
+        where = _f32(_f32(here - bounds[phase]) / spans[phase])
         low, high = 1.0 / self.div, 1.0 / self.div_final
         start, end = (low, 1.0) if phase == 0 else (1.0, high)
         return start + (1 + math.cos(math.pi * (1 - where))) * (end - start) / 2
@@ -234,6 +244,9 @@ def accumulate(pos: float, step: float, n: int) -> float:
 ACCUMULATE_WORK = [0]
 
 
+_FLOAT32 = struct.Struct("f")
+
+
 def _f32(x: float) -> float:
     """``x`` rounded to float32, as a float32 tensor holds it."""
-    return struct.unpack("f", struct.pack("f", x))[0]
+    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
