@@ -209,9 +209,10 @@ def write_png(timeline: Any, path: str, log: bool = False, title: str = "learnin
 
     fig, ax = plt.subplots(figsize=(10, 4.8))
     k = timeline.steps_per_epoch
-    epochs = [t / k for t in range(timeline.steps + 1)]  # each step's lr holds until the next step
+    steps = timeline.points()  # at most MAX_POINTS per group, every stage change included
+    epochs = [t / k for t in steps] + [timeline.steps / k]  # the last lr holds to the end
     for label, values in timeline.series.items():
-        ys = [float("nan") if v is None else v for v in values]
+        ys = [float("nan") if values[t] is None else values[t] for t in steps]
         ax.plot(epochs, ys + ys[-1:], label=label, drawstyle="steps-post")
     ax.set_xlim(0, timeline.steps / k)
     for start, name in timeline.starts:
