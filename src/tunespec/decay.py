@@ -178,14 +178,14 @@ def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher:
     captures: list[list[tuple[int, ...]]] = []
     for i, entry in enumerate(entries):
         origin = f"{where}[{i}]"
-        found = matcher.select(entry.match, groups, origin)
+        found, matched = matcher.select_matches(entry.match, groups, origin)
         if not found and decay.layers is not None:  # a card's entry may be absent in a variant
             message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
             if spec.strict:
                 raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
             warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
         hits.append(found)
-        captures.append(_captures(entry.match, found, listing, origin))
+        captures.append(_captures(entry.match, found, matched, listing, origin))
     if decay.layers is None and not any(hits):
         raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
                         f"card does not fit this model: list its layers in layer_decay.layers")
@@ -193,9 +193,11 @@ def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher:
     return scales(decay.rate, ids, count)
 
 
-def _captures(match: str, found: Sequence[int], listing: "Listing", origin: str) -> list[tuple[int, ...]]:
+def _captures(match: str, found: Sequence[int], matched: Mapping[int, Any], listing: "Listing",
+              origin: str) -> list[tuple[int, ...]]:
     """The layer numbers a layer entry captured from each parameter it matched (positions in
-    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
+    ``param_rows``), read from the match objects of the selecting pass (``matched``, by
+    position). A group is one layer: its regex was written to select, not to number."""
     if match.startswith("@"):
         return [()] * len(found)
     pattern = re.compile(match) if simple(match) else V.compiled(match)  # re is the fast one
@@ -204,8 +206,8 @@ def _captures(match: str, found: Sequence[int], listing: "Listing", origin: str)
     names, rows, aliases = listing.names, listing.param_rows, listing.aliases
     out = []
     for k in found:
-        m = pattern.fullmatch(names[rows[k]])
-        if m is None:  # it matched an alias (a tied parameter's other name)
+        m = matched.get(k)
+        if m is None:  # it matched an alias only (a tied parameter's other name)
             m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
         out.append(captured_numbers(m, origin))
     return out

@@ -94,6 +94,7 @@ class Matcher:
         order = sorted(range(len(names)), key=names.__getitem__)
         self._names = [names[k] for k in order]
         self._owners = [owners[k] for k in order]
+        self._order = order  # entry k is a canonical name when order[k] < len(self.rows)
         self._prefixes: dict[int, list[str]] = {}
         self._until: float | None = None
 
@@ -159,12 +160,30 @@ class Matcher:
                                     f"none yet; initialise the model (one forward pass) before planning")
             pred = _BUILTIN[name]
             return [i for i, row in enumerate(self.rows) if pred(ls, row)]
-        prefix = literal_prefix(match)
-        lo = bisect.bisect_left(self._names, prefix) if prefix else 0
-        hi = bisect.bisect_left(self._names, prefix + "\U0010ffff") if prefix else len(self._names)
+        lo, hi = self._span(match)
         owners = self._owners
         hit = {owners[lo + k] for k in scan(match, self._names[lo:hi], origin, until=self.until)}
         return sorted(hit)
+
+    def _span(self, regex: str) -> tuple[int, int]:
+        """The slice of the sorted names that can fullmatch ``regex``: those with its literal prefix."""
+        prefix = literal_prefix(regex)
+        if not prefix:
+            return 0, len(self._names)
+        return (bisect.bisect_left(self._names, prefix),
+                bisect.bisect_left(self._names, prefix + "\U0010ffff"))
+
+    def select_matches(self, match: str, groups: Mapping[str, Any], origin: str) -> tuple[list[int], dict[int, Any]]:
+        """:meth:`select`, plus the match object of each selected position's canonical name (for
+        the numbers a layer regex captures) from the same single pass over the names; a position
+        selected only through an alias, or by a group or layer kind, has no entry."""
+        if match.startswith("@") or parse_token(match) is not None:
+            return self.select(match, groups, origin), {}
+        lo, hi = self._span(match)
+        owners, order, canonical = self._owners, self._order, len(self.rows)
+        found = scan(match, self._names[lo:hi], origin, until=self.until, matches=True)
+        by_owner = {owners[lo + k]: m for k, m in found if order[lo + k] < canonical}
+        return sorted({owners[lo + k] for k, _ in found}), by_owner
 
     def suggest(self, regex: str, layer: str | None = None, native: bool = False) -> str:
         """A hint for a rule that matched nothing: close names, or why it missed."""
@@ -281,11 +300,12 @@ _CHUNK = 256  # names matched between two looks at the clock on the fast path
 
 
 def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
-         first: bool = False, until: float | None = None) -> list[int]:
+         first: bool = False, until: float | None = None, matches: bool = False) -> list[Any]:
     """Indices of the ``names`` that ``regex`` (full)matches, within one rule's time budget.
 
     ``first`` stops at the first chunk of names with a hit (for suggestions); ``until`` is an
-    earlier deadline (a whole plan's) the rule must also meet.
+    earlier deadline (a whole plan's) the rule must also meet; ``matches`` gives (index, match
+    object) pairs instead, so captured groups need no second pass.
     """
     budget = Budget(origin, regex, len(names))
     if until is not None and until < budget.deadline:
@@ -299,7 +319,10 @@ def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
             if clock() > deadline:
                 raise budget.error()
             chunk = names[start:start + _CHUNK]
-            found += [start + k for k, name in enumerate(chunk) if test(name)]
+            if matches:
+                found += [(start + k, m) for k, m in enumerate(map(test, chunk)) if m]
+            else:
+                found += [start + k for k, name in enumerate(chunk) if test(name)]
             if first and found:
                 break
         return found
@@ -314,7 +337,7 @@ def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
         except TimeoutError:
             raise budget.error() from None
         if hit:
-            found.append(k)
+            found.append((k, hit) if matches else k)
             if first:
                 break
     return found
