@@ -72,13 +72,9 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
             return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
                                      lr_scale=lr_scale, **options)
         fresh = plan(model, recipe.spec, be.name)  # planning changes nothing
-        fresh.apply()
-        try:
-            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
-                                  lr_scale=lr_scale, **options)
-        except BaseException:
-            fresh.rollback()
-            raise
+        # Plan.optimizer applies (and rolls back if building fails) after one freshness check.
+        opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
+                              lr_scale=lr_scale, **options)
         remember_applied(model, fresh)
         return opt
 

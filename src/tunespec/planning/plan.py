@@ -272,6 +272,12 @@ class Plan:
         """
         with model_lock(self.model):
             self.check_fresh("apply")
+            return self._apply_checked()
+
+    def _apply_checked(self) -> "Plan":
+        """:meth:`apply` once the caller, holding the model's lock, has checked the plan is fresh
+        (listing a model again costs as much as planning it)."""
+        with model_lock(self.model):
             be = self.backend
             saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
             saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
@@ -435,10 +441,11 @@ class Plan:
         """
         semantics = check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
         validate.boolean(lr_scale, "optimizer: lr_scale")
-        self.check_fresh("build an optimizer")
-        applied_here = not self.applied
-        if applied_here:
-            self.apply()
+        with model_lock(self.model):
+            self.check_fresh("build an optimizer")
+            applied_here = not self.applied
+            if applied_here:
+                self._apply_checked()
         try:
             opt = self.backend.build_optimizer(self.param_groups(lr, weight_decay, lr_scale), name, lr,
                                                weight_decay, semantics=semantics, **options)
