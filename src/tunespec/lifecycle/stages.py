@@ -50,11 +50,11 @@ T = TypeVar("T")
 class StageRunner(StageLRs):
     """Runs a recipe's stages on a live model and optimizer, in a hand-written loop::
 
-        schedule = tunespec.StageRunner("two_phase.yaml")
-        model, opt = schedule.start(model)           # stage 0 applied, optimizer (+ lr scheduler)
+        runner = tunespec.StageRunner("two_phase.yaml")
+        model, opt = runner.start(model)           # stage 0 applied, optimizer (+ lr scheduler)
         for epoch in range(epochs):
-            ...train, with schedule.lr_scheduler.step() after each opt.step() in torch...
-            model, opt = schedule.step(epoch, model, opt, metric=val_loss)
+            ...train, with runner.lr_scheduler.step() after each opt.step() in torch...
+            model, opt = runner.step(epoch, model, opt, metric=val_loss)
 
     ``step`` is called after each epoch (``epoch`` counts from 0) with that epoch's metric, or
     after each optimizer step with ``step=`` for ``at_step`` stages. It returns the model and
@@ -68,12 +68,12 @@ class StageRunner(StageLRs):
     best weights (``restore_best``): the ones after it had no epoch of their own. Every public call is all or
     nothing: it checks what it can first and, if a later part fails, puts back the weights,
     trainability, multipliers, norm modes, optimizer groups and state, lr scheduler and this
-    schedule's own state.
+    runner's own state.
 
     The core decides every lr: after a stage change (and as a ``ramp`` grows) it computes each
     group's lr and initial lr (torch) or each Parameter's ``lr_mult`` (Gluon) and the backend
-    installs them. (This class was called ``Schedule``; that name is a deprecated alias: learning-
-    rate schedules are :class:`tunespec.LRSchedule` and :func:`tunespec.scheduler`.)
+    installs them. ("Schedule" means learning rates only: :class:`tunespec.LRSchedule`,
+    :func:`tunespec.scheduler`; this class was called ``Schedule`` before 0.2.0.)
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
@@ -150,7 +150,7 @@ class StageRunner(StageLRs):
                         change: Callable[[list[Plan]], T], save_weights: bool) -> T:
         """Run ``change`` (which appends every plan it applies to the list it is given); if it
         fails, undo those plans, the optimizer's groups and state, the lr scheduler, the weights
-        (when ``save_weights``) and this schedule's state, then re-raise."""
+        (when ``save_weights``) and this runner's state, then re-raise."""
         be = self.plan.backend
         sched = lr_scheduler if lr_scheduler is not None else self.lr_scheduler
         saved = self._save()
@@ -172,18 +172,18 @@ class StageRunner(StageLRs):
     def _check_objects(self, be: Any, model: Any, optimizer: Any, where: str) -> None:
         if not be.owns(model):
             raise SpecError(f"{where}: the model is a {type(model).__name__}, not a {be.name} model "
-                            f"(the schedule started on one)")
+                            f"(the runner started on one)")
         if not be.owns_optimizer(optimizer):
             raise SpecError(f"{where}: optimizer is a {type(optimizer).__name__}, not a {be.name} "
-                            f"optimizer; pass the one schedule.start returned")
+                            f"optimizer; pass the one runner.start returned")
 
     def _check_same_model(self, listing: Any, where: str) -> None:
         """A stage change on another model (or one whose parameters were replaced) would move the
         wrong tensors into the optimizer; a wrapper around the same parameters (DDP) is fine."""
         if Plan._fingerprint(listing) != self.plan._identity:
-            raise SpecError(f"{where}: this model does not hold the parameters the schedule was started "
+            raise SpecError(f"{where}: this model does not hold the parameters the runner was started "
                             f"on (another model, or layers replaced since); pass the model "
-                            f"schedule.start returned, or start a new StageRunner")
+                            f"runner.start returned, or start a new StageRunner")
 
     # --- starting -----------------------------------------------------------------------------
     def start(self, model: Any, optimizer: Any = None, backend: str | None = None) -> tuple[Any, Any]:
@@ -197,9 +197,9 @@ class StageRunner(StageLRs):
         check_backend_name(backend, "StageRunner.start: backend")
         if self.plan is not None:
             if self.index > 0 or self.plan.model is not model:
-                raise SpecError(f"StageRunner.start: this schedule already started (now in stage "
+                raise SpecError(f"StageRunner.start: this runner already started (now in stage "
                                 f"{self.stage.name!r}); build a new tunespec.StageRunner(recipe) for a new run")
-            self.plan.check_fresh("start the schedule again")
+            self.plan.check_fresh("start the runner again")
         be = backend_for(model, backend)
         plan = Plan.make(model, self.stages[0].spec, be)  # planning changes nothing
         o = self.recipe.optimizer
@@ -273,7 +273,7 @@ class StageRunner(StageLRs):
         puts everything back (see the class docstring).
         """
         if self.plan is None:
-            raise SpecError("StageRunner.step: call schedule.start(model) first")
+            raise SpecError("StageRunner.step: call runner.start(model) first")
         V.count(epoch, "StageRunner.step: epoch", minimum=0)
         if step is not None:
             V.count(step, "StageRunner.step: step", minimum=0)
@@ -291,7 +291,7 @@ class StageRunner(StageLRs):
         nxt = self.stages[self.index + 1] if self.index + 1 < len(self.stages) else None
         if nxt is not None and nxt.trigger == "at_step" and step is None:
             raise SpecError(f"StageRunner.step: the next stage {nxt.name!r} starts at_step {nxt.at}, so pass "
-                            f"step= (the optimizer steps so far) to schedule.step; without it the stage "
+                            f"step= (the optimizer steps so far) to runner.step; without it the stage "
                             f"would never start")
         best, best_epoch, bad, take_best = self.best, self.best_epoch, self.bad_epochs, False
         if metric is not None:
@@ -338,7 +338,7 @@ class StageRunner(StageLRs):
         """Switch to the next stage now (``step`` calls this when it is due; resuming replays it).
         A per-epoch ramp the stage starts grows from the next ``step`` call on."""
         if self.plan is None:
-            raise SpecError("StageRunner.advance: call schedule.start(model) first")
+            raise SpecError("StageRunner.advance: call runner.start(model) first")
         if self.index + 1 >= len(self.stages):
             raise SpecError(f"StageRunner.advance: no later stage to switch to (stage {self.stage.name!r} "
                             f"is the last of {len(self.stages)})")
@@ -412,13 +412,3 @@ class StageRunner(StageLRs):
         for t in be.listing(model).tensors:
             if t.canonical in state:
                 be.write(t.handle, state[t.canonical])
-
-
-class Schedule(StageRunner):
-    """Deprecated name of :class:`StageRunner` (it read like an lr schedule)."""
-
-    def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
-        warnings.warn("tunespec.Schedule is now tunespec.StageRunner (it runs a recipe's stages; lr "
-                      "schedules are tunespec.LRSchedule and tunespec.scheduler()); the old name will "
-                      "be removed", DeprecationWarning, stacklevel=2)
-        super().__init__(recipe, steps_per_epoch)
