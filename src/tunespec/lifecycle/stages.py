@@ -1,16 +1,6 @@
 """Staged unfreezing: :class:`StageRunner` runs the ``stages`` recipe section
 (:mod:`tunespec.recipe.stages`) live.
 
-```yaml
-preset: heads                      # stage 0: the recipe's own spec
-optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
-stages:
-  mode: min                        # the metric given to step() improves downwards (a loss)
-  then:
-    - {at_epoch: 3, preset: '4+', lr_factor: 0.1, restore_best: true}
-    - {on_plateau: 2, preset: all, restore_best: true}
-```
-
 A stage switches to its own spec (the spec keys in its entry; ``lr_mult``, ``wd_mult``,
 ``groups``, ``bn`` and ``strict`` carry over from the recipe unless given), optionally after
 restoring the weights of the best epoch of the stage that ends, and gives parameters it newly
