@@ -533,11 +533,11 @@ def test_random_stage_runs_change_state_only_on_success(framework, stages, calls
 
 
 VALID_OPTIONS = {
-    "torch": [("sgd", {"momentum": 0.9, "nesterov": True}, "torch"), ("adam", {"betas": (0.9, 0.99)}, "torch"),
-              ("adamw", {"eps": 1e-6, "amsgrad": True}, "torch")],
-    "mxnet": [("sgd", {"momentum": 0.9, "nesterov": True}, "torch"), ("sgd", {"lazy_update": False}, "native"),
-              ("adam", {"beta1": 0.8, "clip_gradient": 1.0}, "torch"), ("adamw", {"epsilon": 1e-6}, "native"),
-              ("sgd", {"momentum": 0.9, "update_on_kvstore": False}, "torch")],
+    "torch": [("sgd", {"momentum": 0.9, "nesterov": True}, "portable"), ("adam", {"betas": (0.9, 0.99)}, "portable"),
+              ("adamw", {"eps": 1e-6, "amsgrad": True}, "portable")],
+    "mxnet": [("sgd", {"momentum": 0.9, "nesterov": True}, "portable"), ("sgd", {"lazy_update": False}, "native"),
+              ("adam", {"beta1": 0.8, "clip_gradient": 1.0}, "portable"), ("adamw", {"epsilon": 1e-6}, "native"),
+              ("sgd", {"momentum": 0.9, "update_on_kvstore": False}, "portable")],
 }
 
 
