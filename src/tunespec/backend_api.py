@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from .errors import MissingFrameworkError, SpecError
-from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
+from .files import (MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, writable_directory,
+                    write_checked)
 from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from .validate import excerpt
 
@@ -31,7 +32,8 @@ __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "Distribu
            "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
            "GraphTracing", "Group", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
            "ParameterServer", "read_bytes", "read_safetensors_file", "regular_file", "require",
-           "Restaging", "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
+           "Restaging", "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "writable_directory",
+           "write_checked"]
 
 
 @dataclass(frozen=True)

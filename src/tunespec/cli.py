@@ -118,6 +118,10 @@ def _convert_command(args: argparse.Namespace) -> int:
     from .files import atomic_write
     from .importers.mmengine import from_mmengine_config, read_config
 
+    if args.out is not None:
+        from .files import writable_file
+
+        writable_file(args.out, "convert --out")  # a FIFO or a device: refused before reading
     recipe = from_mmengine_config(read_config(args.config, allow_exec=args.exec_config))
     text = f"# converted from {args.config} by tunespec convert --from {args.source}\n" + \
         yaml.safe_dump(recipe, sort_keys=False)
@@ -140,6 +144,10 @@ def _lr_plot_command(args: argparse.Namespace) -> int:
 
     if args.every is not None and args.every < 1:
         raise SpecError(f"--every: expected a positive number of steps, got {args.every}")
+    if args.png:
+        from .files import writable_file
+
+        writable_file(args.png, "--png")  # refused before the timeline is computed
     recipe = load_recipe(args.recipe)
     trainable = None
     if args.model:
@@ -183,10 +191,14 @@ def write_png(timeline: Any, path: str, log: bool = False) -> None:
     ax.set_ylabel("effective lr")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    from pathlib import Path
+
+    from .files import atomic_write
+
+    # through a temporary file, so the format comes from the name the user gave
+    fmt = Path(path).suffix[1:].lower() or "png"
     try:
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise SpecError(f"--png {path!r}: cannot write it ({exc.strerror or exc})") from None
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=fmt), f"--png {path!r}")
     finally:
         plt.close(fig)
 
