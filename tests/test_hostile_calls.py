@@ -58,8 +58,18 @@ def with_integer_parameter(h):
         net.steps = torch.nn.Parameter(torch.arange(3), requires_grad=False)
     else:
         mx = h.mx
-        with net.name_scope():
-            net.steps = net.params.get("steps", shape=(3,), dtype="int32", init=mx.init.Zero())
+
+        class WithSteps(mx.gluon.Block):
+            def __init__(self):
+                super().__init__()
+                with self.name_scope():
+                    self.body = net
+                    self.steps = self.params.get("steps", shape=(3,), dtype="int32", init=mx.init.Zero())
+
+            def forward(self, x):
+                return self.body(x)
+
+        net = WithSteps()
         net.steps.initialize()
     return net
 
