@@ -35,13 +35,13 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from tunespec.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
 from tunespec.backend_api import first_line
 from tunespec.errors import SpecError
-from tunespec.files import regular_file
-from tunespec.recipe import Recipe
-from tunespec.stages import StageRunner
-from tunespec.validate import boolean, excerpt
+from tunespec.lifecycle.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
+from tunespec.lifecycle.stages import StageRunner
+from tunespec.recipe.files import regular_file
+from tunespec.recipe.recipe import Recipe
+from tunespec.recipe.validate import boolean, excerpt
 
 
 class StageCallback(pl.Callback):

@@ -27,7 +27,7 @@ from tunespec.cli import main
 from tunespec.importers import config_bases
 from tunespec.importers.mmengine import from_mmengine_config, read_config
 from tunespec.importers.timm import glob_regex
-from tunespec.recipe import load_recipe
+from tunespec.recipe.recipe import load_recipe
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

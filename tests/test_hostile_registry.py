@@ -31,10 +31,13 @@ from snapshot import assert_unchanged, state_of
 from tunespec import FrameworkFacts, SpecError, registry
 from tunespec import framework_facts as derived
 from tunespec.cli import zoos
-from tunespec.validate import optimizer_tables
+from tunespec.recipe.validate import optimizer_tables
 
+BUILT_IN = registry.registered()
+TORCH_SEMANTICS = BUILT_IN["torch"].semantics  # what torch offers; MXNet offers more
+MXNET_ONLY = next(s for s in BUILT_IN["mxnet"].semantics if s not in TORCH_SEMANTICS)
 THIRD = FrameworkFacts(name="third", framework="third_fw", backend="third_backend:BACKEND",
-                       file_suffixes=(".third",), semantics=("torch",))
+                       file_suffixes=(".third",), semantics=TORCH_SEMANTICS)
 RECIPE = {"freeze": [r"0\..*"], "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
 NAMES = ["0.weight", "1.running_mean", "1.num_batches_tracked", "bn.gamma", "layer1.0.bn1.num_batches_tracked"]
 
@@ -46,7 +49,8 @@ def derived_facts():
             "suffixes": {s: derived.reader_for_suffix(s) for s in (".pt", ".pth", ".params", ".bin", ".xyz")},
             "ignored": {(n, b): derived.is_ignored_state(n, b) for n in NAMES for b in ("torch", "mxnet")},
             "segments": derived.wrapper_segments(), "prefixes": derived.wrapper_prefixes(),
-            "zoos": zoos(), "tables": {k: sorted(v) for k, v in optimizer_tables().items()}}
+            "zoos": zoos(),
+            "tables": {k: sorted(v) for k, v in optimizer_tables(derived.framework_options()).items()}}
 
 
 def behaviour(h):
@@ -88,7 +92,7 @@ BAD = [
     ("leaf_spellings", {"gamma": 1}, "leaf_spellings must be"), ("leaf_spellings", {1: "x"}, "leaf_spellings"),
     ("leaf_spellings", {"weight": "kernel"}, "would rename backend"),
     ("leaf_spellings", {"gamma": "scale"}, "would rename backend 'mxnet'"),
-    ("semantics", ("mine",), "share no default"), ("semantics", ("torch-exact",), "share no default"),
+    ("semantics", ("mine",), "share no default"), ("semantics", (MXNET_ONLY,), "share no default"),
     ("semantics", "torch", "must be a tuple"), ("semantics", (None,), "must be a tuple"),
     ("optimizer_options", {"momentum": "boolean"}, "update-rule options"),
     ("optimizer_options", {"clip_gradient": "boolean"}, "belong.*'mxnet'"),
@@ -114,7 +118,7 @@ def test_a_good_third_party_record_adds_without_changing_the_others(h, clean_reg
     facts, run = derived_facts(), behaviour(h)
     tunespec.register_backend(dataclasses.replace(
         THIRD, leaf_spellings={"scale": "weight"}, optimizer_options={"clip_gradient": "optional_positive"},
-        semantics=("mine", "torch"), ignored_state="(?i).*STEPS", zoos=("thirdzoo",)))
+        semantics=("mine", *TORCH_SEMANTICS), ignored_state="(?i).*STEPS", zoos=("thirdzoo",)))
     now = derived_facts()
     assert now["spellings"] == {**facts["spellings"], "scale": "weight"}
     assert now["zoos"] == {**facts["zoos"], "thirdzoo": "third"}
@@ -204,7 +208,7 @@ FIELDS = {
     "framework": st.one_of(st.sampled_from(["third_fw", "x.y", "1x"]), ANY),
     "backend": st.one_of(st.sampled_from(["m:A", "m.n:A", "m:", ":A", "m:A:B"]), ANY),
     "file_suffixes": st.one_of(STRINGS, ANY), "wrapper_segments": st.one_of(STRINGS, ANY),
-    "semantics": st.one_of(STRINGS, ANY), "zoos": st.one_of(STRINGS, ANY),
+    "semantics": st.one_of(STRINGS, ANY, st.just(TORCH_SEMANTICS), st.just((MXNET_ONLY,))), "zoos": st.one_of(STRINGS, ANY),
     "ignored_state": st.one_of(st.sampled_from(["", "(", "x", "(?i)y", "[a-", "(a)\\1"]), ANY),
     "leaf_spellings": st.one_of(st.dictionaries(st.sampled_from(["gamma", "weight", "scale", "k", "1"]),
                                                 st.one_of(st.sampled_from(["weight", "bias", "s"]), ANY),

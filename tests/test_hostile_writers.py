@@ -73,7 +73,7 @@ def fingerprint(path: Path) -> tuple:
 
 def trained(h):
     net = h.small_cnn()
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     net, opt = schedule.start(net)
     for x, y in batches(1, 8):
         h.step(net, opt, x, y)
@@ -92,7 +92,7 @@ def test_save_checkpoint_refuses_what_is_not_a_regular_file(h, tmp_path, kind):
 
 
 def test_the_message_names_the_link_and_what_it_points_to(tmp_path):
-    from tunespec.files import writable_file
+    from tunespec.recipe.files import writable_file
 
     path = node(tmp_path, "link_to_fifo")
     with pytest.raises(SpecError, match=r"link_to_fifo.out' \(a link to .*pipe'\) is a FIFO"):
@@ -112,7 +112,7 @@ def test_a_regular_file_through_a_link_and_a_new_path_are_still_written(h, tmp_p
 
 def test_a_path_that_becomes_a_fifo_while_writing_is_not_replaced(h, tmp_path, monkeypatch):
     """The check runs again just before the rename (a FIFO made during a long save survives)."""
-    from tunespec import files
+    from tunespec.recipe import files
 
     net, opt, schedule = trained(h)
     path = tmp_path / "run.ckpt"

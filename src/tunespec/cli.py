@@ -15,11 +15,21 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+import yaml
 
-from .backend_api import CheckpointFiles, ModelZoo, require
-from .errors import SpecError
-from .registry import load_backend, registered
+from tunespec.backend_api import CheckpointFiles, ModelZoo, require
+from tunespec.errors import SpecError
+from tunespec.registry import load_backend, registered
+from tunespec.planning.make import plan
+from tunespec.lifecycle.port import port
+from tunespec.dispatch import backend_for
+from tunespec.recipe.files import atomic_write, writable_file
+from tunespec.importers.mmengine import from_mmengine_config, read_config
+from tunespec.recipe.recipe import load_recipe
+from tunespec.lifecycle.timeline import lr_timeline
+from tunespec.lifecycle.stages import StageRunner
 
 
 def zoos() -> dict[str, str]:
@@ -46,8 +56,6 @@ def build_model(source: str, input_size: int | None = None) -> Any:
 
 
 def _plan_command(args: argparse.Namespace) -> int:
-    from .api import plan
-
     model = build_model(args.model, args.input_size)
     p = plan(model, args.recipe, backend=args.backend, strict=False if args.no_strict else None)
     if args.json:
@@ -58,8 +66,6 @@ def _plan_command(args: argparse.Namespace) -> int:
 
 
 def _diff_command(args: argparse.Namespace) -> int:
-    from .api import plan
-
     a = plan(build_model(args.a, args.input_size), args.recipe)
     b = plan(build_model(args.b, args.input_size), args.recipe)
     rows = diff_plans(a, b)
@@ -84,8 +90,6 @@ def diff_plans(a: Any, b: Any) -> list[tuple[str, str, str]]:
 
 
 def _port_command(args: argparse.Namespace) -> int:
-    from .port import port
-
     src = build_model(args.from_model, args.input_size)
     dst = build_model(args.to_model, args.input_size)
     load_weights(src, args.src, allow_pickle=args.allow_pickle)
@@ -98,29 +102,17 @@ def _port_command(args: argparse.Namespace) -> int:
 def load_weights(model: Any, path: str, allow_pickle: bool = False) -> None:
     """A weights file in the model's framework's format (nothing that runs code unless
     ``allow_pickle``); every key and shape is checked before the model changes."""
-    from .dispatch import backend_for
-
     require(backend_for(model), CheckpointFiles, "port").load_file(model, path, allow_pickle)
 
 
 def save_weights(model: Any, path: str) -> None:
     """The model's weights, written atomically (a crash or a full disk leaves the old file)."""
-    from .dispatch import backend_for
-    from .files import atomic_write
-
     be = require(backend_for(model), CheckpointFiles, "port")
     atomic_write(path, lambda tmp: be.save_file(model, tmp), "port")
 
 
 def _convert_command(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .files import atomic_write
-    from .importers.mmengine import from_mmengine_config, read_config
-
     if args.out is not None:
-        from .files import writable_file
-
         writable_file(args.out, "convert --out")  # a FIFO or a device: refused before reading
     recipe = from_mmengine_config(read_config(args.config, allow_exec=args.exec_config))
     text = f"# converted from {args.config} by tunespec convert --from {args.source}\n" + \
@@ -139,14 +131,9 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _lr_plot_command(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
-    from .timeline import lr_timeline
-
     if args.every is not None and args.every < 1:
         raise SpecError(f"--every: expected a positive number of steps, got {args.every}")
     if args.png:
-        from .files import writable_file
-
         writable_file(args.png, "--png")  # refused before the timeline is computed
     recipe = load_recipe(args.recipe)
     trainable = None
@@ -162,9 +149,6 @@ def _lr_plot_command(args: argparse.Namespace) -> int:
 
 def stage_trainables(model: Any, recipe: Any, steps_per_epoch: int) -> list[dict[str, float]]:
     """Per stage, the trainable parameters' names and lr multipliers its plan gives ``model``."""
-    from .api import plan
-    from .stages import StageRunner
-
     runner = StageRunner(recipe, steps_per_epoch)
     return [{d.name: d.lr_mult for d in plan(model, stage.spec, strict=False).trainable}
             for stage in runner.stages]
@@ -191,10 +175,6 @@ def write_png(timeline: Any, path: str, log: bool = False) -> None:
     ax.set_ylabel("effective lr")
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    from pathlib import Path
-
-    from .files import atomic_write
-
     # through a temporary file, so the format comes from the name the user gave
     fmt = Path(path).suffix[1:].lower() or "png"
     try:

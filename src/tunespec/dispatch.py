@@ -7,12 +7,13 @@ type if that framework is already in ``sys.modules``. The backends come from the
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
-from .backend_api import Backend
-from .errors import SpecError
-from .registry import load_backend, registered
-from .validate import excerpt
+from tunespec.backend_api import Backend
+from tunespec.errors import SpecError
+from tunespec.registry import load_backend, registered
+from tunespec.recipe.validate import excerpt
 
 __all__ = ["backend_for", "backend_for_optimizer", "check_backend_name", "load_backend"]
 
@@ -33,8 +34,6 @@ def _claims(name: str, what: str, value: Any) -> Backend | None:
         return backend if getattr(backend, what)(value) else None
     except Exception as exc:  # noqa: BLE001 - any failure of another package's code
         if name not in _warned:
-            import warnings
-
             _warned.add(name)
             warnings.warn(f"tunespec: backend {name!r} skipped: {excerpt(str(exc), 200)}", stacklevel=4)
         return None

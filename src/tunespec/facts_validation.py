@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from .backend_api import FrameworkFacts
-from .errors import SpecError
-from .validate import excerpt
+from tunespec.backend_api import FrameworkFacts
+from tunespec.errors import SpecError
+from tunespec.recipe.selectors import KINDS
+from tunespec.recipe.validate import _RULES, VALUE_KINDS, excerpt
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _MODULE = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
@@ -78,12 +79,8 @@ def _check_types(f: FrameworkFacts, where: str) -> None:
     if not _str_mapping(f.leaf_spellings, lambda v: isinstance(v, str) and v.isidentifier()) or \
             not all(k.isidentifier() for k in f.leaf_spellings):
         raise _fail(where, f, "leaf_spellings", "a mapping of leaf names to leaf names")
-    from .validate import VALUE_KINDS
-
     if not _str_mapping(f.optimizer_options, lambda v: v in VALUE_KINDS):
         raise _fail(where, f, "optimizer_options", f"a mapping of option names to one of {', '.join(VALUE_KINDS)}")
-    from .layer_kinds import KINDS
-
     layouts_ok = _str_mapping(f.weight_layouts, lambda v: isinstance(v, tuple) and all(
         d in _LAYOUT_DIMS for d in v)) and all(k in KINDS or k == "default" for k in f.weight_layouts)
     if not layouts_ok:
@@ -116,19 +113,24 @@ def _check_shared(f: FrameworkFacts, others: list[FrameworkFacts], where: str) -
                 raise SpecError(f"{where}: backend {f.name!r}: leaf_spellings {native!r} -> {canonical!r} "
                                 f"would rename backend {other.name!r}'s leaves; a backend may not "
                                 f"take over another's")
-    from .validate import _RULES
-
     rule_options = sorted({k for table in _RULES.values() for k in table} & set(f.optimizer_options))
     if rule_options:
         raise SpecError(f"{where}: backend {f.name!r}: optimizer_options {', '.join(map(repr, rule_options))} "
                         f"are update-rule options, checked the same in every framework; declare only "
                         f"options beyond them")
-    from .framework_facts import _shared_semantics
-
-    before = _shared_semantics(tuple(others))
-    after = _shared_semantics(tuple(others) + (f,))
+    before = shared_semantics(tuple(others))
+    after = shared_semantics(tuple(others) + (f,))
     if f.semantics and (after is None or (before is not None and after != before)):
         offered = sorted({s for o in others for s in o.semantics})
         raise SpecError(f"{where}: backend {f.name!r}: semantics {excerpt(list(f.semantics))} share no "
                         f"default with the other backends' ({', '.join(offered)}); offer "
                         f"{before or 'one of them'!r} too, so recipes mean the same update rules everywhere")
+
+
+def shared_semantics(facts: tuple) -> str | None:
+    """The semantics a recipe gets when it names none: the first one that every backend offering
+    semantics shares (so a recipe means the same update rules in every framework)."""
+    offering = [f.semantics for f in facts if f.semantics]
+    if not offering:
+        return None
+    return next((s for s in offering[0] if all(s in o for o in offering)), None)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from .registry import registered, version
+from tunespec.facts_validation import shared_semantics
+from tunespec.registry import registered, version
 
 _cache: tuple[int, dict[str, Any]] | None = None
 
@@ -30,15 +31,8 @@ def _derived(facts: tuple) -> dict[str, Any]:
         "fallback": next((f.name for f in facts if f.reads_other_files), None),
         "semantics": tuple(dict.fromkeys(s for f in facts for s in f.semantics)),
         "options": {k: v for f in facts for k, v in f.optimizer_options.items()},
-        "default": _shared_semantics(facts),
+        "default": shared_semantics(facts),
     }
-
-
-def _shared_semantics(facts: tuple) -> str | None:
-    offering = [f.semantics for f in facts if f.semantics]
-    if not offering:
-        return None
-    return next((s for s in offering[0] if all(s in o for o in offering)), None)
 
 
 def derived(what: str) -> Any:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib
 import threading
 from typing import Any
+from importlib.metadata import entry_points
+import warnings
 
-from .backend_api import Backend, FrameworkFacts, first_line
-from .errors import MissingFrameworkError, SpecError
-from .validate import excerpt
+from tunespec.backend_api import Backend, FrameworkFacts, first_line
+from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.recipe.validate import excerpt
+from tunespec.facts_validation import check_facts
 
 ENTRY_POINT_GROUP = "tunespec.backends"
 
@@ -39,8 +42,6 @@ def version() -> int:
 def register_backend(facts: FrameworkFacts) -> None:
     """Make a backend available to every tunespec call. Registering the same facts again is a
     no-op; another backend under a taken name is an error (unregister it first)."""
-    from .facts_validation import check_facts
-
     with _lock:
         _scan_entry_points()
         check_facts(facts, _facts.values())  # malformed, or would change another backend: refused
@@ -106,9 +107,6 @@ def _scan_entry_points() -> None:
         return
     _scanned = True
     _version += 1
-    from importlib.metadata import entry_points
-
-    from .facts_validation import check_facts
 
     def third_party(ep: Any) -> bool:
         dist = getattr(ep, "dist", None)
@@ -120,8 +118,6 @@ def _scan_entry_points() -> None:
         try:
             facts: Any = ep.load()
         except Exception as exc:  # a broken third-party package must not break tunespec
-            import warnings
-
             warnings.warn(f"tunespec: entry point {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=3)
             continue
         if isinstance(facts, FrameworkFacts) and facts.name in _facts:
@@ -129,8 +125,6 @@ def _scan_entry_points() -> None:
         try:
             check_facts(facts, _facts.values(), f"entry point {ep.name!r} ({ep.value})")
         except SpecError as exc:  # a broken third-party package must not change the others
-            import warnings
-
             warnings.warn(f"tunespec: skipped: {exc}", stacklevel=3)
             continue
         _facts[facts.name] = facts

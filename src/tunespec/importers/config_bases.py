@@ -5,7 +5,7 @@ file that names them); the bases are merged in order, then the file's own keys a
 the result: mappings key by key, anything else replaced, and a mapping with ``_delete_=True``
 replaces the base's mapping whole (``mmengine.Config._merge_a_into_b``). Converting a config
 without its bases would silently drop the base's ``paramwise_cfg``, so bases are resolved here,
-as data only: no file's code runs, each file is read by :func:`tunespec.spec.read_recipe` (a
+as data only: no file's code runs, each file is read by :func:`tunespec.recipe.read.read_recipe` (a
 regular file of at most 1 MiB), inheritance nests at most :data:`MAX_DEPTH` levels over at most
 :data:`MAX_FILES` files, and a cycle is an error. What cannot be reproduced without running code
 is refused by name: a ``.py`` base, a package base (``mmdet::...``) and ``{{_base_.x}}`` variables.
@@ -19,8 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec.errors import SpecError
+from tunespec.recipe import validate as V
+from tunespec.recipe.read import read_recipe
 
 BASE_KEY, DELETE_KEY = "_base_", "_delete_"
 MAX_DEPTH = 8  # a file, its base, the base's base, ...
@@ -35,8 +36,6 @@ def read_with_bases(path: str | os.PathLike, where: str = "config") -> dict[str,
 
 
 def _read(path: Path, where: str, chain: tuple[str, ...], files: list[str]) -> dict[str, Any]:
-    from ..spec import read_recipe
-
     real = os.path.realpath(path)
     if real in chain:
         raise SpecError(f"{where}: {V.excerpt(str(path))} inherits from itself through _base_ "

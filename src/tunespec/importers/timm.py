@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from typing import Any, Collection
+import fnmatch
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec.recipe import validate as V
+from tunespec.errors import SpecError
+from tunespec.dispatch import backend_for
+from tunespec.planning.make import plan
 
 # fnmatch's tokens, scanned as fnmatch scans them: a '[' starts a set only if a ']' closes it after
 # an optional '!' and an optional first ']', taken without backtracking (a lookahead's capture
@@ -31,8 +34,6 @@ def glob_regex(pattern: str, where: str = "pattern") -> str:
     ranges such as ``[z-a]`` that match nothing); a pattern that can match no name at all is a
     SpecError rather than a rule that silently does nothing.
     """
-    import fnmatch
-
     out, at = [], 0
     for m in _GLOB.finditer(pattern):
         out.append(re.escape(pattern[at:m.start()]))
@@ -56,8 +57,6 @@ def glob_regex(pattern: str, where: str = "pattern") -> str:
 
 def _model_names(model: Any) -> list[tuple[str, str, int | None]]:
     """(canonical, native, ndim) of each parameter, read through the model's backend."""
-    from ..dispatch import backend_for
-
     listing = backend_for(model).listing(model)
     return [(t.canonical, t.native, t.ndim) for t in listing.params]
 
@@ -65,8 +64,6 @@ def _model_names(model: Any) -> list[tuple[str, str, int | None]]:
 def _no_decay_rules(patterns: list[tuple[str, str]], names: list[tuple[str, str, int | None]] | None) -> list[str]:
     """Regexes for timm's no-weight-decay patterns; with a model, only those that match, and the
     exact canonical names where a model wrapper makes them differ from the native ones."""
-    import fnmatch
-
     out: list[str] = []
     for where, pattern in patterns:
         regex = glob_regex(pattern, where)
@@ -120,8 +117,6 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
         recipe["wd_mult"] = rules
     recipe["optimizer"] = {"weight_decay": wd}
     if model is not None:
-        from ..api import plan
-
         plan(model, recipe)  # a model no card orders, a rule matching nothing: fail here, not later
     return recipe
 
