@@ -282,6 +282,19 @@ def _kind(mode: int) -> str:
     return next((text for test, text in kinds if test(mode)), "") + "not a regular file"
 
 
+def _resolved(path: Any, where: str, what: str) -> tuple[Path, int | None]:
+    """(the path with links followed, its mode or None when nothing is there yet)."""
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
+        raise SpecError(f"{where}: expected a {what} path, got {excerpt(path)}")
+    target = Path(os.path.realpath(path))
+    try:
+        return target, os.stat(target).st_mode
+    except FileNotFoundError:
+        return target, None
+    except OSError as exc:  # a link loop, a component that is not a directory, no permission
+        raise SpecError(f"{where}: cannot write {str(path)!r} ({_reason(exc)})") from None
+
+
 def writable_file(path: str | Path, where: str) -> Path:
     """The resolved path (links followed) that writing ``path`` replaces, after checking it is a
     regular file or does not exist yet.
@@ -289,16 +302,8 @@ def writable_file(path: str | Path, where: str) -> Path:
     Writing replaces the directory entry, so a FIFO or a device node given as the output (or a
     link to one) would stop being one for every other process: refused, naming it.
     """
-    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
-        raise SpecError(f"{where}: expected a file path, got {excerpt(path)}")
-    target = Path(os.path.realpath(path))
-    try:
-        mode = os.stat(target).st_mode
-    except FileNotFoundError:
-        return target  # a new file
-    except OSError as exc:  # a link loop, a component that is not a directory, no permission
-        raise SpecError(f"{where}: cannot write {str(path)!r} ({_reason(exc)})") from None
-    if not stat.S_ISREG(mode):
+    target, mode = _resolved(path, where, "file")
+    if mode is not None and not stat.S_ISREG(mode):
         shown = repr(str(path)) if str(target) == os.path.abspath(path) else \
             f"{str(path)!r} (a link to {str(target)!r})"
         hint = "pass a file path" if stat.S_ISDIR(mode) else "tunespec writes only regular files; pass " \
@@ -314,15 +319,9 @@ def writable_directory(path: str | Path, where: str, marker: str) -> Path:
     A save replaces the whole directory, so any other directory (a user's output folder), a
     regular file, a FIFO or a device is refused, naming it.
     """
-    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
-        raise SpecError(f"{where}: expected a directory path, got {excerpt(path)}")
-    target = Path(os.path.realpath(path))
-    try:
-        mode = os.stat(target).st_mode
-    except FileNotFoundError:
+    target, mode = _resolved(path, where, "directory")
+    if mode is None:
         return target
-    except OSError as exc:
-        raise SpecError(f"{where}: cannot write {str(path)!r} ({_reason(exc)})") from None
     if not stat.S_ISDIR(mode):
         raise SpecError(f"{where}: {str(path)!r} is {_kind(mode)}; a sharded checkpoint is a directory: "
                         f"pass a new path or an earlier sharded checkpoint to replace")
