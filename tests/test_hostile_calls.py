@@ -11,11 +11,14 @@ Each refusal leaves the run as it was (tests/snapshot.py); [both] frameworks.
 
 from __future__ import annotations
 
+import json
+import re
 from contextlib import nullcontext
 
 import pytest
 
 import tunespec
+from tunespec.cli import main
 from frameworks import batches, np
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
@@ -96,3 +99,22 @@ def test_a_rule_that_would_train_only_an_integer_parameter_fails_when_planned(h,
     with pytest.raises(SpecError, match="only state such as 'steps'"):
         tunespec.apply(net, recipe)
     assert_unchanged(before, state_of(net))
+
+
+# --- the command line's --model ------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, match", [
+    ("os:sep", "'sep' is a str, not a function"),
+    ("collections:OrderedDict.fromkeys", "cannot load"),
+    ("json:loads", r"loads\(\) raised TypeError"),
+    ("os:getcwd", "cannot tell which framework builtins.str"),
+    ("nosuchmodule_xyz:f", "cannot load 'f' from 'nosuchmodule_xyz'"),
+    ("noseparator", "write ZOO:NAME"),
+])
+def test_lr_plot_and_plan_with_a_model_that_is_not_one_print_one_error_line(tmp_path, capsys, model, match):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"optimizer": {"name": "sgd", "lr": 0.1}}))
+    for argv in (["lr-plot", str(recipe), "--epochs", "2", "--model", model], ["plan", str(recipe), "--model", model]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tunespec: error:") and "Traceback" not in err and re.search(match, err), err

@@ -21,6 +21,7 @@ import yaml
 
 from tunespec.backend_api import CheckpointFiles, ModelZoo, require
 from tunespec.errors import SpecError
+from tunespec.recipe.validate import excerpt
 from tunespec.registry import load_backend, registered
 from tunespec.planning.make import plan
 from tunespec.lifecycle.port import port
@@ -52,7 +53,14 @@ def build_model(source: str, input_size: int | None = None) -> Any:
         factory = getattr(importlib.import_module(zoo), name)
     except (ImportError, AttributeError) as exc:
         raise SpecError(f"--model {source!r}: cannot load {name!r} from {zoo!r} ({exc})") from None
-    return factory()
+    if not callable(factory):
+        raise SpecError(f"--model {source!r}: {name!r} is a {type(factory).__name__}, not a function "
+                        f"that makes the model; name a factory taking no arguments")
+    try:
+        return factory()
+    except Exception as exc:  # the user's module: one line, naming what it raised
+        raise SpecError(f"--model {source!r}: {name}() raised {type(exc).__name__}: "
+                        f"{excerpt(str(exc))}; name a factory taking no arguments") from None
 
 
 def _plan_command(args: argparse.Namespace) -> int:
