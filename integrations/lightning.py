@@ -26,6 +26,7 @@ before every forward, so it needs no new wrapper; the stage change runs inside
 from __future__ import annotations
 
 import contextlib
+import pickle
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -35,16 +36,23 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from tunespec.lifecycle.checkpoint import _check_runner_state, _restore_runner_state, recipe_dict
+from tunespec.backend_api import first_line
 from tunespec.errors import SpecError
-from tunespec.recipe.recipe import Recipe
+from tunespec.lifecycle.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
 from tunespec.lifecycle.stages import StageRunner
-from tunespec.recipe.validate import excerpt
+from tunespec.recipe.files import regular_file
+from tunespec.recipe.recipe import Recipe
+from tunespec.recipe.validate import boolean, excerpt
 
 
 class StageCallback(pl.Callback):
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", monitor: str | None = None,
-                 model_attr: str | None = None, steps_per_epoch: int | None = None):
+                 model_attr: str | None = None, steps_per_epoch: int | None = None,
+                 allow_pickle: bool = False):
         self.runner = StageRunner(recipe, steps_per_epoch)
+        # Under FSDP the callback reads its state from the checkpoint itself (see
+        # _replay_before_loading): with weights_only, unless the user trusts the file.
+        self.allow_pickle = boolean(allow_pickle, "StageCallback: allow_pickle")
         self.monitor = monitor
         self.model_attr = model_attr  # the attribute holding the network the recipe is written for
         self._optimizer: Any = None
@@ -140,15 +148,41 @@ class StageCallback(pl.Callback):
         load = strategy.load_checkpoint
 
         def load_checkpoint(checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
-            path = Path(strategy.broadcast(checkpoint_path))
-            meta = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu",
-                              weights_only=False, mmap=not path.is_dir())
-            state = meta.get("callbacks", {}).get(self.state_key)
+            state = self._saved_state(Path(strategy.broadcast(checkpoint_path)))
             if state is not None:
                 self._replay(state)
             return load(checkpoint_path, *args, **kwargs)
 
         strategy.load_checkpoint = load_checkpoint
+
+    def _saved_state(self, path: Path) -> Any:
+        """This callback's state in a Lightning checkpoint (a file, or a sharded checkpoint's
+        ``meta.pt``), read with ``weights_only`` so that a crafted file runs no code here: a file
+        that needs pickle is refused unless ``allow_pickle=True``. A path Lightning cannot read
+        either is left to Lightning's loader, which names it."""
+        file = path / "meta.pt" if path.is_dir() else path
+        where = "StageCallback: resume"
+        if not file.exists():
+            return None
+        regular_file(file, where, None)  # a FIFO would block, a directory is no checkpoint
+        try:
+            meta = torch.load(file, map_location="cpu", weights_only=not self.allow_pickle,
+                              mmap=not path.is_dir())
+        except pickle.UnpicklingError as exc:
+            if self.allow_pickle:
+                raise SpecError(f"{where}: {str(file)!r} is not a readable checkpoint "
+                                f"({excerpt(str(exc))})") from None
+            raise SpecError(f"{where}: {str(file)!r} holds objects that only unpickling can read, which "
+                            f"runs code from the file; for a checkpoint you trust pass "
+                            f"StageCallback(..., allow_pickle=True) ({excerpt(first_line(exc))})") from None
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise SpecError(f"{where}: {str(file)!r} is not a readable Lightning checkpoint "
+                            f"({excerpt(first_line(exc))})") from None
+        callbacks = meta.get("callbacks") if isinstance(meta, dict) else None
+        if not isinstance(callbacks, dict):
+            raise SpecError(f"{where}: {str(file)!r} is not a Lightning checkpoint (no callbacks "
+                            f"state); resume from a checkpoint of a run with this callback")
+        return callbacks.get(self.state_key)
 
     def optimizers(self) -> Any:
         """What ``configure_optimizers`` returns: the optimizer, with the lr schedule stepped per step."""

@@ -107,7 +107,8 @@ def test_a_backend_joins_through_an_entry_point_without_any_edit(tmp_path):
             name = "fake2"
 
         BACKEND = OtherFake()
-        FACTS = dataclasses.replace(fake_backend.FACTS, name="fake2", backend="fakepkg_facts:BACKEND")
+        FACTS = dataclasses.replace(fake_backend.FACTS, name="fake2", backend="fakepkg_facts:BACKEND",
+                                    file_suffixes=(".fake2",))  # '.fake' is fake's
     '''))
     code = textwrap.dedent('''
         import tunespec

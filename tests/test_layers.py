@@ -130,7 +130,7 @@ LAYERS = (
     ("errors", ("tunespec.errors",)),
     ("recipe", ("tunespec.recipe",)),
     ("protocol", ("tunespec.backend_api", "tunespec.listing", "tunespec.registry", "tunespec.framework_facts",
-                  "tunespec.dispatch")),
+                  "tunespec.dispatch", "tunespec.facts_validation")),
     ("planning", ("tunespec.planning",)),
     ("lifecycle", ("tunespec.lifecycle",)),
     ("entry points", ("tunespec", "tunespec.__main__", "tunespec.cli", "tunespec.importers")),

@@ -36,6 +36,18 @@ class SymbolNorm:
 
 
 _Constant = gluon.Constant
+_INTEGER: dict[Any, bool] = {}  # per dtype value: the listing runs per tensor on huge models
+
+
+def _integer(dtype: Any) -> bool:
+    """Whether a parameter of ``dtype`` holds integers (or bools): MXNet's optimizers refuse to
+    update those, so they are state that never trains."""
+    known = _INTEGER.get(dtype)
+    if known is None:
+        import numpy as np
+
+        known = _INTEGER[dtype] = np.dtype(dtype).kind not in "fc"
+    return known
 _KINDS: dict[type, tuple[str, bool, bool, str]] = {}
 # Gluon classes -> tunespec's layer kinds (first match wins).
 _LAYER_KINDS: tuple[tuple[type, str], ...] = tuple((c, kind) for c, kind in (
@@ -106,7 +118,7 @@ class MXNetListing:
             layer(path, layer_type, is_norm, (), _conv_kind(block) if kind == "conv" else kind)
             regs = block._reg_params
             for leaf, p in regs.items():  # _grad_req: the grad_req property's own storage
-                add(p, leaf, p.name, _shape(p), not p._differentiable or isinstance(p, _Constant),
+                add(p, leaf, p.name, _shape(p), not p._differentiable or isinstance(p, _Constant) or _integer(p.dtype),
                     p._grad_req != "null", p.lr_mult, p.wd_mult)
             if is_norm and "running_mean" in regs:
                 kwargs = getattr(block, "_kwargs", None) or {}
@@ -127,7 +139,7 @@ class MXNetListing:
             prefix, path = max((o for o in owners if full.startswith(o[0])), key=lambda o: len(o[0]),
                                default=("", ()))
             layer(path, "Parameter")
-            add(p, full[len(prefix):], p.name, _shape(p), not p._differentiable or isinstance(p, _Constant),
+            add(p, full[len(prefix):], p.name, _shape(p), not p._differentiable or isinstance(p, _Constant) or _integer(p.dtype),
                 p.grad_req != "null", p.lr_mult, p.wd_mult)
         types = class_names(type(model))
         return found.build(types[0], types[1:])
@@ -156,7 +168,7 @@ class MXNetListing:
             p = params[full]
             found.layer(path, "SymbolBlock", full in in_norm, (), kinds.get(full, "other"))
             found.add(p, full[strip:], p.name, _shape(p),
-                      full in aux or not p._differentiable or isinstance(p, _Constant),
+                      full in aux or not p._differentiable or isinstance(p, _Constant) or _integer(p.dtype),
                       p.grad_req != "null", p.lr_mult, p.wd_mult)
         for node, (global_stats, (gamma, beta, mean, var)) in norm_inputs.items():
             layer = node[strip:]

@@ -42,6 +42,8 @@ def _shape(t: torch.Tensor) -> tuple[int, ...] | None:
 
 
 _PLAIN_TENSORS = (nn.Parameter, torch.Tensor)
+_NO_GRAD_DTYPES = frozenset(d for d in vars(torch).values()
+                            if isinstance(d, torch.dtype) and not (d.is_floating_point or d.is_complex))
 # torch classes -> tunespec's layer kinds; the first base that matches wins (instance norms are
 # _NormBase subclasses too, so they come before batch norms).
 _LAYER_KINDS: tuple[tuple[type, str], ...] = (
@@ -93,7 +95,8 @@ class TorchListing:
             for leaf, tensor in module._parameters.items():
                 if tensor is not None:
                     shape = tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor)
-                    add(tensor, leaf, None, shape, False, tensor.requires_grad)
+                    # an integer or bool parameter cannot require a gradient: state, never trained
+                    add(tensor, leaf, None, shape, tensor.dtype in _NO_GRAD_DTYPES, tensor.requires_grad)
             for leaf, tensor in module._buffers.items():
                 if tensor is not None:
                     add(tensor, leaf, None, tensor.shape if type(tensor) in _PLAIN_TENSORS else _shape(tensor),

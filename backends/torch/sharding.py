@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tunespec.backend_api import RUN_LAYOUT, decode_tree, encode_tree, excerpt, read_bytes
+from tunespec.backend_api import (RUN_LAYOUT, decode_tree, encode_tree, excerpt, read_bytes,
+                                  writable_directory)
 from tunespec.errors import SpecError
 
 from .checkpoints import _check_optimizer_structure, _scheduler_state
@@ -198,7 +199,7 @@ class TorchSharding:
         and renames the directory into place, so a crash mid-save leaves the last checkpoint."""
         import torch.distributed.checkpoint as dcp
 
-        target = Path(path)
+        target = writable_directory(path, "save_checkpoint", SIDECAR)  # links followed
         partial = target.with_name(target.name + _PARTIAL)
         rank = dist.get_rank()
         tensors: dict[str, torch.Tensor] = {}

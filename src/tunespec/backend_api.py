@@ -25,7 +25,8 @@ import json
 import importlib
 
 from tunespec.errors import MissingFrameworkError, SpecError
-from tunespec.recipe.files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
+from tunespec.recipe.files import (MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file,
+                                  writable_directory, write_checked)
 from tunespec.listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from tunespec.recipe.validate import excerpt
 
@@ -33,7 +34,8 @@ __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "Distribu
            "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
            "GraphTracing", "Group", "LRGroup", "LRState", "LRTable", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
            "ParameterServer", "read_bytes", "read_safetensors_file", "regular_file", "require",
-           "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
+           "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "writable_directory",
+           "write_checked"]
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ import yaml
 
 from tunespec.backend_api import CheckpointFiles, ModelZoo, require
 from tunespec.errors import SpecError
+from tunespec.recipe.validate import excerpt
 from tunespec.registry import load_backend, registered
 from tunespec.planning.make import plan
 from tunespec.lifecycle.port import port
 from tunespec.dispatch import backend_for
-from tunespec.recipe.files import atomic_write
+from tunespec.recipe.files import atomic_write, writable_file
 from tunespec.importers.mmengine import from_mmengine_config, read_config
 from tunespec.recipe.recipe import load_recipe
 from tunespec.lifecycle.timeline import lr_timeline
@@ -57,7 +58,14 @@ def build_model(source: str, input_size: int | None = None) -> Any:
         factory = getattr(importlib.import_module(zoo), name)
     except (ImportError, AttributeError) as exc:
         raise SpecError(f"--model {source!r}: cannot load {name!r} from {zoo!r} ({exc})") from None
-    return factory()
+    if not callable(factory):
+        raise SpecError(f"--model {source!r}: {name!r} is a {type(factory).__name__}, not a function "
+                        f"that makes the model; name a factory taking no arguments")
+    try:
+        return factory()
+    except Exception as exc:  # the user's module: one line, naming what it raised
+        raise SpecError(f"--model {source!r}: {name}() raised {type(exc).__name__}: "
+                        f"{excerpt(str(exc))}; name a factory taking no arguments") from None
 
 
 def _groups_command(args: argparse.Namespace) -> int:
@@ -128,6 +136,8 @@ def save_weights(model: Any, path: str) -> None:
 
 
 def _convert_command(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        writable_file(args.out, "convert --out")  # a FIFO or a device: refused before reading
     recipe = from_mmengine_config(read_config(args.config, allow_exec=args.exec_config))
     text = f"# converted from {args.config} by tunespec convert --from {args.source}\n" + \
         yaml.safe_dump(recipe, sort_keys=False)
@@ -149,6 +159,7 @@ def _lr_plot_command(args: argparse.Namespace) -> int:
         raise SpecError(f"--every: expected a positive number of steps, got {args.every}")
     if args.png:
         check_png_path(args.png)  # before anything is computed or written
+        writable_file(args.png, "--png")  # refused before the timeline is computed
     recipe = load_recipe(args.recipe)
     trainable = None
     if args.model:
@@ -228,10 +239,11 @@ def write_png(timeline: Any, path: str, log: bool = False, title: str = "learnin
     ax.set_title(title, pad=18)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
+    # through a temporary file, so the format comes from the name the user gave
+    fmt = Path(path).suffix[1:].lower() or "png"
     try:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-    except OSError as exc:
-        raise SpecError(f"--png {path!r}: cannot write it ({exc.strerror or exc})") from None
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=fmt, bbox_inches="tight"),
+                     f"--png {path!r}")
     finally:
         plt.close(fig)
 

@@ -7,6 +7,7 @@ type if that framework is already in ``sys.modules``. The backends come from the
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 from tunespec.backend_api import Backend
@@ -19,6 +20,23 @@ __all__ = ["backend_for", "backend_for_optimizer", "check_backend_name", "load_b
 
 def _imported() -> list[str]:
     return [name for name, facts in registered().items() if facts.framework in sys.modules]
+
+
+_warned: set[str] = set()
+
+
+def _claims(name: str, what: str, value: Any) -> Backend | None:
+    """The backend ``name`` if it owns ``value`` (``what``: 'owns' or 'owns_optimizer'). A broken
+    third-party backend (it cannot be loaded, or its test raises) is skipped with one warning, so
+    it never changes which backend the others' models get."""
+    try:
+        backend = load_backend(name)
+        return backend if getattr(backend, what)(value) else None
+    except Exception as exc:  # noqa: BLE001 - any failure of another package's code
+        if name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"tunespec: backend {name!r} skipped: {excerpt(str(exc), 200)}", stacklevel=4)
+        return None
 
 
 def _kind(value: Any) -> str:
@@ -37,13 +55,14 @@ def backend_for(model: Any, backend: str | None = None) -> Backend:
     if backend is not None:
         chosen = load_backend(backend)
         if not chosen.owns(model):
-            actual = [n for n in _imported() if n != backend and load_backend(n).owns(model)]
+            actual = [n for n in _imported() if n != backend and _claims(n, "owns", model)]
             hint = f"; it is a {actual[0]} model: use backend={actual[0]!r}" if actual else ""
             raise SpecError(f"backend={backend!r}, but {_kind(model)} is not a {backend} model{hint}")
         return chosen
     for name in _imported():
-        if load_backend(name).owns(model):
-            return load_backend(name)
+        found = _claims(name, "owns", model)
+        if found is not None:
+            return found
     facts = registered().values()
     kinds = " or ".join(f.model_type for f in facts if f.model_type) or "a model of a registered framework"
     names = " / ".join(repr(f.name) for f in facts)
@@ -54,8 +73,9 @@ def backend_for(model: Any, backend: str | None = None) -> Backend:
 def backend_for_optimizer(optimizer: Any) -> Backend:
     """The backend whose optimizer this is."""
     for name in _imported():
-        if load_backend(name).owns_optimizer(optimizer):
-            return load_backend(name)
+        found = _claims(name, "owns_optimizer", optimizer)
+        if found is not None:
+            return found
     kinds = [f.optimizer_type for f in registered().values() if f.optimizer_type]
     what = f"neither {' nor '.join(kinds)}" if len(kinds) > 1 else f"not {kinds[0] if kinds else 'an optimizer'}"
     raise SpecError(f"{type(optimizer).__qualname__} is {what}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from tunespec.facts_validation import shared_semantics
 from tunespec.registry import registered, version
 
 _cache: tuple[int, dict[str, Any]] | None = None
@@ -19,26 +20,20 @@ def _derived(facts: tuple) -> dict[str, Any]:
     spellings: dict[str, str] = {}
     for f in facts:
         spellings.update(f.leaf_spellings)
-    ignored = [f.ignored_state for f in facts if f.ignored_state]
     return {
         "segments": frozenset(s for f in facts for s in f.wrapper_segments),
         "prefixes": frozenset(s for f in facts for s in f.wrapper_prefixes),
         "spellings": spellings,
-        "ignored": re.compile("|".join(f"(?:{r})" for r in ignored)) if ignored else None,
+        # one pattern per backend, never joined: a valid pattern may not be valid inside another
+        # (a global flag such as '(?i)' must open the pattern, group numbers would shift)
+        "ignored": {f.name: re.compile(f.ignored_state) for f in facts if f.ignored_state},
         "suffixes": {s: f.name for f in facts for s in f.file_suffixes},
         "fallback": next((f.name for f in facts if f.reads_other_files), None),
         "semantics": tuple(dict.fromkeys(s for f in facts for s in f.semantics)),
         "options": {k: v for f in facts for k, v in f.optimizer_options.items()},
-        "default": _shared_semantics(facts),
+        "default": shared_semantics(facts),
         "renamed": {k: v for f in facts for k, v in f.former_semantics.items()},
     }
-
-
-def _shared_semantics(facts: tuple) -> str | None:
-    offering = [f.semantics for f in facts if f.semantics]
-    if not offering:
-        return None
-    return next((s for s in offering[0] if all(s in o for o in offering)), None)
 
 
 def derived(what: str) -> Any:
@@ -65,10 +60,14 @@ def leaf_spellings() -> Mapping[str, str]:
     return derived("spellings")
 
 
-def is_ignored_state(name: str) -> bool:
-    """State that only one framework has (never ported, never missed)."""
-    pattern = derived("ignored")
-    return bool(pattern and pattern.fullmatch(name))
+def is_ignored_state(name: str, backend: str | None = None) -> bool:
+    """State that only one framework has (never ported, never missed): by ``backend``'s facts
+    for its own model's tensors, by any backend's for a checkpoint's keys (any framework's)."""
+    patterns = derived("ignored")
+    if backend is not None:
+        pattern = patterns.get(backend)
+        return bool(pattern and pattern.fullmatch(name))
+    return any(pattern.fullmatch(name) for pattern in patterns.values())
 
 
 def reader_for_suffix(suffix: str) -> str | None:

@@ -15,9 +15,10 @@ from typing import Any
 from importlib.metadata import entry_points
 import warnings
 
-from tunespec.backend_api import Backend, FrameworkFacts
+from tunespec.backend_api import Backend, FrameworkFacts, first_line
 from tunespec.errors import MissingFrameworkError, SpecError
 from tunespec.recipe.validate import excerpt
+from tunespec.facts_validation import check_facts
 
 ENTRY_POINT_GROUP = "tunespec.backends"
 
@@ -46,13 +47,9 @@ def register_backend(facts: FrameworkFacts) -> None:
 
         tunespec.register_backend(my_backend.facts.FACTS)   # or an entry point in group tunespec.backends
     """
-    if not isinstance(facts, FrameworkFacts):
-        raise SpecError(f"register_backend: expected tunespec.FrameworkFacts, got {excerpt(facts)}")
-    if not facts.name or not facts.framework or ":" not in facts.backend:
-        raise SpecError(f"register_backend: facts need a name, a framework module and backend='module:attr', "
-                        f"got {excerpt(facts)}")
     with _lock:
         _scan_entry_points()
+        check_facts(facts, _facts.values())  # malformed, or would change another backend: refused
         old = _facts.get(facts.name)
         if old is not None and old != facts:
             raise SpecError(f"register_backend: a backend named {facts.name!r} is already registered "
@@ -101,7 +98,14 @@ def load_backend(name: str) -> Backend:
             raise MissingFrameworkError(f"backend {name!r} needs {facts.framework}, which is not installed "
                                         f"({exc}){extra}") from None
         module, _, attr = facts.backend.partition(":")
-        backend = getattr(importlib.import_module(module), attr)
+        try:
+            backend = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise SpecError(f"backend {name!r} is broken: its facts name {facts.backend!r}, which cannot be "
+                            f"imported ({excerpt(first_line(exc))}); reinstall or unregister it") from None
+        if not isinstance(backend, Backend) or getattr(backend, "name", None) != name:
+            raise SpecError(f"backend {name!r} is broken: {facts.backend!r} is {excerpt(backend)}, not a "
+                            f"tunespec backend named {name!r} (see tunespec.backend_api.Backend)")
         _loaded[name] = backend
         return backend
 
@@ -113,12 +117,25 @@ def _scan_entry_points() -> None:
         return
     _scanned = True
     _version += 1
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+
+    def third_party(ep: Any) -> bool:
+        dist = getattr(ep, "dist", None)
+        return getattr(dist, "name", None) != "tunespec"
+
+    # tunespec's own backends first: a third-party record is checked against them, never they
+    # against it (a package that claims '.pt' first would otherwise push torch out)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=third_party):
         try:
             facts: Any = ep.load()
         except Exception as exc:  # a broken third-party package must not break tunespec
             warnings.warn(f"tunespec: entry point {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=3)
             continue
-        if isinstance(facts, FrameworkFacts) and facts.name not in _facts:
-            _facts[facts.name] = facts
+        if isinstance(facts, FrameworkFacts) and facts.name in _facts:
+            continue  # the first one installed under a name stays
+        try:
+            check_facts(facts, _facts.values(), f"entry point {ep.name!r} ({ep.value})")
+        except SpecError as exc:  # a broken third-party package must not change the others
+            warnings.warn(f"tunespec: skipped: {exc}", stacklevel=3)
+            continue
+        _facts[facts.name] = facts
     _version += 1  # again once complete: facts derived while the scan ran are recomputed

@@ -23,7 +23,7 @@ import difflib
 from tunespec.recipe import validate as V
 from tunespec.errors import SpecError
 from tunespec.recipe.recipe import load_recipe
-from tunespec.recipe.read import read_recipe
+from tunespec.importers.config_bases import read_with_bases
 
 KEYS = ("custom_keys", "bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
         "flat_decay_mult", "bypass_duplicate", "dcn_offset_lr_mult")
@@ -152,7 +152,7 @@ def _optimizer(cfg: Any, base_lr: Any, base_wd: Any) -> tuple[dict[str, Any], fl
     """An MMEngine optimizer config as a recipe's optimizer section, with its lr and weight decay."""
     cfg = dict(V.mapping(cfg, "optimizer", "dict(type='SGD', lr=0.01, momentum=0.9)"))
     kind = cfg.pop("type", None)
-    if kind not in OPTIMIZERS:
+    if not isinstance(kind, str) or kind not in OPTIMIZERS:
         raise SpecError(f"optimizer.type: {V.excerpt(kind)} is not imported; tunespec imports "
                         f"{', '.join(OPTIMIZERS)}{V.suggestion(kind, OPTIMIZERS)}")
     for name, arg, given in (("lr", "base_lr", base_lr), ("weight_decay", "base_wd", base_wd)):
@@ -184,6 +184,10 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
     (``clip_grad``, ``accumulative_counts``, another constructor) is refused, naming it.
     """
     config = V.mapping(config, "config", "{optim_wrapper: {optimizer: {...}, paramwise_cfg: {...}}}")
+    if "_base_" in config:
+        raise SpecError("config._base_: the config inherits from other files, which a mapping cannot "
+                        "resolve; read it with tunespec.importers.mmengine.read_config(path) (merges "
+                        "the bases) and convert that")
     if "optim_wrapper" not in config:
         close = difflib.get_close_matches("optim_wrapper", [str(k) for k in config], n=1, cutoff=0.7)
         hint = f"; is {close[0]!r} a misspelling of it?" if close else ""
@@ -206,10 +210,13 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_config(path: str, allow_exec: bool = False) -> Mapping[str, Any]:
-    """An MMEngine config file as data: .json/.yaml/.yml are read as untrusted data; a .py config
-    is Python that runs when read, so only with ``allow_exec`` and through mmengine's Config."""
+    """An MMEngine config file as data: .json/.yaml/.yml are read as untrusted data, with their
+    ``_base_`` files merged in (:mod:`tunespec.importers.config_bases`); a .py config is Python
+    that runs when read, so only with ``allow_exec`` and through mmengine's Config."""
     if not str(path).endswith(".py"):
-        return read_recipe(path)
+        config = read_with_bases(path)
+        V.tree(config, "config")  # the merged config is bounded as one file is
+        return config
     if not allow_exec:
         raise SpecError(f"{V.excerpt(str(path))}: a Python config runs its code when read; pass "
                         f"--exec-config to allow that (trusted files only), or give it as .json/.yaml "

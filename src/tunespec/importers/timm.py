@@ -21,11 +21,19 @@ from tunespec.errors import SpecError
 from tunespec.dispatch import backend_for
 from tunespec.planning.make import plan
 
-_GLOB = re.compile(r"\*|\?|\[!?\]?[^\]]*\]")
+# fnmatch's tokens, scanned as fnmatch scans them: a '[' starts a set only if a ']' closes it after
+# an optional '!' and an optional first ']', taken without backtracking (a lookahead's capture
+# is atomic), so '[!]' is the literal text '[!]' there and here.
+_GLOB = re.compile(r"\*|\?|\[(?=(!?))\1(?=(\]?))\2[^\]]*\]")
 
 
-def glob_regex(pattern: str) -> str:
-    """The regex that fullmatches what ``fnmatch.fnmatchcase(name, pattern)`` matches."""
+def glob_regex(pattern: str, where: str = "pattern") -> str:
+    """The regex that fullmatches what ``fnmatch.fnmatchcase(name, pattern)`` matches.
+
+    A character set is translated by fnmatch itself (ranges, '!' negation, escaping, reversed
+    ranges such as ``[z-a]`` that match nothing); a pattern that can match no name at all is a
+    SpecError rather than a rule that silently does nothing.
+    """
     out, at = [], 0
     for m in _GLOB.finditer(pattern):
         out.append(re.escape(pattern[at:m.start()]))
@@ -35,10 +43,13 @@ def glob_regex(pattern: str) -> str:
         elif token == "?":
             out.append(".")
         else:
-            body = token[1:-1]
-            negate = body.startswith("!")
-            body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            translated = fnmatch.translate(token)  # '(?s:SET)\\Z'
+            body = translated[len("(?s:"):-len(")\\Z")]
+            if body == "(?!)":
+                raise SpecError(f"{where}: {V.excerpt(pattern)} matches no name: {token} is an empty "
+                                f"character range (fnmatch reads a reversed range as empty); write the "
+                                f"range low to high, e.g. [a-z]")
+            out.append(body)
         at = m.end()
     out.append(re.escape(pattern[at:]))
     return "".join(out)
@@ -50,12 +61,12 @@ def _model_names(model: Any) -> list[tuple[str, str, int | None]]:
     return [(t.canonical, t.native, t.ndim) for t in listing.params]
 
 
-def _no_decay_rules(patterns: list[str], names: list[tuple[str, str, int | None]] | None) -> list[str]:
+def _no_decay_rules(patterns: list[tuple[str, str]], names: list[tuple[str, str, int | None]] | None) -> list[str]:
     """Regexes for timm's no-weight-decay patterns; with a model, only those that match, and the
     exact canonical names where a model wrapper makes them differ from the native ones."""
     out: list[str] = []
-    for pattern in patterns:
-        regex = glob_regex(pattern)
+    for where, pattern in patterns:
+        regex = glob_regex(pattern, where)
         if names is None:
             out.append(regex)
             continue
@@ -84,17 +95,15 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
     """
     wd = V.number(weight_decay, "from_timm: weight_decay", minimum=0.0, maximum=V.MAX_FACTOR)
     V.boolean(filter_bias_and_bn, "from_timm: filter_bias_and_bn")
-    if isinstance(no_weight_decay_list, str):
-        raise SpecError("from_timm: no_weight_decay_list is a list of names or patterns, not one string; "
-                        "write ['pos_embed']")
-    patterns = [V.string(p, f"from_timm: no_weight_decay_list[{i}]", max_length=1000)
-                for i, p in enumerate(no_weight_decay_list)]
+    patterns = _patterns(no_weight_decay_list, "from_timm: no_weight_decay_list")
     names = None
     if model is not None:
         names = _model_names(model)
         own = getattr(model, "no_weight_decay", None)
         if callable(own):
-            patterns += [p for p in sorted(own()) if p not in patterns]
+            seen = {p for _, p in patterns}
+            patterns += [(w, p) for w, p in _patterns(own(), "model.no_weight_decay()", sort=True)
+                         if p not in seen]
     recipe: dict[str, Any] = {}
     if layer_decay is not None:
         recipe["layer_decay"] = {"rate": V.number(layer_decay, "from_timm: layer_decay", minimum=0.0,
@@ -115,6 +124,19 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
     if model is not None:
         plan(model, recipe)  # a model no card orders, a rule matching nothing: fail here, not later
     return recipe
+
+
+def _patterns(value: Any, where: str, sort: bool = False) -> list[tuple[str, str]]:
+    """(where, pattern) for each of timm's no-weight-decay names: a list, tuple or set of strings
+    (a model's ``no_weight_decay()`` returns a set, so it is sorted for a stable recipe)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise SpecError(f"{where}: expected a list of names or fnmatch patterns (e.g. ['pos_embed', "
+                        f"'*.gamma']), got {V.excerpt(value)}")
+    V.sequence(list(value), where)  # bounded length
+    items = [V.string(p, f"{where}[{i}]", max_length=1000) for i, p in enumerate(value)]
+    if sort:
+        items = sorted(items)
+    return [(f"{where}[{i}]", p) for i, p in enumerate(items)]
 
 
 def _matches(rule: str, names: list[tuple[str, str, int | None]]) -> bool:

@@ -250,7 +250,7 @@ def match_state(be: Any, model: Any, state: Mapping[str, Any], names: NameMap,
         else:
             writes[id(target.handle)] = (target, value)
     report.missing = [t.canonical for t in listing.tensors if id(t.handle) not in writes
-                      and not is_ignored_state(t.canonical)]
+                      and not is_ignored_state(t.canonical, be.name)]
     return report, writes, listing
 
 

@@ -47,10 +47,10 @@ class PortReport:
         return "\n".join(lines)
 
 
-def _tensors(listing: Any) -> tuple[dict[str, Any], list[str]]:
+def _tensors(listing: Any, backend: str) -> tuple[dict[str, Any], list[str]]:
     """State only one framework has (its facts' ignored_state) is never ported, never missed."""
-    kept = {t.canonical: t for t in listing.tensors if not is_ignored_state(t.canonical)}
-    return kept, [t.canonical for t in listing.tensors if is_ignored_state(t.canonical)]
+    kept = {t.canonical: t for t in listing.tensors if not is_ignored_state(t.canonical, backend)}
+    return kept, [t.canonical for t in listing.tensors if is_ignored_state(t.canonical, backend)]
 
 
 def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
@@ -69,11 +69,11 @@ def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
         print(tunespec.port(torchvision_resnet18, net_g))
     """
     sb, db = backend_for(src, src_backend), backend_for(dst, dst_backend)
-    source, ignored = _tensors(sb.listing(src))
+    source, ignored = _tensors(sb.listing(src), sb.name)
     state = {name: Deferred(tuple(t.shape or ()), partial(sb.read, t.handle)) for name, t in source.items()}
     names = NameMap(rename=rename)
     loaded, writes, listing = match_state(db, dst, state, names, "port")
-    ignored_dst = [t.canonical for t in listing.tensors if is_ignored_state(t.canonical)]
+    ignored_dst = [t.canonical for t in listing.tensors if is_ignored_state(t.canonical, db.name)]
     report = PortReport(missing=sorted(loaded.missing), unexpected=loaded.unexpected,
                         mismatched=loaded.mismatched,
                         ignored=ignored + ignored_dst + loaded.skipped + loaded.ignored)

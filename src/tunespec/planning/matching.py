@@ -215,6 +215,11 @@ class Matcher:
             if native is not None:
                 return (f"it matches the framework's own name {ls.natives[native]!r}, but rules "
                         f"fullmatch canonical names; that tensor is {ls.names[native]!r}")
+            state = [ls.names[r] for r, is_state in enumerate(ls.is_state) if is_state]
+            hits = scan(regex, state, where, full=True, first=True, until=self.until) if state else []
+            if hits:
+                return (f"it matches only state such as {state[hits[0]]!r} (buffers, and integer or "
+                        f"non-differentiable parameters), which never trains")
         literal = _literal(regex).strip(".")
         depth = max(1, literal.count(".") + 1)
         close = difflib.get_close_matches(literal, self._neighbours(literal, depth), n=3, cutoff=0.4)

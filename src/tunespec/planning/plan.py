@@ -443,6 +443,12 @@ class Plan:
         validate.boolean(lr_scale, "optimizer: lr_scale")
         with model_lock(self.model):
             self.check_fresh("build an optimizer")
+            if not any(self._decided.trainable):  # torch: 'empty parameter list'; Gluon: a TypeError
+                what = (f"the spec freezes every parameter of {self.listing.model_type} "
+                        f"({len(self._decided.trainable)} frozen)" if len(self._decided.trainable)
+                        else f"{self.listing.model_type} has no parameters")
+                raise SpecError(f"optimizer: {what}, so an optimizer would have "
+                                f"nothing to update; train at least one parameter (e.g. train: ['fc\\..*'])")
             applied_here = not self.applied
             if applied_here:
                 self._apply_checked()

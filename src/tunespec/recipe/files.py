@@ -55,8 +55,7 @@ def regular_file(path: str | Path, where: str, max_bytes: int | None = MAX_FILE_
     except OSError as exc:
         raise SpecError(f"{where}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise SpecError(f"{where}: {str(path)!r} is {kind}; pass a checkpoint file")
+        raise SpecError(f"{where}: {str(path)!r} is {_kind(st.st_mode)}; pass a checkpoint file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise SpecError(f"{where}: {str(path)!r} is {st.st_size} bytes, more than the {max_bytes} a "
                         f"checkpoint may have")
@@ -274,19 +273,76 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _kind(mode: int) -> str:
+    """What a path that is not a regular file is, for messages."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe), "), (stat.S_ISCHR, "a character device, "),
+             (stat.S_ISBLK, "a block device, "), (stat.S_ISSOCK, "a socket, "))
+    return next((text for test, text in kinds if test(mode)), "") + "not a regular file"
+
+
+def _resolved(path: Any, where: str, what: str) -> tuple[Path, int | None]:
+    """(the path with links followed, its mode or None when nothing is there yet)."""
+    if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
+        raise SpecError(f"{where}: expected a {what} path, got {excerpt(path)}")
+    target = Path(os.path.realpath(path))
+    try:
+        return target, os.stat(target).st_mode
+    except FileNotFoundError:
+        return target, None
+    except OSError as exc:  # a link loop, a component that is not a directory, no permission
+        raise SpecError(f"{where}: cannot write {str(path)!r} ({_reason(exc)})") from None
+
+
+def writable_file(path: str | Path, where: str) -> Path:
+    """The resolved path (links followed) that writing ``path`` replaces, after checking it is a
+    regular file or does not exist yet.
+
+    Writing replaces the directory entry, so a FIFO or a device node given as the output (or a
+    link to one) would stop being one for every other process: refused, naming it.
+    """
+    target, mode = _resolved(path, where, "file")
+    if mode is not None and not stat.S_ISREG(mode):
+        shown = repr(str(path)) if str(target) == os.path.abspath(path) else \
+            f"{str(path)!r} (a link to {str(target)!r})"
+        hint = "pass a file path" if stat.S_ISDIR(mode) else "tunespec writes only regular files; pass " \
+            "a new path or a regular file to replace"
+        raise SpecError(f"{where}: {shown} is {_kind(mode)}; {hint}")
+    return target
+
+
+def writable_directory(path: str | Path, where: str, marker: str) -> Path:
+    """The resolved path a directory checkpoint may be written to: a new path, or a directory
+    holding ``marker`` (an earlier checkpoint of the same kind, which the save replaces).
+
+    A save replaces the whole directory, so any other directory (a user's output folder), a
+    regular file, a FIFO or a device is refused, naming it.
+    """
+    target, mode = _resolved(path, where, "directory")
+    if mode is None:
+        return target
+    if not stat.S_ISDIR(mode):
+        raise SpecError(f"{where}: {str(path)!r} is {_kind(mode)}; a sharded checkpoint is a directory: "
+                        f"pass a new path or an earlier sharded checkpoint to replace")
+    if not (target / marker).is_file():
+        raise SpecError(f"{where}: {str(path)!r} is a directory that is not a sharded checkpoint (no "
+                        f"{marker}); saving would replace everything in it: pass a new path")
+    return target
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any], where: str) -> Path:
     """Write ``path`` through ``write(temporary_path)`` so that it changes all at once or not at all.
 
-    A symlink is written through (its target is replaced, the link stays). An OSError (disk full,
+    A symlink is written through (its target is replaced, the link stays); the target must be a
+    regular file or a new path (:func:`writable_file`), never a FIFO or a device. An OSError (disk full,
     read-only directory) is a SpecError naming the path; the previous file is left as it was.
     Other exceptions (KeyboardInterrupt too) propagate after the temporary file is removed.
     """
     if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
         raise SpecError(f"{where}: expected a file path, got {excerpt(path)}")
     link = Path(path)
-    target = Path(os.path.realpath(link))
-    if target.is_dir():
-        raise SpecError(f"{where}: {str(link)!r} is a directory; pass a file path")
+    target = writable_file(link, where)
     _remove_stale(target)
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_prefix(target)}{os.getpid()}-",
@@ -300,6 +356,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], where: str) -> P
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         _keep_mode(target, tmp)
+        writable_file(link, where)  # again: the path may have become a FIFO while we wrote
         os.replace(tmp, target)
     except OSError as exc:
         raise SpecError(f"{where}: cannot write {str(link)!r} ({_reason(exc)}); the previous file is "
