@@ -12,7 +12,7 @@ import pytest
 
 from frameworks import needs
 import tunespec
-from tunespec.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, card_for
+from tunespec.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, model_card
 
 
 def _tv(builder):
@@ -79,7 +79,7 @@ MODELS = {
     "tv_resnet18": (_tv(lambda tv: tv.models.resnet18(weights=None)), "ResNet", 10),
     "timm_vit_tiny": (_timm("vit_tiny_patch16_224", img_size=32), "ViT (timm)", 14),
     "timm_convnext_atto": (_timm("convnext_atto"), "ConvNeXt (timm)", 14),
-    "timm_resnet18": (_timm("resnet18"), "ResNet", 10),
+    "timm_resnet18": (_timm("resnet18"), "ResNet (timm)", 10),
     "timm_efficientnet_b0": (_timm("efficientnet_b0"), "EfficientNet (timm)", 18),
     "gluon_resnet18_v1b": (_gluon("resnet18_v1b"), "ResNet", 10),
     "gluon_resnet18_v1": (_gluon("resnet18_v1"), "ResNet v1", 10),
@@ -102,7 +102,7 @@ def case(request):
     model = build()
     plan = tunespec.plan(model, {})
     listing = plan.listing
-    card = card_for((listing.model_type, *listing.base_types), (t.canonical for t in listing.params))
+    card = model_card(listing)
     assert card is not None and card.family == family
     return model, plan, card, layers
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .cards import card_for
+from .cards import model_card
 from .dispatch import backend_for
 from . import validate as V
 from .errors import SpecError
@@ -196,7 +196,7 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
         init = recipe.sections["init"]
     be = backend_for(model, backend)
     listing = be.listing(model)
-    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
+    card = model_card(listing)
     groups = {**(card.groups if card else {}), **groups}
     params = listing.params
     matcher = Matcher(listing)

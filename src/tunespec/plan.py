@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from . import report
 from .backend_api import Backend, Group
-from .cards import Card, card_for, preset_rules
+from .cards import Card, model_card, preset_rules
 from .decay import layer_scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
@@ -194,7 +194,7 @@ def _digest(data: bytes | None) -> str | None:
 
 def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], Card | None]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
-    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
+    card = model_card(listing)
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []

@@ -1,38 +1,193 @@
-"""Cards for timm models: ViT, ConvNeXt, ResNet and EfficientNet.
+"""Cards for timm models, read from each model at plan time.
 
-Layers reproduce timm's own ``group_matcher(coarse=False)`` grouping, which its
-``param_groups_layer_decay`` numbers layers by: the regexes below are timm's, written as
-fullmatches, in the same order; ``with_previous`` is timm's ``MATCH_PREV_GROUP``; parameters
-none of them match (the head) form the top layer, as in timm.
+A timm model says how it is layered and where its classifier is: ``group_matcher(coarse=False)``
+(what timm's own layer-wise lr decay numbers layers by, ``param_groups_layer_decay``) and
+``get_classifier()`` / ``pretrained_cfg["classifier"]``. The card reader below turns both into a
+card, so every timm family with a ``group_matcher`` gets ordered layers, a ``heads`` group and
+the presets, and a new timm release's changes (ViT's ``reg_token``, DeiT's ``dist_token`` and
+``head_dist``) arrive with it. Layers follow timm's rules exactly: a parameter takes the first
+matcher entry whose regex ``re.match``-es its name; its key is (entry's ordinal in the dict,
+captured numbers, the entry's suffix); keys sort numerically, a key ending in 99999 (timm's
+``MATCH_PREV_GROUP``) joins the layer before it, and unmatched parameters (neck, head) form the
+top layer. Models without ``group_matcher`` get timm's fallback (``auto_group_layers``): the
+parameters outside the classifier, 12 per layer in model order, the classifier on top.
+
+The card says the result as regexes on canonical names (the shortest module prefixes that hold
+one layer's or one group's parameters only, exact names otherwise). Groups: ``stem`` (the
+matcher's ``stem`` entry), ``heads`` (the classifier and whatever the matcher leaves out, as
+timm's "neck, head" layer), ``backbone`` (the rest), plus the stage groups below for families
+whose ``N+`` / ``last-K`` presets tunespec has always offered.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Mapping, Sequence
+
 from ..decay import Layer
-from .base import RESNET, Card, _backbone, register_card
+from .base import Card, register_card_reader
 
-# timm's ResNet names its parameters as torchvision's does (conv1, bn1, layer1..4, fc), and its
-# group_matcher gives the stem, then one layer per residual block: the shared ResNet card.
-register_card("timm.models.resnet.ResNet", RESNET)
+if TYPE_CHECKING:
+    from ..listing import Listing
 
-_VIT_STEM = r"(?:cls_token|pos_embed|patch_embed).*"  # timm: '^cls_token|pos_embed|patch_embed'
-register_card("timm.models.vision_transformer.VisionTransformer", Card("ViT (timm)", {
-    "stem": _VIT_STEM, "blocks": r"blocks\.\d+\..*", "final_norm": r"norm\..*",
-    "backbone": rf"{_VIT_STEM}|blocks\..*|norm\..*|reg_token", "heads": r"(?:head|fc_norm|attn_pool)\..*"},
-    layers=(_VIT_STEM, r"blocks\.(\d+)\..*", Layer(r"norm\..*", with_previous=True)),
-    blocks=r"blocks\.{n}\..*"))
+JOINS_PREVIOUS = 99999.0  # timm's MATCH_PREV_GROUP: a key ending in it joins the layer before it
+UNMATCHED = (math.inf,)  # timm's key for parameters no matcher entry names: the top layer
+AUTO_LAYER_SIZE = 12  # timm's auto_group_layers: parameters per layer without a group_matcher
 
-# ConvNeXt: stages.S.downsample is numbered 0 in its stage, so it shares block 0's layer.
-register_card("timm.models.convnext.ConvNeXt", Card("ConvNeXt (timm)", _backbone({
-    "stem": r"stem\..*", "stage2": r"stages\.0\..*", "stage3": r"stages\.1\..*",
-    "stage4": r"stages\.2\..*", "stage5": r"stages\.3\..*|norm_pre\..*"}) | {"heads": r"head\..*"},
-    layers=(r"stem\..*", r"stages\.(\d+)\.(?:downsample\.|blocks\.(\d+)\.).*",
-            Layer(r"norm_pre\..*", with_previous=True))))
+# Families' stage groups for the N+ and last-K presets (tunespec's own grouping, not timm's
+# layering): the parameters' structural names, by timm class.
+_STAGES: dict[str, tuple[str, dict[str, str], str | None]] = {
+    "timm.models.vision_transformer.VisionTransformer": (
+        "ViT (timm)", {"blocks": r"blocks\.\d+\..*", "final_norm": r"norm\..*"}, r"blocks\.{n}\..*"),
+    "timm.models.convnext.ConvNeXt": ("ConvNeXt (timm)", {
+        "stage2": r"stages\.0\..*", "stage3": r"stages\.1\..*", "stage4": r"stages\.2\..*",
+        "stage5": r"stages\.3\..*|norm_pre\..*"}, None),
+    # EfficientNet by stride (/2, /4, /8, /16, /16, /32, /32): conv_head + bn2 with the last stage.
+    "timm.models.efficientnet.EfficientNet": ("EfficientNet (timm)", {
+        "stem": r"(?:conv_stem|bn1)\..*|blocks\.0\..*", "stage2": r"blocks\.1\..*", "stage3": r"blocks\.2\..*",
+        "stage4": r"blocks\.[34]\..*", "stage5": r"blocks\.[56]\..*|(?:conv_head|bn2)\..*"}, None),
+    "timm.models.resnet.ResNet": ("ResNet (timm)", {f"stage{i + 1}": rf"layer{i}\..*" for i in range(1, 5)}, None),
+}
 
-# EfficientNet: blocks.S.B by stage (strides /2, /4, /8, /16, /16, /32, /32); conv_head + bn2
-# join the last block.
-register_card("timm.models.efficientnet.EfficientNet", Card("EfficientNet (timm)", _backbone({
-    "stem": r"(?:conv_stem|bn1)\..*|blocks\.0\..*", "stage2": r"blocks\.1\..*", "stage3": r"blocks\.2\..*",
-    "stage4": r"blocks\.[34]\..*", "stage5": r"blocks\.[56]\..*|(?:conv_head|bn2)\..*"})
-    | {"heads": r"classifier\..*"},
-    layers=(r"(?:conv_stem|bn1)\..*", r"blocks\.(\d+)\.(\d+)\..*", Layer(r"(?:conv_head|bn2)\..*", with_previous=True))))
+
+def group_keys(names: Sequence[str], matcher: Mapping[str, Any]) -> tuple[list[tuple[float, ...]], set[int]]:
+    """timm's sort key of each name under a ``group_matcher`` dict, and the positions its entry
+    named ``stem`` matched. A key is (entry ordinal, captured numbers, suffix), as floats."""
+    compiled: list[tuple[re.Pattern[str], float, tuple[float, ...], bool]] = []
+    for ordinal, (group, spec) in enumerate(matcher.items()):
+        if spec is None:
+            continue
+        pairs = spec if isinstance(spec, (tuple, list)) else [(spec, None)]
+        for regex, suffix in pairs:
+            compiled.append((re.compile(regex), float(ordinal), tuple(map(float, suffix or ())),
+                             group == "stem"))
+    keys: list[tuple[float, ...]] = []
+    stem: set[int] = set()
+    for i, name in enumerate(names):
+        for pattern, ordinal, suffix, is_stem in compiled:
+            m = pattern.match(name)
+            if m:
+                keys.append((ordinal, *map(float, m.groups()), *suffix))
+                if is_stem:
+                    stem.add(i)
+                break
+        else:
+            keys.append(UNMATCHED)
+    return keys, stem
+
+
+def layer_numbers(keys: Sequence[tuple[float, ...]]) -> list[int]:
+    """Layer ids from keys: sorted keys count up, a key ending in 99999 joins the previous layer."""
+    lid, of = -1, {}
+    for key in sorted(set(keys)):
+        if lid < 0 or key[-1] != JOINS_PREVIOUS:
+            lid += 1
+        of[key] = lid
+    return [of[k] for k in keys]
+
+
+def auto_layer_numbers(names: Sequence[str], prefixes: tuple[str, ...]) -> list[int]:
+    """timm's ``auto_group_layers`` for models without ``group_matcher``: names that start with
+    a classifier prefix (plain string prefixes; all names, without one) are the top layer; the
+    rest, 12 per layer in model order."""
+    in_head = [not prefixes or name.startswith(prefixes) for name in names]
+    trunk = in_head.count(False)
+    top = -(-trunk // AUTO_LAYER_SIZE)
+    ids, seen = [], 0
+    for head in in_head:
+        ids.append(top if head else seen // AUTO_LAYER_SIZE)
+        seen += not head
+    return ids
+
+
+def name_regexes(labels: Sequence[Hashable], names: Sequence[str],
+                 aliases: Mapping[int, Iterable[str]] = {}) -> dict[Hashable, str]:
+    """For each label, a regex fullmatching exactly its names: the shortest module prefixes whose
+    names (aliases of tied tensors included) all carry that label, exact names elsewhere."""
+    mixed = object()
+    under: dict[str, Any] = {}  # module prefix -> the one label beneath it, or mixed
+    everyone = [(name, label) for name, label in zip(names, labels, strict=True)]
+    everyone += [(alias, labels[row]) for row, more in aliases.items() for alias in more]
+    for name, label in everyone:
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            prefix = ".".join(parts[:k])
+            if under.setdefault(prefix, label) != label:
+                under[prefix] = mixed
+    pieces: dict[Hashable, dict[str, None]] = {}
+    for name, label in zip(names, labels, strict=True):
+        parts = name.split(".")
+        piece = re.escape(name)
+        for k in range(1, len(parts)):
+            prefix = ".".join(parts[:k])
+            if under[prefix] is not mixed:
+                piece = re.escape(prefix) + r"\..*"
+                break
+        pieces.setdefault(label, {})[piece] = None
+    return {label: "|".join(found) for label, found in pieces.items()}
+
+
+def _classifier_rows(root: Any, listing: "Listing", names: Sequence[str]) -> set[int]:
+    """Positions (in ``names``) of the classifier's parameters: ``get_classifier()``'s modules
+    and the prefixes in ``pretrained_cfg['classifier']``."""
+    rows: set[int] = set()
+    try:
+        found = root.get_classifier()
+    except Exception:  # a model whose classifier was removed or replaced: its prefixes still say
+        found = ()
+    modules = found if isinstance(found, (tuple, list)) else (found,)
+    ids = {id(p) for m in modules if hasattr(m, "parameters") for p in m.parameters()}
+    handles = listing.handles
+    rows.update(i for i, row in enumerate(listing.param_rows) if id(handles[row]) in ids)
+    rows.update(i for i, name in enumerate(names) for prefix in _cfg_classifier(root)
+                if name == prefix or name.startswith(prefix + "."))
+    return rows
+
+
+def _cfg_classifier(root: Any) -> tuple[str, ...]:
+    cfg = getattr(root, "pretrained_cfg", None)
+    value = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    return (value,) if isinstance(value, str) else tuple(v for v in value or () if isinstance(v, str))
+
+
+def read_timm_card(listing: "Listing") -> Card | None:
+    """The card a timm model describes: layers from ``group_matcher`` (or timm's fallback),
+    ``heads`` from its classifier; None for models that are not timm's."""
+    root = listing.root
+    types = (listing.model_type, *listing.base_types)
+    if root is None or not any(t.startswith("timm.") for t in types):
+        return None
+    names = list(listing.param_names())
+    if not names:
+        return None
+    heads = _classifier_rows(root, listing, names)
+    stem: set[int] = set()
+    describe = getattr(root, "group_matcher", None)
+    if callable(describe):
+        spec = describe(coarse=False)
+        if not isinstance(spec, Mapping):
+            return None  # not the dict form timm's own layer decay reads
+        keys, stem = group_keys(names, spec)
+        ids = layer_numbers(keys)
+        heads.update(i for i, k in enumerate(keys) if k == UNMATCHED)
+        top = None if UNMATCHED not in keys else ids[keys.index(UNMATCHED)]
+    else:
+        ids = auto_layer_numbers(names, _cfg_classifier(root))
+        top = max(ids)
+    aliases = {i: listing.aliases[row] for i, row in enumerate(listing.param_rows) if row in listing.aliases}
+    by_layer = name_regexes(ids, names, aliases)
+    layers = tuple(Layer(by_layer[lid]) for lid in sorted(by_layer) if lid != top)
+    family, extra, blocks = next(((f, g, b) for t, (f, g, b) in _STAGES.items() if t in types),
+                                 (f"{type(root).__name__} (timm)", {}, None))
+    parts = name_regexes(["heads" if i in heads else "backbone" for i in range(len(names))], names, aliases)
+    groups = dict(parts)
+    if stem and "stem" not in extra:
+        groups["stem"] = name_regexes([i in stem for i in range(len(names))], names, aliases)[True]
+    groups.update({g: r for g, r in extra.items() if any(re.fullmatch(r, n) for n in names)})
+    if blocks and "blocks" not in groups:
+        blocks = None
+    return Card(family, groups, layers=layers or None, blocks=blocks)
+
+
+register_card_reader(read_timm_card)
