@@ -14,7 +14,9 @@ exactly: ``blocks\\.(\\d+)\\..*`` is one layer per block, the final norm joins t
 Parameters in no entry form the top layer, as timm puts a model's unmatched head.
 
 With L layers, layer i's lr is scaled by ``rate ** (L - 1 - i)`` (timm's
-``param_groups_layer_decay``): the top layer keeps the base lr. The scale multiplies the
+``param_groups_layer_decay``): the top layer keeps the base lr. ``min_scale`` raises smaller
+scales to it (timm's ``layer_decay_min_scale``); ``freeze_below`` freezes the layers whose scale
+is below it (timm's ``layer_decay_no_opt_scale``, which leaves them out of the optimizer). The scale multiplies the
 parameter's ``lr_mult`` from the rules. Layer ids are counted over all parameters, frozen ones
 too, so a stage that unfreezes layers does not move the lr of layers already training.
 """
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from .matching import Matcher
     from .spec import Spec
 
-KEYS = ("rate", "layers")
+KEYS = ("rate", "layers", "min_scale", "freeze_below")
 LAYER_KEYS = ("match", "with_previous")
 MAX_LAYERS = 10_000
 
@@ -81,10 +83,13 @@ def layer_entries(raw: Any, path: str) -> tuple[Layer, ...]:
 
 @dataclass(frozen=True)
 class LayerDecay:
-    """``rate`` in (0, 1]; ``layers`` None uses the model card's ordered layers."""
+    """``rate`` in (0, 1]; ``layers`` None uses the model card's ordered layers; ``min_scale``
+    in [0, 1] the smallest scale; ``freeze_below`` in (0, 1]: layers scaled below it freeze."""
 
     rate: float
     layers: tuple[Layer, ...] | None = None
+    min_scale: float = 0.0
+    freeze_below: float | None = None
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "layer_decay") -> "LayerDecay":
@@ -97,13 +102,20 @@ class LayerDecay:
                             f"{{rate: 0.75}}")
         rate = V.number(data["rate"], f"{path}.rate", minimum=0.0, min_exclusive=True, maximum=1.0)
         layers = None if data.get("layers") is None else layer_entries(data["layers"], f"{path}.layers")
-        return cls(rate, layers)
+        floor = V.number(data.get("min_scale", 0.0), f"{path}.min_scale", minimum=0.0, maximum=1.0)
+        below = None if data.get("freeze_below") is None else V.number(
+            data["freeze_below"], f"{path}.freeze_below", minimum=0.0, min_exclusive=True, maximum=1.0)
+        return cls(rate, layers, floor, below)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rate": self.rate}
         if self.layers is not None:
             out["layers"] = [e.match if not e.with_previous else {"match": e.match, "with_previous": True}
                              for e in self.layers]
+        if self.min_scale:
+            out["min_scale"] = self.min_scale
+        if self.freeze_below is not None:
+            out["freeze_below"] = self.freeze_below
         return out
 
 
@@ -133,10 +145,10 @@ def layer_ids(entries: Sequence[Layer], hits: Sequence[Sequence[int]], captures:
     return [count - 1 if k is None else layer_of[k] for k in key_of], count
 
 
-def scales(rate: float, ids: Sequence[int], count: int) -> list[float]:
-    """``rate ** (count - 1 - id)`` per parameter, computed as timm does."""
+def scales(rate: float, ids: Sequence[int], count: int, min_scale: float = 0.0) -> list[float]:
+    """``max(min_scale, rate ** (count - 1 - id))`` per parameter, computed as timm does."""
     top = count - 1
-    per_layer = [rate ** (top - i) for i in range(count)]
+    per_layer = [max(min_scale, rate ** (top - i)) for i in range(count)]
     return [per_layer[i] for i in ids]
 
 
@@ -190,7 +202,31 @@ def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher:
         raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
                         f"card does not fit this model: list its layers in layer_decay.layers")
     ids, count = layer_ids(entries, hits, captures, len(rows))
-    return scales(decay.rate, ids, count)
+    _check_effect(decay, count, spec.strict)
+    return scales(decay.rate, ids, count, decay.min_scale)
+
+
+def _check_effect(decay: LayerDecay, count: int, strict: bool) -> None:
+    """``min_scale`` that raises no layer and ``freeze_below`` that freezes none do nothing: an
+    error (a warning under ``strict: false``) naming the smallest scale there is."""
+    smallest = decay.rate ** (count - 1)
+    for key, value, idle in (("min_scale", decay.min_scale, decay.min_scale and decay.min_scale <= smallest),
+                             ("freeze_below", decay.freeze_below,
+                              decay.freeze_below is not None and max(decay.min_scale, smallest) >= decay.freeze_below)):
+        if idle:
+            message = (f"layer_decay.{key}: {value} has no effect on this model: its {count} layers' "
+                       f"smallest scale is {smallest!r}")
+            if strict:
+                raise SpecError(message + f"; raise it or remove {key}")
+            warnings.warn(message, TuneSpecWarning, stacklevel=5)
+
+
+def frozen_by_scale(decay: LayerDecay | None, scale: Sequence[float] | None) -> list[int]:
+    """Positions whose layer scale is below ``freeze_below`` (timm leaves them out of the optimizer)."""
+    if decay is None or decay.freeze_below is None or scale is None:
+        return []
+    below = decay.freeze_below
+    return [i for i, s in enumerate(scale) if s < below]
 
 
 def _captures(match: str, found: Sequence[int], listing: "Listing", origin: str) -> list[tuple[int, ...]]:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from . import report
 from .backend_api import Backend, Group
 from .cards import Card, model_card, preset_rules
-from .decay import layer_scales
+from .decay import frozen_by_scale, layer_scales
 from .errors import SpecError, StalePlanError, TuneSpecWarning
 from .listing import Listing, NormInfo, TensorInfo, gc_paused, module_of
 from .framework_facts import default_semantics
@@ -237,6 +237,8 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
                 for i in hits:
                     column[i] = value
     trainable, lr_mult, wd_mult = columns["trainable"], columns["lr_mult"], columns["wd_mult"]
+    for i in frozen_by_scale(spec.layer_decay, layer_scale):  # layer_decay.freeze_below
+        trainable[i] = 0
     for i in range(n):
         if not trainable[i]:  # a frozen tensor has no lr; keep its multipliers neutral
             lr_mult[i] = wd_mult[i] = 1.0

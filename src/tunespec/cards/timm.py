@@ -51,9 +51,13 @@ _STAGES: dict[str, tuple[str, dict[str, str], str | None]] = {
 }
 
 
-def group_keys(names: Sequence[str], matcher: Mapping[str, Any]) -> tuple[list[tuple[float, ...]], set[int]]:
-    """timm's sort key of each name under a ``group_matcher`` dict, and the positions its entry
-    named ``stem`` matched. A key is (entry ordinal, captured numbers, suffix), as floats."""
+def group_keys(names: Sequence[str], matcher: Any) -> tuple[list[tuple[float, ...]], set[int]]:
+    """timm's sort key of each name under a ``group_matcher`` result, and the positions its entry
+    named ``stem`` matched. From a dict, a key is (entry ordinal, captured numbers, suffix), as
+    floats; a function (CaiT, Inception) gives each name's ordinal (or tuple of them) itself."""
+    if callable(matcher):
+        keys = [tuple(k) if isinstance(k, Iterable) else (k,) for k in map(matcher, names)]
+        return keys, set()
     compiled: list[tuple[re.Pattern[str], float, tuple[float, ...], bool]] = []
     for ordinal, (group, spec) in enumerate(matcher.items()):
         if spec is None:
@@ -166,8 +170,8 @@ def read_timm_card(listing: "Listing") -> Card | None:
     describe = getattr(root, "group_matcher", None)
     if callable(describe):
         spec = describe(coarse=False)
-        if not isinstance(spec, Mapping):
-            return None  # not the dict form timm's own layer decay reads
+        if not isinstance(spec, Mapping) and not callable(spec):
+            return None  # neither form timm's own layer decay reads
         keys, stem = group_keys(names, spec)
         ids = layer_numbers(keys)
         heads.update(i for i, k in enumerate(keys) if k == UNMATCHED)
