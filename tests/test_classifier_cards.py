@@ -155,3 +155,29 @@ def test_layers_order_every_parameter_from_stem_to_head(case):
     assert depth[last] == layers - 1  # the classifier (or pooler) trains at the base lr
     if "heads" in card.groups:
         assert {depth[n] for n in members(plan, card.groups["heads"])} == {layers - 1}
+
+
+# Hand-written cards (zoos whose models do not describe themselves) against the library's own
+# structure: the attribute the zoo's classifier lives under, and the order it lists its modules in.
+ZOO_CLASSIFIER = {"tv_vit": "heads", "tv_convnext": "classifier", "tv_swin": "head",
+                  "tv_efficientnet_b0": "classifier", "tv_mobilenet_v3_small": "classifier",
+                  "tv_mobilenet_v3_large": "classifier", "tv_resnet18": "fc", "gluon_resnet18_v1b": "fc",
+                  "gluon_resnet18_v1": "output", "gluon_mobilenet0.25": "output", "gluon_mobilenetv2_0.25": "output"}
+
+
+@pytest.mark.parametrize("key", list(ZOO_CLASSIFIER))
+def test_hand_written_cards_agree_with_the_zoos_structure(key):
+    build, _, _ = MODELS[key]
+    model = build()
+    plan = tunespec.plan(model, {"layer_decay": {"rate": 0.5}})
+    card = model_card(plan.listing)
+    attr = ZOO_CLASSIFIER[key]
+    classifier = getattr(model, attr)
+    own = {id(p) for p in (classifier.parameters() if hasattr(classifier, "parameters")
+                           else classifier.collect_params().values())}
+    in_classifier = {d.name for d in plan.decisions if id(d.tensor.handle) in own}
+    assert in_classifier and members(plan, card.groups["heads"]) == in_classifier
+    depths = [d.lr_mult for d in plan.decisions]  # the zoo's own module order, input first
+    assert depths == sorted(depths), "layers must not go back down in the model's own order"
+    assert {d.lr_mult for d in plan.decisions if d.name in in_classifier} == {1.0}
+    assert max(d.lr_mult for d in plan.decisions if d.name not in in_classifier) < 1.0
