@@ -62,6 +62,7 @@ SWEEP = [
     ("ese_vovnet19b_slim_dw", {}),
     ("visformer_tiny", {}),
     ("csatv2", {}),  # no group_matcher: timm's auto_group_layers
+    ("poolformer_s12", {}),  # MetaFormer: no group_matcher either
 ]
 IDS = [n + ("_reg4" if "reg_tokens" in k else "") for n, k in SWEEP]
 
