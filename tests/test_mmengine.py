@@ -217,6 +217,23 @@ def test_a_model_with_shared_tensors_needs_bypass_duplicate_in_both():
     assert plan["embed.weight"].lr_mult == 1.0 and plan["decoder.bias"].lr_mult == 0.5
 
 
+@pytest.mark.parametrize("model", ["resnet18", object(), 3.5, None.__class__])
+def test_model_must_be_a_torch_module(model):
+    needs("torch")
+    with pytest.raises(SpecError):
+        tunespec.from_mmengine({"dwconv_decay_mult": 0.0}, base_wd=BASE_WD, model=model)
+
+
+@needing("mxnet")
+def test_a_gluon_model_is_refused():
+    from tunespec.backends.mxnet import import_gluoncv
+
+    net = import_gluoncv().model_zoo.get_model("mobilenet0.25", pretrained=False)
+    net.initialize()
+    with pytest.raises(SpecError, match="torch module"):
+        tunespec.from_mmengine({"dwconv_decay_mult": 0.0}, base_wd=BASE_WD, model=net)
+
+
 @needing("mmengine")
 @needing("timm")
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_050"])

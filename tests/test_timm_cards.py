@@ -176,19 +176,35 @@ def test_a_subclass_and_a_wrapped_model_read_the_same_card():
     assert model_card(wrapped.listing).family == "ViT (timm)"
 
 
-def test_a_model_that_misdescribes_itself_gets_no_card():
+@pytest.mark.parametrize("matcher", ["a list", "raises", "captures a word"])
+def test_a_model_that_misdescribes_its_layers_gets_a_card_without_them(matcher):
+    """Planning goes on (presets from its classifier); layer_decay is an error naming the fix."""
     needs("torch")
     from timm.models.resnet import ResNet, BasicBlock
 
     class Odd(ResNet):
         def group_matcher(self, coarse=False):
-            return ["not", "a", "matcher"]
+            if matcher == "raises":
+                raise RuntimeError("no")
+            return ["not", "a", "matcher"] if matcher == "a list" else {"stem": r"^(conv)1"}
 
     odd = Odd(BasicBlock, [1, 1, 1, 1], num_classes=3)
-    with pytest.raises(tunespec.SpecError, match="list them from input to output"):
+    with pytest.raises(tunespec.SpecError, match="has no ordered layers; list them from input to output"):
         tunespec.plan(odd, {"layer_decay": {"rate": 0.5}})
+    assert {d.name for d in tunespec.plan(odd, {"preset": "heads"}).trainable} == {"fc.weight", "fc.bias"}
+    explicit = tunespec.plan(odd, {"layer_decay": {"rate": 0.5, "layers": [r"conv1\..*|bn1\..*", r"layer(\d)\..*"]}})
+    assert explicit["conv1.weight"].lr_mult == 0.5 ** 5
+
+
+def test_the_card_is_read_again_when_the_model_changes():
+    model = _vit("vit_tiny_patch16_224")
+    before = tunespec.plan(model, {"preset": "heads"})
+    assert {d.name for d in before.trainable} == {"head.weight", "head.bias"}
+    model.reset_classifier(0)  # no classifier any more: no heads
     with pytest.raises(tunespec.SpecError, match="preset 'heads'"):
-        tunespec.plan(odd, {"preset": "heads"})
+        tunespec.plan(model, {"preset": "heads"})
+    model.reset_classifier(5)
+    assert {d.name for d in tunespec.plan(model, {"preset": "heads"}).trainable} == {"head.weight", "head.bias"}
 
 
 # --- timm's grouping rules and the regexes the card writes ---------------------------------

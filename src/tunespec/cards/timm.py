@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from typing import TYPE_CHECKING, Any, Hashable, Iterable, Mapping, Sequence
 
 from ..decay import Layer
@@ -109,50 +110,54 @@ def name_regexes(labels: Sequence[Hashable], names: Sequence[str],
                  aliases: Mapping[int, Iterable[str]] = {}) -> dict[Hashable, str]:
     """For each label, a regex fullmatching exactly its names: the shortest module prefixes whose
     names (aliases of tied tensors included) all carry that label, exact names elsewhere."""
-    mixed = object()
+    mixed = _MIXED
     under: dict[str, Any] = {}  # module prefix -> the one label beneath it, or mixed
-    everyone = [(name, label) for name, label in zip(names, labels, strict=True)]
+    everyone = list(zip(names, labels, strict=True))
     everyone += [(alias, labels[row]) for row, more in aliases.items() for alias in more]
     for name, label in everyone:
-        parts = name.split(".")
-        for k in range(1, len(parts)):
-            prefix = ".".join(parts[:k])
-            if under.setdefault(prefix, label) != label:
-                under[prefix] = mixed
-    pieces: dict[Hashable, dict[str, None]] = {}
-    for name, label in zip(names, labels, strict=True):
-        parts = name.split(".")
-        piece = re.escape(name)
-        for k in range(1, len(parts)):
-            prefix = ".".join(parts[:k])
-            if under[prefix] is not mixed:
-                piece = re.escape(prefix) + r"\..*"
+        dot = name.find(".")
+        while dot != -1:
+            seen = under.setdefault(name[:dot], label)
+            if seen is not mixed and seen != label:
+                under[name[:dot]] = mixed
+            dot = name.find(".", dot + 1)
+    chosen: dict[Hashable, dict[str, bool]] = {}  # label -> {prefix or name: is a prefix}
+    for name, label in everyone[:len(names)]:
+        piece, is_prefix = name, False
+        dot = name.find(".")
+        while dot != -1:
+            if under[name[:dot]] is not mixed:
+                piece, is_prefix = name[:dot], True
                 break
-        pieces.setdefault(label, {})[piece] = None
-    return {label: "|".join(found) for label, found in pieces.items()}
+            dot = name.find(".", dot + 1)
+        chosen.setdefault(label, {})[piece] = is_prefix
+    return {label: "|".join(re.escape(p) + (r"\..*" if is_prefix else "") for p, is_prefix in found.items())
+            for label, found in chosen.items()}
 
 
-def _classifier_rows(root: Any, listing: "Listing", names: Sequence[str]) -> set[int]:
-    """Positions (in ``names``) of the classifier's parameters: ``get_classifier()``'s modules
-    and the prefixes in ``pretrained_cfg['classifier']``."""
-    rows: set[int] = set()
+_MIXED = object()  # a module prefix holding names of more than one label
+
+
+def _classifier_ids(root: Any) -> frozenset[int]:
+    """ids of the parameters of ``get_classifier()``'s module(s)."""
     try:
         found = root.get_classifier()
     except Exception:  # a model whose classifier was removed or replaced: its prefixes still say
         found = ()
     modules = found if isinstance(found, (tuple, list)) else (found,)
-    ids = {id(p) for m in modules if hasattr(m, "parameters") for p in m.parameters()}
-    handles = listing.handles
-    rows.update(i for i, row in enumerate(listing.param_rows) if id(handles[row]) in ids)
-    rows.update(i for i, name in enumerate(names) for prefix in _cfg_classifier(root)
-                if name == prefix or name.startswith(prefix + "."))
-    return rows
+    return frozenset(id(p) for m in modules if hasattr(m, "parameters") for p in m.parameters())
 
 
 def _cfg_classifier(root: Any) -> tuple[str, ...]:
+    """The module prefixes ``pretrained_cfg['classifier']`` names (a string or a tuple of them)."""
     cfg = getattr(root, "pretrained_cfg", None)
     value = cfg.get("classifier") if isinstance(cfg, Mapping) else None
     return (value,) if isinstance(value, str) else tuple(v for v in value or () if isinstance(v, str))
+
+
+# The last card read per model, with what it was read from: planning the same model again (every
+# stage, every optimizer call) reuses it while the names, classifier and matcher are unchanged.
+_READ: "weakref.WeakKeyDictionary[Any, tuple[tuple, Card | None]]" = weakref.WeakKeyDictionary()
 
 
 def read_timm_card(listing: "Listing") -> Card | None:
@@ -162,33 +167,68 @@ def read_timm_card(listing: "Listing") -> Card | None:
     types = (listing.model_type, *listing.base_types)
     if root is None or not any(t.startswith("timm.") for t in types):
         return None
-    names = list(listing.param_names())
-    if not names:
-        return None
-    heads = _classifier_rows(root, listing, names)
-    stem: set[int] = set()
+    names = tuple(listing.param_names())
     describe = getattr(root, "group_matcher", None)
-    if callable(describe):
-        spec = describe(coarse=False)
-        if not isinstance(spec, Mapping) and not callable(spec):
-            return None  # neither form timm's own layer decay reads
-        keys, stem = group_keys(names, spec)
-        ids = layer_numbers(keys)
-        heads.update(i for i, k in enumerate(keys) if k == UNMATCHED)
-        top = None if UNMATCHED not in keys else ids[keys.index(UNMATCHED)]
-    else:
-        ids = auto_layer_numbers(names, _cfg_classifier(root))
-        top = max(ids)
+    try:
+        spec = describe(coarse=False) if callable(describe) else None
+    except Exception:  # a model that cannot describe itself has no card's layers; planning goes on
+        spec = _UNREADABLE
     aliases = {i: listing.aliases[row] for i, row in enumerate(listing.param_rows) if row in listing.aliases}
-    by_layer = name_regexes(ids, names, aliases)
-    layers = tuple(Layer(by_layer[lid]) for lid in sorted(by_layer) if lid != top)
+    classifier, prefixes = _classifier_ids(root), _cfg_classifier(root)
+    source = (names, tuple(aliases.items()), classifier, prefixes,
+              spec if isinstance(spec, Mapping) or spec is None else object())
+    try:
+        cached = _READ.get(root)
+    except TypeError:  # not weakly referable
+        cached = None
+    if cached is not None and cached[0] == source:
+        return cached[1]
+    card = _read(listing, types, names, aliases, spec, classifier, prefixes) if names else None
+    try:
+        _READ[root] = (source, card)
+    except TypeError:
+        pass
+    return card
+
+
+_UNREADABLE = object()  # group_matcher raised
+
+
+def _read(listing: "Listing", types: tuple[str, ...], names: Sequence[str], aliases: Mapping[int, Iterable[str]],
+          spec: Any, classifier: frozenset[int], prefixes: tuple[str, ...]) -> Card | None:
+    handles = listing.handles
+    heads = {i for i, row in enumerate(listing.param_rows) if id(handles[row]) in classifier}
+    heads.update(i for i, name in enumerate(names) if any(name == p or name.startswith(p + ".") for p in prefixes))
+    stem: set[int] = set()
+    ids: list[int] | None
+    if spec is None:  # no group_matcher: timm's fallback
+        ids = auto_layer_numbers(names, prefixes)
+        top = max(ids)
+    elif isinstance(spec, Mapping) or (callable(spec) and spec is not _UNREADABLE):
+        try:
+            keys, stem = group_keys(names, spec)
+        except Exception:  # timm's own layer decay fails on it too (a capture that is not a number)
+            ids, top = None, None
+        else:
+            ids = layer_numbers(keys)
+            heads.update(i for i, k in enumerate(keys) if k == UNMATCHED)
+            top = None if UNMATCHED not in keys else ids[keys.index(UNMATCHED)]
+    else:
+        ids, top = None, None  # neither form timm's own layer decay reads
+    layers: tuple[Layer, ...] = ()
+    if ids is not None:
+        by_layer = name_regexes(ids, names, aliases)
+        layers = tuple(Layer(by_layer[lid]) for lid in sorted(by_layer) if lid != top)
+    root = listing.root
     family, extra, blocks = next(((f, g, b) for t, (f, g, b) in _STAGES.items() if t in types),
                                  (f"{type(root).__name__} (timm)", {}, None))
-    parts = name_regexes(["heads" if i in heads else "backbone" for i in range(len(names))], names, aliases)
-    groups = dict(parts)
+    groups = dict(name_regexes(["heads" if i in heads else "backbone" for i in range(len(names))], names, aliases))
     if stem and "stem" not in extra:
         groups["stem"] = name_regexes([i in stem for i in range(len(names))], names, aliases)[True]
-    groups.update({g: r for g, r in extra.items() if any(re.fullmatch(r, n) for n in names)})
+    for group, regex in extra.items():
+        pattern = re.compile(regex)
+        if any(map(pattern.fullmatch, names)):
+            groups[group] = regex
     if blocks and "blocks" not in groups:
         blocks = None
     return Card(family, groups, layers=layers or None, blocks=blocks)

@@ -126,6 +126,9 @@ def _view(model: Any, bypass_duplicate: bool) -> _MMEngineView:
     from ..dispatch import backend_for
 
     listing = backend_for(model).listing(model)
+    if not isinstance(listing.root, torch.nn.Module):
+        raise SpecError(f"from_mmengine: model= is the torch module MMEngine's constructor gets, not a "
+                        f"{type(model).__name__}")
     canonical = {id(t.handle): t for t in listing.params}
     seen: dict[int, Any] = {}  # id -> (module of its first name)
     shared: set[int] = set()
