@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 
 import tunespec
 from tunespec.backend_api import FrameworkFacts, GraphNode, Listing, ListingBuilder
-from tunespec.plan import Plan
-from tunespec.spec import Spec
+from tunespec.planning.plan import Plan
+from tunespec.recipe.spec import Spec
 
 FACTS = FrameworkFacts(
     name="fake", framework=__name__, backend=f"{__name__}:BACKEND", extra="",

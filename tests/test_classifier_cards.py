@@ -12,7 +12,7 @@ import pytest
 
 from frameworks import needs
 import tunespec
-from tunespec.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, model_card
+from tunespec.planning.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, model_card
 
 
 def _tv(builder):

@@ -24,7 +24,7 @@ import tunespec
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
-from tunespec import files
+from tunespec.recipe import files
 
 RECIPE = {
     "freeze": [r"0\..*"],

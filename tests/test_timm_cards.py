@@ -11,8 +11,8 @@ import pytest
 
 from frameworks import needs
 import tunespec
-from tunespec.cards import model_card
-from tunespec.cards.timm import group_keys, layer_numbers, name_regexes
+from tunespec.planning.cards import model_card
+from tunespec.planning.cards.timm import group_keys, layer_numbers, name_regexes
 
 timm = pytest.importorskip("timm", reason="needs timm: pip install 'tunespec[test]'")
 

@@ -29,7 +29,7 @@ _SPEED_ONLY = ("aggregate_num",)
 
 
 def _np_entry(a: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
-    """(dtype code, shape, bytes) of an array for tunespec.files' safetensors codec."""
+    """(dtype code, shape, bytes) of an array for tunespec.recipe.files' safetensors codec."""
     a = np.ascontiguousarray(a)
     if a.dtype not in _NP_CODES:
         raise SpecError(f"save_checkpoint: cannot store a {a.dtype} array")

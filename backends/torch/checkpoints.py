@@ -20,7 +20,7 @@ _TORCH_DTYPES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
 
 
 def _torch_entry(t: torch.Tensor) -> tuple[str, tuple[int, ...], Any]:
-    """(dtype code, shape, bytes) of a tensor for tunespec.files' safetensors codec."""
+    """(dtype code, shape, bytes) of a tensor for tunespec.recipe.files' safetensors codec."""
     t = t.detach().cpu().contiguous()
     if t.dtype not in _SAFETENSORS_DTYPES:
         raise SpecError(f"save_checkpoint: cannot store a {t.dtype} tensor")

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+import json
+import importlib
 
-from .errors import MissingFrameworkError, SpecError
-from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
-from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
-from .validate import excerpt
+from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.recipe.files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
+from tunespec.listing import Listing, ListingBuilder, class_names, flat_prefix_length
+from tunespec.recipe.validate import excerpt
 
 __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
            "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
@@ -55,7 +57,7 @@ class FrameworkFacts:
     optimizer_options: Mapping[str, str] = field(default_factory=dict)  # extra option -> value kind
     zoos: tuple[str, ...] = ()  # model zoos its ModelZoo capability builds from
     server_role_variable: str = ""  # environment variable naming a parameter-server process's role
-    # Per layer kind (tunespec.layer_kinds.KINDS; 'default' for the rest), how a weight's
+    # Per layer kind (tunespec.recipe.selectors.KINDS; 'default' for the rest), how a weight's
     # dimensions are laid out: ('out', 'in', 'spatial') names fan-out, fan-in and the kernel
     # dims, for init's fan-based methods. Empty: the backend declares none (those methods refuse).
     weight_layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -88,15 +90,11 @@ class RunLayout:
         return store
 
     def metadata(self, meta: str, state: Any) -> dict[str, str]:
-        import json
-
         return {self.meta_key: meta, self.state_key: json.dumps(state)}
 
     def unpack(self, arrays: dict[str, Any], metadata: Mapping[str, str]) -> tuple[Any, dict, dict | None]:
         """(the backend's state structure, model tensors, best weights or None), taking the model
         and best entries out of ``arrays``; KeyError/ValueError for a file that lacks them."""
-        import json
-
         state = json.loads(metadata[self.state_key])
         model = {k: arrays.pop(self.model + k) for k in state["model"]}
         best = None if state["best"] is None else {k: arrays.pop(self.best + k) for k in state["best"]}
@@ -297,7 +295,7 @@ class ModelZoo(Protocol):
 
 @runtime_checkable
 class ParameterServer(Protocol):
-    """Running a parameter-server process (``python -m tunespec.distributed``)."""
+    """Running a parameter-server process (``python -m tunespec.lifecycle.distributed``)."""
 
     def serve_parameters(self) -> None:
         """Run this process's server or scheduler loop until the workers finish."""
@@ -306,7 +304,7 @@ class ParameterServer(Protocol):
 @runtime_checkable
 class Sharding(Protocol):
     """Optional capability: sharded data parallelism (torch: FSDP2). The core decides the units
-    (``tunespec.sharding``); a backend without these methods makes ``tunespec.shard`` a SpecError."""
+    (``tunespec.lifecycle.sharding``); a backend without these methods makes ``tunespec.shard`` a SpecError."""
 
     def check_shard(self, model: Any, **options: Any) -> None:
         """SpecError for anything that would make ``shard`` fail (no process group, already
@@ -336,8 +334,6 @@ def read_safetensors_file(path: str, loader: str, refusal: str, **options: Any) 
     """A safetensors file read by ``loader`` (the safetensors module for the backend's arrays,
     e.g. ``'safetensors.numpy'``): a regular file only, and any reader error a SpecError that
     says ``refusal`` (what the file is not) and quotes the reader."""
-    import importlib
-
     try:
         load_file = importlib.import_module(loader).load_file
     except ImportError:

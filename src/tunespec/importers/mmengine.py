@@ -25,9 +25,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+import difflib
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec.dispatch import backend_for
+from tunespec.recipe import validate as V
+from tunespec.errors import SpecError
+from tunespec.recipe.recipe import load_recipe
+from tunespec.recipe.read import read_recipe
 
 KEYS = ("custom_keys", "bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
         "flat_decay_mult", "bypass_duplicate", "dcn_offset_lr_mult")
@@ -97,8 +101,6 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
         recipe["groups"] = groups
     if section is not None:
         recipe["optimizer"] = section
-    from ..recipe import load_recipe
-
     load_recipe(recipe)  # the recipe is valid as written (a bug here must not reach a model)
     return recipe
 
@@ -121,12 +123,8 @@ class _MMEngineView:
 def _view(model: Any, bypass_duplicate: bool) -> _MMEngineView:
     """Walk ``model`` as MMEngine's ``add_params`` does (a module's own parameters, then its
     children's), classify each tensor at its first name, and say where tunespec's kinds differ."""
-    import torch
-
-    from ..dispatch import backend_for
-
     listing = backend_for(model).listing(model)
-    if not isinstance(listing.root, torch.nn.Module):
+    if not _is_a(listing.root, TORCH_MODULE):
         raise SpecError(f"from_mmengine: model= is the torch module MMEngine's constructor gets, not a "
                         f"{type(model).__name__}")
     canonical = {id(t.handle): t for t in listing.params}
@@ -147,13 +145,22 @@ def _view(model: Any, bypass_duplicate: bool) -> _MMEngineView:
                         f"constructor puts each of their names in a group of its own and torch refuses the "
                         f"optimizer. Set bypass_duplicate=True, as MMEngine needs (the first name decides)")
     mm_dw = {canonical[i].canonical for i, m in seen.items()
-             if isinstance(m, torch.nn.Conv2d) and m.in_channels == m.groups}
+             if _is_a(m, TORCH_CONV2D) and m.in_channels == m.groups}
     ours = {t.canonical for t in listing.params if t.layer_kind == "depthwise_conv"}
     exact = "|".join(re.escape(n) for n in sorted(mm_dw))
     dwconv = "@layer:depthwise_conv" if mm_dw == ours else exact or None
     scalars = [t.canonical for t in listing.params if t.shape is not None and len(t.shape) == 0]
     later = tuple(a for i in shared for a in canonical[i].aliases)
     return _MMEngineView(dwconv, "|".join(map(re.escape, scalars)) or None, later)
+
+
+# The classes MMEngine's constructor tests for, by name: this module imports no framework.
+TORCH_MODULE, TORCH_CONV2D = "torch.nn.modules.module.Module", "torch.nn.modules.conv.Conv2d"
+
+
+def _is_a(obj: Any, class_name: str) -> bool:
+    """isinstance by the class's 'module.Qualname' (a subclass counts, as for isinstance)."""
+    return any(f"{c.__module__}.{c.__qualname__}" == class_name for c in type(obj).__mro__)
 
 
 def substring(key: str) -> str:
@@ -252,8 +259,6 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     config = V.mapping(config, "config", "{optim_wrapper: {optimizer: {...}, paramwise_cfg: {...}}}")
     if "optim_wrapper" not in config:
-        import difflib
-
         close = difflib.get_close_matches("optim_wrapper", [str(k) for k in config], n=1, cutoff=0.7)
         hint = f"; is {close[0]!r} a misspelling of it?" if close else ""
         raise SpecError(f"config: no optim_wrapper (the MMEngine section with optimizer and "
@@ -277,8 +282,6 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def read_config(path: str, allow_exec: bool = False) -> Mapping[str, Any]:
     """An MMEngine config file as data: .json/.yaml/.yml are read as untrusted data; a .py config
     is Python that runs when read, so only with ``allow_exec`` and through mmengine's Config."""
-    from ..spec import read_recipe
-
     if not str(path).endswith(".py"):
         return read_recipe(path)
     if not allow_exec:

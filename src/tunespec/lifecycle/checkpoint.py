@@ -1,0 +1,260 @@
+"""Save and resume a fine-tuning run: weights, optimizer and lr-scheduler state, the current stage.
+
+A run checkpoint is one safetensors file in both frameworks: the model's tensors, the stage's best
+weights and the optimizer state as arrays, and in its metadata the JSON run description (format,
+framework, epoch, schedule state, the whole recipe in canonical form, the optimizer-state
+structure) plus a sha256 digest over all of it. Nothing in it is pickled, so reading it never
+runs code; a damaged or foreign file is refused before anything is changed. A sharded model's
+(torch FSDP2) run checkpoint is a directory instead: each rank's shards in torch's distributed
+checkpoint format plus a JSON sidecar with the same run description and a digest of every file.
+
+Files are written by :func:`tunespec.recipe.files.atomic_write`, so a crash mid-save leaves the previous
+checkpoint as it was. Resuming checks the file, the recipe, the stage and the model's tensors
+first, then rebuilds the optimizer the way the run built it (stage 0, then every stage change up
+to the saved one) so param groups and state line up, and rolls everything back if a later step
+fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import operator
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from tunespec.backend_api import RUN_LAYOUT, Sharding
+from tunespec.dispatch import backend_for
+from tunespec.errors import SpecError
+from tunespec.recipe.files import atomic_write, excerpt, read_checked, regular_file
+from tunespec.lifecycle.stages import StageRunner as Schedule  # the stage runner (Schedule is its deprecated name)
+
+FORMAT = "tunespec-run/2"
+RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description
+
+
+# --- the recipe, canonical ----------------------------------------------------------------------
+
+def canonical(value: Any) -> Any:
+    """A parsed recipe value as plain JSON data (dataclasses by field, specs by ``to_dict``)."""
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return canonical(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # an object's address differs per process
+
+
+def recipe_dict(schedule: Schedule) -> dict[str, Any]:
+    """Every section of the schedule's recipe: what resume compares."""
+    r = schedule.recipe
+    out = {"spec": canonical(r.spec), "optimizer": canonical(r.optimizer), "schedule": canonical(r.schedule)}
+    out.update({k: canonical(v) for k, v in sorted(r.sections.items())})
+    return json.loads(json.dumps(out, sort_keys=True))  # one normal form: what a file gives back
+
+
+def first_difference(saved: Any, live: Any, path: str) -> tuple[str, Any, Any] | None:
+    """(path, saved value, live value) of the first place two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(live, dict):
+        for k in list(saved) + [k for k in live if k not in saved]:
+            if k not in saved or k not in live:
+                return f"{path}.{k}".lstrip("."), saved.get(k, "(absent)"), live.get(k, "(absent)")
+            d = first_difference(saved[k], live[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(saved, list) and isinstance(live, list) and len(saved) == len(live):
+        for i, (a, b) in enumerate(zip(saved, live, strict=True)):
+            d = first_difference(a, b, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    if saved == live and type(saved) is type(live):
+        return None
+    return path.lstrip(".") or "(the recipe)", saved, live
+
+
+# --- saving -------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Schedule | None = None,
+                    lr_scheduler: Any = None, epoch: int | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write model, optimizer, lr scheduler and schedule state to ``path`` atomically.
+
+    ``extra`` is anything JSON-serialisable (the data loader's position, a metric history). A
+    symlink ``path`` is written through; a failed write (disk full, read-only directory) is a
+    SpecError and leaves the previous checkpoint as it was.
+    """
+    be = backend_for(model)
+    if epoch is not None:
+        try:
+            if isinstance(epoch, bool):
+                raise TypeError
+            epoch = operator.index(epoch)  # numpy integers too
+        except TypeError:
+            raise SpecError(f"save_checkpoint: epoch must be an integer or None, got {excerpt(epoch)}") from None
+    meta: dict[str, Any] = {"format": FORMAT, "backend": be.name, "epoch": epoch,
+                            "extra": dict(extra or {})}
+    best = None
+    if schedule is not None:
+        meta["schedule"] = schedule.state_dict()
+        meta["spec"] = schedule.stage.spec.to_dict()
+        meta["recipe"] = recipe_dict(schedule)
+        best = schedule.best_state
+        lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+    try:
+        text = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"save_checkpoint: extra must be JSON-serialisable with finite numbers "
+                        f"({excerpt(str(exc))})") from None
+    if _sharded(be, model):  # every rank writes its shards: a directory
+        if not isinstance(path, (str, Path)) or "\0" in str(path):
+            raise SpecError(f"save_checkpoint: expected a directory path, got {excerpt(path)}")
+        be.save_sharded_run(str(path), model, optimizer, lr_scheduler, text, best)
+        return Path(path)
+    atomic_write(path, lambda tmp: be.save_run(tmp, model, optimizer, lr_scheduler, text, best),
+                 "save_checkpoint")
+    return Path(path)
+
+
+def _sharded(be: Any, model: Any) -> bool:
+    """Whether ``model`` is sharded (a backend with the Sharding capability says so)."""
+    return isinstance(be, Sharding) and be.is_sharded(model)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def read_run_file(path: str | Path, where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(meta, tensors, metadata) of a run checkpoint, checked: a regular file, a valid digest,
+    tunespec's format. ``where`` names the calling function in messages."""
+    regular_file(path, where)
+    tensors, metadata = read_checked(path, where)
+    return _run_meta(metadata.get(RUN_KEY), f"{where}: {str(path)!r}"), tensors, metadata
+
+
+def _run_meta(text: Any, where: str) -> dict[str, Any]:
+    """The run description (JSON) of a checkpoint, in tunespec's format, or a SpecError."""
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise SpecError(f"{where} is not a tunespec run checkpoint (no run description)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise SpecError(f"{where} is not a tunespec run checkpoint of format {FORMAT} "
+                        f"(it says {excerpt(found)})")
+    return meta
+
+
+def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, run) of a checkpoint of this framework, checked (see :func:`read_run_file`); a
+    directory is a sharded run (the backend checks its digests). ``run`` is the backend's view of
+    the tensors (not yet applied to anything)."""
+    if isinstance(path, (str, Path)) and "\0" not in str(path) and Path(path).is_dir():
+        if not isinstance(be, Sharding):
+            raise SpecError(f"resume: {str(path)!r} is a directory; the {be.name} backend reads run "
+                            f"checkpoints from files only")
+        text, run = be.read_sharded_run(str(path), "resume")
+        meta = _run_meta(text, f"resume: {str(path)!r}")
+    else:
+        meta, tensors, metadata = read_run_file(path, "resume")
+        run = None
+    if meta.get("backend") != be.name:
+        raise SpecError(f"resume: {str(path)!r} was saved from a {excerpt(meta.get('backend'))} run; this "
+                        f"model is {be.name} (use tunespec.load for weights across frameworks)")
+    return meta, run if run is not None else be.load_run(tensors, metadata, str(path))
+
+
+def _check_schedule_state(meta: Mapping[str, Any], schedule: Schedule, where: str) -> dict[str, Any]:
+    state = meta.get("schedule")
+    if state is None:
+        raise SpecError(f"{where}: the checkpoint was saved without a schedule; resume without one")
+    if not isinstance(state, dict):
+        raise SpecError(f"{where}: the checkpoint's schedule state is not a mapping")
+    saved = meta.get("recipe")
+    diff = first_difference(saved, recipe_dict(schedule), "")
+    if diff is not None:
+        name, was, now = diff
+        raise SpecError(f"{where}: this recipe is not the spec the run was saved with: {name} differs: "
+                        f"the run used {excerpt(was)}, this recipe has {excerpt(now)}; resume with the "
+                        f"run's own recipe")
+    index = state.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(schedule.stages):
+        raise SpecError(f"{where}: the checkpoint is in stage {excerpt(index)}, but the recipe has "
+                        f"{len(schedule.stages)} stages")
+    return state
+
+
+# --- resuming -----------------------------------------------------------------------------------
+
+def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optimizer: Any = None,
+           lr_scheduler: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Restore a run saved by :func:`save_checkpoint`; returns (model, optimizer, meta).
+
+    With a ``schedule`` (a fresh ``tunespec.StageRunner`` of the run's recipe) the optimizer is built
+    as the run built it, stage by stage, then given the saved state; a recipe that differs from the
+    run's in any section is refused, naming the first difference. Without one, pass the
+    ``optimizer`` (and ``lr_scheduler``) to load the state into. ``meta`` holds ``epoch`` (the one
+    saved) and ``extra``. Any failure leaves the model, optimizer and schedule as they were.
+    """
+    be = backend_for(model)
+    where = "resume"
+    meta, run = read_run(path, be)
+    if schedule is None and optimizer is None:
+        raise SpecError("resume: pass the run's schedule, or the optimizer to load the state into")
+    state = _check_schedule_state(meta, schedule, where) if schedule is not None else None
+    be.check_run_model(run, model)  # another architecture: refused before anything changes
+    weights = [(t, be.read(t.handle)) for t in be.listing(model).tensors]
+    saved_schedule = dict(vars(schedule)) if schedule is not None else None
+    plans: list[Any] = []
+    opt_backup = be.optimizer_backup(optimizer) if optimizer is not None else None
+    try:
+        if schedule is not None:
+            model, optimizer = schedule.start(model, optimizer)
+            plans.append(schedule.plan)
+            for _ in range(state["index"]):
+                model, optimizer = schedule.advance(model, optimizer)
+                plans.append(schedule.plan)
+            if schedule.stage.spec.to_dict() != meta.get("spec"):
+                raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec "
+                                f"the run was saved with; resume with the run's own recipe")
+            lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+            schedule.load_lr_state(state)  # where ramps started, where the lr schedule restarted
+            schedule.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
+        be.check_run_optimizer(run, optimizer, lr_scheduler)
+        be.load_run_state(run, model, optimizer, lr_scheduler)
+        if schedule is not None:
+            _restore_schedule_state(schedule, state, run)
+    except BaseException:
+        for plan in reversed(plans):
+            if plan.applied:
+                plan.restore()
+        for t, array in weights:
+            be.write(t.handle, array)
+        if saved_schedule is not None:
+            vars(schedule).clear()
+            vars(schedule).update(saved_schedule)
+        if opt_backup is not None:
+            be.optimizer_restore(optimizer, opt_backup)
+        raise
+    return model, optimizer, {"epoch": meta.get("epoch"), "extra": meta.get("extra", {})}
+
+
+def _restore_schedule_state(schedule: Schedule, state: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    try:
+        best, best_epoch, bad = state["best"], state["best_epoch"], int(state["bad_epochs"])
+        history = [(int(e), str(n)) for e, n in state["history"]]
+    except (KeyError, TypeError, ValueError):
+        raise SpecError("resume: the checkpoint's schedule state is incomplete") from None
+    schedule.best, schedule.best_epoch, schedule.bad_epochs = best, best_epoch, bad
+    schedule.history = history
+    schedule.best_state = run["best"]
+    schedule.rebaseline()  # verify() compares frozen tensors with the loaded weights
