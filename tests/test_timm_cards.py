@@ -222,7 +222,27 @@ def test_group_keys_follow_timms_rules():
 
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_ENTRY = st.sampled_from([r"^stem", r"^blocks\.(\d+)", r"^blocks\.(\d+)\.(\d+)", r"^stages\.(\d+)\.downsample",
+                          r"^stages\.(\d+)\.blocks\.(\d+)", r"^norm", r"^head", r"^s(\d+)\.b(\d+)", r"^x|y"])
+_SUFFIX = st.sampled_from([None, (0,), (99999,), (1, 99999)])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(["stem.w", "blocks.0.w", "blocks.1.0.w", "blocks.1.1.w", "blocks.10.w",
+                                 "stages.0.downsample.w", "stages.0.blocks.0.w", "stages.1.blocks.2.w",
+                                 "norm.w", "head.w", "s1.b2.w", "s0.b10.w", "x.w", "yz.w", "other.w"]),
+                min_size=1, max_size=12, unique=True),
+       st.dictionaries(st.sampled_from(["stem", "blocks", "extra"]),
+                       st.one_of(_ENTRY, st.lists(st.tuples(_ENTRY, _SUFFIX), min_size=1, max_size=3)),
+                       min_size=1, max_size=3))
+def test_group_keys_equal_timms_grouping_on_any_matcher(names, matcher):
+    from timm.models._manipulate import group_with_matcher
+
+    keys, _ = group_keys(names, matcher)
+    ref = group_with_matcher(((n, None) for n in names), matcher, reverse=True)
+    assert layer_numbers(keys) == [ref[n] for n in names]
 
 _segment = st.sampled_from(["a", "b", "blocks", "0", "1", "w_1"])
 
