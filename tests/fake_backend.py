@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import tunespec
-from tunespec.backend_api import FrameworkFacts, GraphNode, Listing, ListingBuilder
+from tunespec.backend_api import FrameworkFacts, GraphNode, Listing, ListingBuilder, LRGroup, LRState, LRTable
 from tunespec.planning.plan import Plan
 from tunespec.recipe.spec import Spec
 
@@ -191,10 +191,6 @@ class FakeBackend:
         return FakeOptimizer([dict(g, name=name, params=list(g["params"]), **options) for g in groups],
                              name, defaults)
 
-    def attach_schedule(self, optimizer: FakeOptimizer, factor: Any) -> FakeLRScheduler:
-        optimizer.factor = factor
-        return FakeLRScheduler(optimizer)
-
     def optimizer_snapshot(self, optimizer: FakeOptimizer, lr_scheduler: Any) -> Any:
         return [(g, dict(g, params=list(g["params"]))) for g in optimizer], getattr(optimizer, "factor", None)
 
@@ -207,30 +203,31 @@ class FakeBackend:
         if isinstance(optimizer, FakeOptimizer):
             optimizer.factor = factor
 
-    # --- Restaging ---------------------------------------------------------------------------
-    def optimizer_groups(self, optimizer: FakeOptimizer, lr_scheduler: Any = None) -> list[dict]:
-        return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
-                 "lr_factor": g.get("lr_factor", 1.0), "ramp": g.get("ramp"), "lr": g["lr"],
-                 "initial_lr": g["lr"] if optimizer.factor else None} for g in optimizer]
+    # --- learning rates ----------------------------------------------------------------------
+    def lr_state(self, optimizer: FakeOptimizer, lr_scheduler: Any = None) -> LRState:
+        groups = tuple(LRGroup(tuple(g["params"]), (), g.get("lr_mult", 1.0), g.get("wd_mult", 1.0),
+                               g.get("lr_factor", 1.0), g.get("ramp"), g["lr"],
+                               g["lr"] if optimizer.factor else None) for g in optimizer)
+        return LRState(optimizer.defaults["lr"], optimizer.defaults.get("weight_decay"), optimizer.steps,
+                       None, groups)
 
-    def lr_state(self, optimizer: FakeOptimizer, lr_scheduler: Any) -> dict[str, Any]:
-        return {"lr": optimizer.defaults["lr"], "weight_decay": optimizer.defaults.get("weight_decay"),
-                "step": optimizer.steps}
-
-    def restage_optimizer(self, optimizer: FakeOptimizer, layout: Sequence[dict], added: Sequence[Any],
-                          removed: Sequence[Any], lr_scheduler: Any) -> None:
+    def install_lrs(self, optimizer: FakeOptimizer, table: LRTable, lr_scheduler: Any = None) -> Any:
         """Installs what the core computed; the fake's group lr is the initial lr (lrs() scales it)."""
+        if lr_scheduler is None and table.factor is not None:
+            optimizer.factor = table.factor
+            lr_scheduler = FakeLRScheduler(optimizer)
         kept = len(optimizer)
-        for group, new in zip(optimizer, layout[:kept], strict=True):
-            group["params"] = list(new["params"])
-        for new in layout[kept:]:
-            optimizer.append({"params": list(new["params"]), "lr_mult": new["lr_mult"],
-                              "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"], "ramp": new.get("ramp")})
-        for group, new in zip(optimizer, layout, strict=True):
-            if "initial_lr" in new:
-                group["lr"] = new["initial_lr"]
-            if new.get("weight_decay") is not None:
-                group["weight_decay"] = new["weight_decay"]
+        for group, new in zip(optimizer, table.groups[:kept], strict=bool(table.groups)):
+            group["params"] = list(new.params)
+        for new in table.groups[kept:]:
+            optimizer.append({"params": list(new.params), "lr_mult": new.lr_mult, "wd_mult": new.wd_mult,
+                              "lr_factor": new.lr_factor, "ramp": new.ramp})
+        for group, new in zip(optimizer, table.groups, strict=bool(table.groups)):
+            if new.initial_lr is not None:
+                group["lr"] = new.initial_lr
+            if new.weight_decay is not None:
+                group["weight_decay"] = new.weight_decay
+        return lr_scheduler
 
     # --- CheckpointFiles: a JSON file of {name: {"shape": [...], "value": x}} -----------------
     def read_checkpoint(self, path: str, allow_pickle: bool) -> dict[str, FakeArray]:

@@ -121,7 +121,7 @@ def _schedule(schedule: Any) -> Any:
         return None
     return {"state": _plain(schedule.state_dict()),
             "plan": None if schedule.plan is None else id(schedule.plan),
-            "factors": _plain(dict(sorted(schedule._factors.items()))) if hasattr(schedule, "_factors") else None,
+            "factors": _plain(dict(sorted(schedule.lrs.factors.items()))),
             "best_state": _plain(schedule.best_state),
             "lr_scheduler": id(schedule.lr_scheduler) if schedule.lr_scheduler is not None else None}
 

@@ -14,7 +14,7 @@ import pytest
 import tunespec
 from fake_backend import BACKEND, FACTS, FakeArray, FakeOptimizer, save_fake, small_net
 from tunespec import SpecError, registry
-from tunespec.backend_api import (Backend, CheckpointFiles, GraphTracing, ModelZoo, Restaging, require)
+from tunespec.backend_api import (Backend, CheckpointFiles, GraphTracing, ModelZoo, require)
 
 UNFREEZE = {"freeze": [".*"], "train": [r"fc\..*"]}
 
@@ -27,8 +27,8 @@ def test_the_fake_backend_is_registered_and_implements_the_whole_required_protoc
     assert registry.registered()["fake"] is FACTS
     assert isinstance(BACKEND, Backend)
     required = [k for k, v in vars(Backend).items() if callable(v) and not k.startswith("_")]
-    assert len(required) == 18 and all(callable(getattr(BACKEND, k)) for k in required)
-    for capability in (CheckpointFiles, Restaging, GraphTracing):
+    assert len(required) == 19 and all(callable(getattr(BACKEND, k)) for k in required)
+    for capability in (CheckpointFiles, GraphTracing):
         assert require(BACKEND, capability, "test") is BACKEND
 
 

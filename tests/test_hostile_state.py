@@ -229,7 +229,7 @@ def test_start_rolls_back_when_the_lr_schedule_fails(h, monkeypatch):
     tunespec.plan(net, {"freeze": []}).apply()  # the model is not in stage 0's state now
     schedule = tunespec.Schedule(recipe())
     before = state_of(net, None, schedule)
-    monkeypatch.setattr(h.backend, "attach_schedule", boom_after(h.backend.attach_schedule))
+    monkeypatch.setattr(h.backend, "install_lrs", boom_after(h.backend.install_lrs))
     with pytest.raises(Boom):
         schedule.start(net)  # applies stage 0, builds its optimizer, then fails
     assert_unchanged(before, state_of(net, None, schedule))
@@ -345,14 +345,14 @@ def test_second_due_stage_failing_undoes_the_first(h):
     assert_unchanged(before, snap(net, opt, schedule))
 
 
-@pytest.mark.parametrize("where", ["restage_optimizer", "rewrap_check"])
+@pytest.mark.parametrize("where", ["install_lrs", "rewrap_check"])
 def test_failure_inside_a_stage_change_rolls_everything_back(h, monkeypatch, where):
     net, opt, schedule = started(h, recipe({"at_epoch": 2, **UNFREEZE, "restore_best": True}))
     schedule.step(0, net, opt, metric=1.0)
     train_epoch(h, net, opt, schedule, seed=1)
     before = snap(net, opt, schedule)
-    if where == "restage_optimizer":
-        monkeypatch.setattr(h.backend, "restage_optimizer", boom_after(h.backend.restage_optimizer))
+    if where == "install_lrs":
+        monkeypatch.setattr(h.backend, "install_lrs", boom_after(h.backend.install_lrs))
     else:  # the very last step of a stage change
         # a backend without DistributedWrapping gets the capability here, so that it fails too
         monkeypatch.setattr(h.backend, "is_distributed_wrapper",
@@ -555,7 +555,7 @@ def test_failed_stage_that_freezes_trained_tensors_gives_back_their_gradients(h,
     before = snap(net, opt, schedule)
     if h.name == "torch":
         assert any(p.grad is not None for p in net[8].parameters())
-    monkeypatch.setattr(h.backend, "restage_optimizer", boom_after(h.backend.restage_optimizer))
+    monkeypatch.setattr(h.backend, "install_lrs", boom_after(h.backend.install_lrs))
     with pytest.raises(Boom):
         schedule.step(0, net, opt)
     assert_unchanged(before, snap(net, opt, schedule))

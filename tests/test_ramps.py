@@ -112,18 +112,18 @@ def test_a_stage_change_failing_after_the_lrs_were_installed_puts_them_back(monk
     train(h, net, opt, runner, 2)
     sched = runner.lr_scheduler
     before = ([dict(g, params=list(g["params"])) for g in opt.param_groups], list(sched.base_lrs),
-              list(sched.get_last_lr()), len(sched.lr_lambdas), runner.clock.offset)
-    real = h.backend.restage_optimizer
+              list(sched.get_last_lr()), len(sched.lr_lambdas), runner.lrs.offset)
+    real = h.backend.install_lrs
 
-    def restage_then_fail(*args):
+    def install_then_fail(*args):
         real(*args)
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(h.backend, "restage_optimizer", restage_then_fail)
+    monkeypatch.setattr(h.backend, "install_lrs", install_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         runner.step(0, net, opt)
     after = ([dict(g, params=list(g["params"])) for g in opt.param_groups], list(sched.base_lrs),
-             list(sched.get_last_lr()), len(sched.lr_lambdas), runner.clock.offset)
+             list(sched.get_last_lr()), len(sched.lr_lambdas), runner.lrs.offset)
     assert after == before and runner.index == 0 and not net[0].weight.requires_grad
 
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import mxnet as mx
 from mxnet import gluon
 
+from tunespec.backend_api import LRState, LRTable
 from tunespec.errors import SpecError
 
 from . import fused_rules, update_rules  # noqa: F401  (register tunespec's optimizers with MXNet)
@@ -109,8 +110,8 @@ class MXNetOptimizers:
         return opt
 
     def optimizer_snapshot(self, trainer: gluon.Trainer, lr_scheduler: Any) -> Any:
-        """What restage_optimizer / attach_schedule change on a Trainer (local kvstores: a dist
-        kvstore's server state cannot be taken back, which is why restage refuses to grow one)."""
+        """What install_lrs changes on a Trainer (local kvstores: a dist
+        kvstore's server state cannot be taken back, which is why install_lrs refuses to grow one)."""
         o = trainer._optimizer
         if lr_scheduler is not None and lr_scheduler is not o.lr_scheduler:
             raise SpecError(f"lr_scheduler: a Gluon Trainer steps its own lr scheduler, so another one "
@@ -138,27 +139,26 @@ class MXNetOptimizers:
             updater.states.clear()
             updater.states.update(states)
 
-    def attach_schedule(self, trainer: gluon.Trainer, factor: Any) -> ScheduleAdapter:
-        optimizer = trainer._optimizer
-        base = optimizer.lr_scheduler.base_lr if optimizer.lr_scheduler else optimizer.lr
-        optimizer.lr_scheduler = ScheduleAdapter(factor, base)
-        return optimizer.lr_scheduler
-
-    def optimizer_groups(self, trainer: gluon.Trainer, lr_scheduler: Any = None) -> list[dict]:
-        return []  # a Trainer has no groups: multipliers live on the Parameters
-
-    def lr_state(self, trainer: gluon.Trainer, lr_scheduler: Any) -> dict[str, Any]:
+    def lr_state(self, trainer: gluon.Trainer, lr_scheduler: Any = None) -> LRState:
+        """A Trainer keeps no groups (multipliers live on the Parameters) and steps its own lr
+        scheduler with every update, so its count is the optimizer's."""
         o = trainer._optimizer
         base = o.lr_scheduler.base_lr if o.lr_scheduler is not None else o.lr
-        return {"lr": base, "weight_decay": o.wd, "step": o.num_update}
+        return LRState(base, o.wd, o.num_update, None, ())
 
-    def restage_optimizer(self, trainer: gluon.Trainer, layout: Sequence[dict],
-                          added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
-        """Append newly trainable parameters under new indices: the others keep their index, so their
-        updater (and kvstore) state stays theirs. Removed ones stay listed; Gluon skips grad_req='null'.
-        The lrs live on the Parameters (``lr_mult``, set by the core through ``set_param``): here
-        they are only copied into the optimizer's per-index tables."""
-        new = [p for p in added if p.name not in trainer._param2idx]
+    def install_lrs(self, trainer: gluon.Trainer, table: LRTable, lr_scheduler: Any = None) -> Any:
+        """Parameters new to the Trainer are appended under new indices: the others keep their
+        index, so their updater (and kvstore) state stays theirs. Parameters that left stay listed;
+        Gluon skips grad_req='null'. The constant multipliers live on the Parameters (``lr_mult``,
+        set by the core through ``set_param``): here they are copied into the optimizer's
+        per-index tables, and per-step ones (``mult_at``) go to tunespec's lr scheduler."""
+        optimizer = trainer._optimizer
+        if lr_scheduler is None and table.factor is not None:
+            base = optimizer.lr_scheduler.base_lr if optimizer.lr_scheduler else optimizer.lr
+            optimizer.lr_scheduler = ScheduleAdapter(table.factor, base)
+        if not table.groups:
+            return optimizer.lr_scheduler if table.factor is not None else lr_scheduler
+        new = [p for p in table.added if p.name not in trainer._param2idx]
         if new and trainer._kv_initialized and trainer._update_on_kvstore:
             raise SpecError("a stage adds parameters to a Trainer that updates on the kvstore "
                             "(update_on_kvstore=True, the default for dist kvstores and several devices); "
@@ -169,19 +169,20 @@ class MXNetOptimizers:
             index = len(trainer._params)
             trainer._param2idx[p.name] = index
             trainer._params.append(p)
-            trainer._optimizer.param_dict[index] = p
+            optimizer.param_dict[index] = p
             trainer._params_to_init.append(p)  # goes on the kvstore in _prepare_trainer or Trainer.step
         trainer._contexts = trainer._check_contexts()
-        adapter = trainer._optimizer.lr_scheduler
-        stepped = {p: g["lr_mult_at"] for g in layout if g.get("lr_mult_at") for p in g["params"]}
+        adapter = optimizer.lr_scheduler
+        stepped = {p: g.mult_at for g in table.groups if g.mult_at is not None for p in g.params}
         if stepped and not isinstance(adapter, ScheduleAdapter):
             raise SpecError("a per-step ramp grows through tunespec's lr scheduler, and this Trainer has "
                             "another; build it with tunespec (StageRunner.start)")
         if isinstance(adapter, ScheduleAdapter):
-            for p in removed:
+            for p in table.removed:
                 adapter.multipliers.pop(p, None)
             adapter.multipliers.update(stepped)
         _prepare_trainer(trainer)
+        return lr_scheduler
 
     def optimizer_backup(self, trainer: gluon.Trainer) -> Any:
         """What a failed resume puts back: the Trainer's parameter table and the optimizer state."""

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any, Sequence
 
 import torch
 
+from tunespec.backend_api import LRGroup, LRState, LRTable
 from tunespec.errors import SpecError
+
+# optimizer -> steps taken since install_lrs gave it an lr scheduler (see lr_state)
+_STEPS: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def _count_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    _STEPS[optimizer] = _STEPS.get(optimizer, 0) + 1
 
 
 class TorchOptimizers:
@@ -44,12 +53,9 @@ class TorchOptimizers:
         return frozenset(k for k, p in params.items()
                          if k not in ("self", "params") and p.kind != p.VAR_POSITIONAL)
 
-    def attach_schedule(self, optimizer: torch.optim.Optimizer, factor: Any) -> Any:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
     # --- rolling back a stage change --------------------------------------------------------
     def optimizer_snapshot(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> Any:
-        """What restage_optimizer / attach_schedule change: the groups (the same dict objects, so
+        """What install_lrs changes: the groups (the same dict objects, so
         references stay valid), the per-parameter state mapping and the lr scheduler's lists."""
         if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
             raise SpecError(f"lr_scheduler: expected a torch lr scheduler (schedule.lr_scheduler), got "
@@ -74,61 +80,67 @@ class TorchOptimizers:
                 setattr(lr_scheduler, key, list(value) if isinstance(value, list) else value)
 
 
-    def optimizer_groups(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None) -> list[dict]:
-        """Each group's parameters, the keys tunespec put on it, its lr and its initial lr (the lr
-        scheduler's base lr for it; the group's own ``initial_lr`` without a scheduler)."""
+    def lr_state(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any = None) -> LRState:
+        """Base lr and decay, the steps the lr scheduler counted, the optimizer steps counted since
+        install_lrs gave it a scheduler, and each group with the keys tunespec put on it; a group's
+        initial lr is the lr scheduler's base lr for it (its own ``initial_lr`` without one)."""
         base = list(lr_scheduler.base_lrs) if lr_scheduler is not None else []
-        return [{"params": list(g["params"]), "lr_mult": g.get("lr_mult", 1.0), "wd_mult": g.get("wd_mult", 1.0),
-                 "lr_factor": g.get("lr_factor", 1.0), "ramp": g.get("ramp"), "lr": g["lr"],
-                 "initial_lr": base[i] if i < len(base) else g.get("initial_lr")}
-                for i, g in enumerate(optimizer.param_groups)]
+        groups = tuple(LRGroup(tuple(g["params"]), tuple(g.get("param_names", ())), g.get("lr_mult", 1.0),
+                               g.get("wd_mult", 1.0), g.get("lr_factor", 1.0), g.get("ramp"), g["lr"],
+                               base[i] if i < len(base) else g.get("initial_lr"))
+                       for i, g in enumerate(optimizer.param_groups))
+        return LRState(optimizer.defaults.get("lr"), optimizer.defaults.get("weight_decay"),
+                       0 if lr_scheduler is None else lr_scheduler.last_epoch, _STEPS.get(optimizer), groups)
 
-    def lr_state(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any) -> dict[str, Any]:
-        return {"lr": optimizer.defaults.get("lr"), "weight_decay": optimizer.defaults.get("weight_decay"),
-                "step": 0 if lr_scheduler is None else lr_scheduler.last_epoch}
+    def install_lrs(self, optimizer: torch.optim.Optimizer, table: LRTable, lr_scheduler: Any = None) -> Any:
+        """The table as param groups (existing groups get their new parameter lists, state follows
+        each parameter; new groups are appended; parameters that left lose their state) plus one
+        LambdaLR with a factor per group."""
+        if table.groups:
+            self._regroup(optimizer, table, lr_scheduler)
+        if lr_scheduler is None and table.factor is not None:
+            factors = [g.factor or table.factor for g in table.groups] if table.groups else table.factor
+            lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+            if optimizer not in _STEPS:  # counts optimizer steps, to catch a scheduler never stepped
+                _STEPS[optimizer] = 0
+                optimizer.register_step_post_hook(_count_step)
+        return lr_scheduler
 
-    def restage_optimizer(self, optimizer: torch.optim.Optimizer, layout: Sequence[dict],
-                          added: Sequence[Any], removed: Sequence[Any], lr_scheduler: Any) -> None:
-        """Install the layout the core computed: the existing groups get their new parameter lists
-        (state is per parameter, so it follows them), groups past them are appended, the state of
-        parameters that left is dropped. Where a layout group gives ``lr``, ``initial_lr`` (the lr
-        scheduler's base lr) or ``factor`` (its lr factor function), they are installed as given."""
+    @staticmethod
+    def _regroup(optimizer: torch.optim.Optimizer, table: LRTable, lr_scheduler: Any) -> None:
         kept = len(optimizer.param_groups)
-        for group, new in zip(optimizer.param_groups, layout[:kept], strict=False):
-            group["params"] = list(new["params"])
+        for group, new in zip(optimizer.param_groups, table.groups[:kept], strict=False):
+            group["params"] = list(new.params)
             if "param_names" in group:
-                group["param_names"] = list(new["param_names"])
-        for p in removed:
+                group["param_names"] = list(new.names)
+        for p in table.removed:
             optimizer.state.pop(p, None)
-        for new in layout[kept:]:
-            group = {"params": list(new["params"]), "lr": new["lr"], "lr_mult": new["lr_mult"],
-                     "wd_mult": new["wd_mult"], "lr_factor": new["lr_factor"],
-                     "param_names": list(new["param_names"])}
-            if new.get("ramp") is not None:
-                group["ramp"] = new["ramp"]
-            if new.get("weight_decay") is not None:
-                group["weight_decay"] = new["weight_decay"]
+        for new in table.groups[kept:]:
+            group = {"params": list(new.params), "lr_mult": new.lr_mult, "wd_mult": new.wd_mult,
+                     "lr_factor": new.lr_factor, "param_names": list(new.names)}
+            for key in ("lr", "ramp", "weight_decay"):
+                if getattr(new, key) is not None:
+                    group[key] = getattr(new, key)
             optimizer.add_param_group(group)
-        for i, new in enumerate(layout):
+        for i, new in enumerate(table.groups):
             group = optimizer.param_groups[i]
-            if "lr" in new:
-                group["lr"] = new["lr"]
-            if lr_scheduler is None:
-                continue
-            if i >= len(lr_scheduler.base_lrs):
-                lr_scheduler.base_lrs.append(new["initial_lr"])
-                if hasattr(lr_scheduler, "lr_lambdas"):
-                    lr_scheduler.lr_lambdas.append(new.get("factor") or lr_scheduler.lr_lambdas[0])
-                lr_scheduler._last_lr.append(group["lr"])
-            else:
-                if new.get("initial_lr") is not None:
-                    lr_scheduler.base_lrs[i] = new["initial_lr"]
-                if new.get("factor") is not None and hasattr(lr_scheduler, "lr_lambdas"):
-                    lr_scheduler.lr_lambdas[i] = new["factor"]
-                if "lr" in new:
-                    lr_scheduler._last_lr[i] = group["lr"]
-            if new.get("initial_lr") is not None:
-                group["initial_lr"] = new["initial_lr"]
+            if new.lr is not None:
+                group["lr"] = new.lr
+            if lr_scheduler is not None:
+                if i >= len(lr_scheduler.base_lrs):
+                    lr_scheduler.base_lrs.append(new.initial_lr)
+                    if hasattr(lr_scheduler, "lr_lambdas"):
+                        lr_scheduler.lr_lambdas.append(new.factor or table.factor or lr_scheduler.lr_lambdas[0])
+                    lr_scheduler._last_lr.append(group["lr"])
+                else:
+                    if new.initial_lr is not None:
+                        lr_scheduler.base_lrs[i] = new.initial_lr
+                    if new.factor is not None and hasattr(lr_scheduler, "lr_lambdas"):
+                        lr_scheduler.lr_lambdas[i] = new.factor
+                    if new.lr is not None:
+                        lr_scheduler._last_lr[i] = group["lr"]
+            if new.initial_lr is not None:
+                group["initial_lr"] = new.initial_lr
 
     def optimizer_backup(self, optimizer: torch.optim.Optimizer) -> Any:
         """What a failed resume puts back: groups (as lists) and per-parameter state."""

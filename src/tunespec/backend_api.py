@@ -8,10 +8,10 @@ three things, all declared here:
   the other frameworks lack, how it spells norm leaves, its optimizer semantics and zoos);
 - the required :class:`Backend` protocol: listing, trainability and multipliers, norm statistics,
   commit, tensor read/write, optimizer handles, building optimizers from the core's groups,
-  attaching an lr schedule, and rolling those back;
-- optional capabilities, each its own protocol (checkpoint files, run checkpoints, restaging an
-  optimizer after a stage change, distributed wrappers, graph tracing for cached prefixes, a model
-  zoo for the CLI, parameter servers). :func:`require` turns a missing one into one clear error.
+  reading where an optimizer's lrs stand and installing the lr table the core computed
+  (``lr_state``, ``install_lrs``), and rolling those back;
+- optional capabilities, each its own protocol (checkpoint files, run checkpoints, distributed
+  wrappers, graph tracing for cached prefixes, a model zoo for the CLI, parameter servers). :func:`require` turns a missing one into one clear error.
 
 Backends import only this module and ``tunespec.errors`` from the core; a third-party backend
 joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-point group.
@@ -20,7 +20,7 @@ joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import json
 import importlib
 
@@ -31,9 +31,9 @@ from tunespec.recipe.validate import excerpt
 
 __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
            "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
-           "GraphTracing", "Group", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
+           "GraphTracing", "Group", "LRGroup", "LRState", "LRTable", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
            "ParameterServer", "read_bytes", "read_safetensors_file", "regular_file", "require",
-           "Restaging", "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
+           "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,56 @@ class Group(dict):
     """One optimizer parameter group: ``params`` (handles) plus lr/wd multipliers and names."""
 
 
+@dataclass(frozen=True)
+class LRGroup:
+    """One group of the lr table the core computed (``install_lrs``), or as installed (``lr_state``).
+
+    ``lr`` / ``initial_lr`` (the lr the schedule scales: lr(t) = initial_lr x factor(t)) and
+    ``weight_decay`` are installed where not None; ``factor`` is the group's own factor at step t
+    (a per-step ramp x the schedule; None: the table's); ``mult_at`` the parameters' lr multiplier
+    at step t where multipliers live on parameters (Gluon). ``lr_mult``, ``wd_mult``,
+    ``lr_factor`` and ``ramp`` (the stage whose ramp it follows) identify the group: a backend
+    that keeps groups stores them on the group and gives them back in ``lr_state``.
+    """
+
+    params: tuple[Any, ...]
+    names: tuple[str, ...] = ()
+    lr_mult: float = 1.0
+    wd_mult: float = 1.0
+    lr_factor: float = 1.0
+    ramp: int | None = None
+    lr: float | None = None
+    initial_lr: float | None = None
+    weight_decay: float | None = None
+    factor: Callable[[int], float] | None = None
+    mult_at: Callable[[int], float] | None = None
+
+
+@dataclass(frozen=True)
+class LRTable:
+    """What ``install_lrs`` installs: every trainable parameter's group (installed groups first,
+    in their order, then new ones), or no groups to install only the schedule ``factor`` (None:
+    no lr scheduler wanted); ``added`` / ``removed``: parameters that join / leave the optimizer."""
+
+    groups: tuple[LRGroup, ...] = ()
+    factor: Callable[[int], float] | None = None
+    added: tuple[Any, ...] = ()
+    removed: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class LRState:
+    """Where an optimizer stands (``lr_state``): its base lr and weight decay, the optimizer steps
+    its lr scheduler has counted (the next step's t), the optimizer steps taken where the backend
+    counts them (None: it does not), and its groups as installed (() where it keeps none)."""
+
+    lr: float | None
+    weight_decay: float | None
+    step: int = 0
+    optimizer_steps: int | None = None
+    groups: tuple[LRGroup, ...] = ()
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What every backend implements: enough to plan, apply, restore and optimise a model."""
@@ -176,11 +226,23 @@ class Backend(Protocol):
         """The option names ``build_optimizer`` accepts for optimizer ``name`` (None: any), so
         that a misspelt option is refused before the model is touched; raises for an unknown name."""
 
-    def attach_schedule(self, optimizer: Any, factor: Any) -> Any:
-        """Make ``optimizer`` use lr = base lr * factor(t) at optimizer step t (0-based)."""
+    def lr_state(self, optimizer: Any, lr_scheduler: Any = None) -> LRState:
+        """Where ``optimizer`` (and its lr scheduler) stand: read only, see :class:`LRState`."""
+
+    def install_lrs(self, optimizer: Any, table: LRTable, lr_scheduler: Any = None) -> Any:
+        """Install the lr table the core computed, never recomputing a number; returns the lr
+        scheduler in use (None: none). ``table.groups`` empty: the groups stay, only the schedule
+        is installed. Otherwise ``groups[i]`` replaces installed group i's parameter list (state
+        follows its parameter), later groups are appended (without groups: ``added`` parameters
+        are appended under new indices), ``removed`` parameters' state is dropped, and each
+        group's ``lr``, ``initial_lr``, ``weight_decay`` are set where not None. Without
+        ``lr_scheduler`` and with ``table.factor``, the framework's scheduler is created: lr =
+        initial lr x factor(t) at step t (0-based), one factor per group (``group.factor`` or
+        ``table.factor``); a given one is updated (new groups: their factor, else the table's,
+        else its first group's)."""
 
     def optimizer_snapshot(self, optimizer: Any, lr_scheduler: Any) -> Any:
-        """Opaque copy of what restaging and ``attach_schedule`` change."""
+        """Opaque copy of what ``install_lrs`` changes (groups, state, lr scheduler)."""
 
     def optimizer_rollback(self, optimizer: Any, lr_scheduler: Any, saved: Any) -> None:
         """Put back an ``optimizer_snapshot``: groups, per-parameter state, lr scheduler lists."""
@@ -236,28 +298,6 @@ class RunCheckpoints(Protocol):
 
     def optimizer_restore(self, optimizer: Any, backup: Any) -> None:
         """Put back an ``optimizer_backup``."""
-
-
-@runtime_checkable
-class Restaging(Protocol):
-    """Changing an optimizer's parameters in place when a stage changes the trainable set."""
-
-    def optimizer_groups(self, optimizer: Any, lr_scheduler: Any = None) -> list[dict]:
-        """The optimizer's param groups as the core laid them out (empty where it keeps none):
-        ``params``, the keys the core put on them (``lr_mult``, ``wd_mult``, ``lr_factor``,
-        ``ramp``), the group's current ``lr`` and its ``initial_lr`` (the lr scheduler's base lr)."""
-
-    def lr_state(self, optimizer: Any, lr_scheduler: Any) -> dict[str, Any]:
-        """``lr`` and ``weight_decay`` the optimizer was built with, and ``step``: the optimizer
-        steps the lr schedule has counted (the next step's t)."""
-
-    def restage_optimizer(self, optimizer: Any, layout: Sequence[dict], added: Sequence[Any],
-                          removed: Sequence[Any], lr_scheduler: Any) -> None:
-        """Install ``layout`` after a stage change, keeping kept parameters' state: group i gets
-        layout[i]'s parameters, groups past the current ones are appended. The core computed the
-        numbers: where a group gives ``lr``, ``initial_lr``, ``weight_decay`` or ``factor`` (its lr
-        factor function for the lr scheduler; ``lr_mult_at``: a per-step multiplier, where
-        multipliers live on parameters), they are installed as given, never recomputed."""
 
 
 @runtime_checkable

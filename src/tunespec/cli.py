@@ -157,9 +157,9 @@ def write_png(timeline: Any, path: str, log: bool = False) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    steps = range(timeline.steps)
+    steps = timeline.points()  # at most MAX_POINTS per group, every stage change included
     for label, values in timeline.series.items():
-        ax.plot(steps, [float("nan") if v is None else v for v in values], label=label)
+        ax.plot(steps, [float("nan") if values[t] is None else values[t] for t in steps], label=label)
     for start, name in timeline.starts[1:]:
         ax.axvline(start, color="grey", linestyle=":")
         ax.annotate(name, (start, 1.0), xycoords=("data", "axes fraction"), rotation=90,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from tunespec.backend_api import LRTable
 from tunespec.dispatch import backend_for, backend_for_optimizer
 from tunespec.errors import SpecError
 from tunespec.planning.make import SpecLike, check_call, plan
@@ -83,4 +84,4 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
         if sched is None:
             raise SpecError("scheduler: the recipe has no schedule section")
     sched = sched.in_steps(steps_per_epoch)
-    return be.attach_schedule(optimizer, sched.factor)
+    return be.install_lrs(optimizer, LRTable(factor=sched.factor))

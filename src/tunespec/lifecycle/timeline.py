@@ -8,16 +8,63 @@ stages depend on metrics; the timeline stops before the first one and says so.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from tunespec.recipe import validate as V
 from tunespec.errors import SpecError
-from tunespec.lifecycle.ramps import LRClock
-from tunespec.recipe.recipe import Recipe, load_recipe
+from tunespec.lifecycle import lrs
+from tunespec.lifecycle.lrs import LRBook
 from tunespec.lifecycle.stages import StageRunner
+from tunespec.recipe import validate as V
+from tunespec.recipe.recipe import Recipe, load_recipe
 
 MAX_TIMELINE_STEPS = 10**6
+
+
+# The table shows at most this many rows and the picture this many points per group: a
+# timeline's memory is groups x shown points, whatever the run's length.
+MAX_ROWS = 2000
+MAX_POINTS = 2000
+
+
+class Series(Sequence):
+    """One group's lr at every step (None: frozen), computed when read, O(1) per step: nothing
+    of the run's length is stored. Compares equal to the list of its values."""
+
+    def __init__(self, steps: int, starts: list[int], stages: Sequence[Any], clocks: list[LRBook],
+                 entries: tuple[tuple[float, int | None] | None, ...], steps_per_epoch: int):
+        self._steps, self._starts, self._stages, self._clocks = steps, starts, stages, clocks
+        self._entries, self._per_epoch = entries, steps_per_epoch
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def __getitem__(self, t: Any) -> Any:
+        if isinstance(t, slice):
+            return [self[i] for i in range(*t.indices(self._steps))]
+        if not -self._steps <= t < self._steps:
+            raise IndexError(t)
+        t %= self._steps
+        i = bisect.bisect_right(self._starts, t) - 1
+        entry = self._entries[i]
+        if entry is None:
+            return None
+        target, j = entry
+        factor = self._clocks[i].factor(t)
+        if j is None:
+            return lrs.group_lr(target, None, 0, factor)
+        ramp = self._stages[j].ramp
+        k = t // self._per_epoch - self._starts[j] // self._per_epoch if ramp.per == "epoch" else t - self._starts[j]
+        return lrs.group_lr(target, ramp, k, factor)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Series, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -25,21 +72,32 @@ class Timeline:
     steps: int
     steps_per_epoch: int
     starts: list[tuple[int, str]]  # (first step, stage name) of each stage that starts in the run
-    series: dict[str, list[float | None]]  # group label -> lr at every step (None: frozen)
+    series: dict[str, Series]  # group label -> lr at every step (None: frozen), computed when read
     members: dict[str, list[str]] = field(default_factory=dict)  # group label -> tensor names
     notes: list[str] = field(default_factory=list)
 
     def stage_at(self, t: int) -> str:
-        name = self.starts[0][1]
-        for start, stage in self.starts:
-            if start <= t:
-                name = stage
-        return name
+        return self.starts[bisect.bisect_right([s for s, _ in self.starts], t) - 1][1]
+
+    def points(self, limit: int = MAX_POINTS) -> list[int]:
+        """At most ``limit`` evenly spread steps, plus each stage's first step and the one before
+        it, so that a picture of any length shows every change."""
+        stride = max(1, -(-self.steps // limit))
+        chosen = set(range(0, self.steps, stride)) | {self.steps - 1}
+        chosen |= {t for s, _ in self.starts for t in (s - 1, s) if 0 <= t < self.steps}
+        return sorted(chosen)
 
     def table(self, every: int | None = None) -> str:
-        """One row per epoch (or every ``every`` steps) and at each stage change."""
+        """One row per epoch (or every ``every`` steps) and at each stage change; at most MAX_ROWS
+        rows (a longer run shows every n-th, and says so)."""
         every = every or self.steps_per_epoch
-        rows = sorted({t for t in range(0, self.steps, every)} | {s for s, _ in self.starts if s < self.steps})
+        notes = list(self.notes)
+        count = -(-self.steps // every)
+        if count > MAX_ROWS:
+            thin = -(-count // MAX_ROWS)
+            notes.append(f"(every {thin * every} steps shown: the run has {count} rows of {every} steps)")
+            every *= thin
+        rows = sorted(set(range(0, self.steps, every)) | {s for s, _ in self.starts if s < self.steps})
         labels = list(self.series)
         head = ["step", "epoch", "stage", *labels]
         body = []
@@ -47,13 +105,14 @@ class Timeline:
         for t in rows:
             stage = ("> " + changes[t]) if t in changes and t > 0 else self.stage_at(t)
             cells = [str(t), str(t // self.steps_per_epoch), stage]
-            cells += ["-" if self.series[k][t] is None else f"{self.series[k][t]:.4g}" for k in labels]
+            values = [self.series[k][t] for k in labels]
+            cells += ["-" if v is None else f"{v:.4g}" for v in values]
             body.append(cells)
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
         legend = [f"{k}: {', '.join(self.members[k][:4])}{' ...' if len(self.members[k]) > 4 else ''} "
                   f"({len(self.members[k])} tensors)" for k in labels if k in self.members]
-        return "\n".join(lines + legend + self.notes)
+        return "\n".join(lines + legend + notes)
 
 
 def _stage_starts(recipe: Recipe, steps_per_epoch: int, steps: int) -> tuple[list[int], list[str]]:
@@ -98,61 +157,48 @@ def lr_timeline(recipe: Any, epochs: int, steps_per_epoch: int = 1,
                      for i in range(len(stages))]
     if len(trainable) < len(stages):
         raise SpecError(f"lr_timeline: trainable lists {len(trainable)} stages, the run reaches {len(stages)}")
-    per_tensor = _replay(runner, stages, starts, trainable, base, steps, steps_per_epoch)
-    series, members = _groups(per_tensor)
+    series, members = _groups(runner, stages, starts, trainable, base, steps, steps_per_epoch)
     return Timeline(steps, steps_per_epoch, [(s, st.name) for s, st in zip(starts, stages, strict=True)],
                     series, members, notes)
 
 
-def _replay(runner: Any, stages: Sequence[Any], starts: list[int], trainable: Sequence[Mapping[str, float]],
-            base: float, steps: int, steps_per_epoch: int) -> dict[str, list[float | None]]:
-    """Every tensor's lr per step, with the runner's arithmetic (see StageRunner._group_lrs)."""
-    clock = LRClock(None if runner.recipe.schedule is None else runner.recipe.schedule.in_steps(steps_per_epoch))
+def _groups(runner: Any, stages: Sequence[Any], starts: list[int], trainable: Sequence[Mapping[str, float]],
+            base: float, steps: int, steps_per_epoch: int) -> tuple[dict[str, Series], dict[str, list[str]]]:
+    """Tensors with the same lr at every step form one group, labelled by what they share.
+
+    A tensor's lrs follow from, per stage, its target lr (base x lr_mult x the factor it joined
+    with) and the stage whose ramp it follows (the runner's arithmetic, see tunespec.lifecycle.lrs), so
+    tensors with the same targets and ramps share one Series; nothing is computed per step here.
+    """
+    book = lrs.LRBook(None if runner.recipe.schedule is None else runner.recipe.schedule.in_steps(steps_per_epoch))
+    clocks = []
     names = list(dict.fromkeys(n for stage in trainable[:len(stages)] for n in stage))
-    out: dict[str, list[float | None]] = {n: [None] * steps for n in names}
+    entries: dict[str, list] = {n: [] for n in names}
     factor_of: dict[str, float] = {}
     ramp_of: dict[str, int] = {}
     for i, stage in enumerate(stages):
-        begin, end = starts[i], starts[i + 1] if i + 1 < len(starts) else steps
         now = trainable[i]
-        for table in (factor_of, ramp_of):
-            for n in [n for n in table if n not in now]:
-                del table[n]
+        factor_of = {n: f for n, f in factor_of.items() if n in now}
+        ramp_of = {n: j for n, j in ramp_of.items() if n in now}
         for n in now:
             if n not in factor_of:
                 factor_of[n] = 1.0 if i == 0 else stage.lr_factor
                 if i > 0 and stage.ramp is not None:
                     ramp_of[n] = i
         if i > 0 and stage.resets_schedule:
-            clock.offset = begin
-            if stage.schedule is not None:
-                clock.schedule = stage.schedule.in_steps(steps_per_epoch)
-        for t in range(begin, end):
-            f = clock.factor(t)
-            for n, mult in now.items():
-                target = base * mult * factor_of[n]
-                j = ramp_of.get(n)
-                if j is None:
-                    out[n][t] = target * f
-                    continue
-                ramp = stages[j].ramp
-                if ramp.per == "epoch":
-                    k = t // steps_per_epoch - starts[j] // steps_per_epoch
-                    out[n][t] = ramp.lr(target, k) * f
-                else:
-                    out[n][t] = target * (f * ramp.lr(1.0, t - starts[j]))
-    return out
-
-
-def _groups(per_tensor: Mapping[str, list[float | None]]) -> tuple[dict[str, list], dict[str, list[str]]]:
-    """Tensors with the same lr at every step form one group, labelled by what they share."""
-    by_series: dict[tuple, list[str]] = {}
-    for name, values in per_tensor.items():
-        by_series.setdefault(tuple(values), []).append(name)
+            book = lrs.LRBook(book.schedule if stage.schedule is None else stage.schedule.in_steps(steps_per_epoch),
+                              starts[i])
+        clocks.append(book)
+        for n in names:
+            entries[n].append((base * now[n] * factor_of[n], ramp_of.get(n)) if n in now else None)
+    by_entries: dict[tuple, list[str]] = {}
+    for name in names:
+        by_entries.setdefault(tuple(entries[name]), []).append(name)
     series, members = {}, {}
-    for i, (values, names) in enumerate(by_series.items()):
-        label = _label(names, i)
-        series[label], members[label] = list(values), names
+    for i, (key, group) in enumerate(by_entries.items()):
+        label = _label(group, i)
+        series[label] = Series(steps, starts, stages, clocks, key, steps_per_epoch)
+        members[label] = group
     return series, members
 
 

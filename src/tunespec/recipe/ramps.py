@@ -27,6 +27,8 @@ RAMP_UNITS = ("epoch", "step")
 # A ramp that needs more growth steps than this to reach its ceiling is a typo (growth 1.0000001).
 MAX_RAMP_STEPS = 10**6
 MAX_GROWTHS = 10_000  # entries of a per-epoch growth list
+# Growth products Ramp.lr has taken since the process started: tests count work with it.
+RAMP_WORK = [0]
 
 
 @dataclass(frozen=True)
@@ -91,25 +93,52 @@ class Ramp:
 
     def _settled(self, k: int) -> bool:
         """Whether no growth from the k-th on is below 1 (at the ceiling, the lr stays there)."""
-        if not isinstance(self.growth, tuple):
+        if not isinstance(self.growth, tuple) or k > len(self.growth):
             return True
-        return k > len(self.growth) or min(self.growth[k - 1:]) >= 1.0
+        last_drop = self.__dict__.get("_last_drop")
+        if last_drop is None:  # the last growth below 1 (0: none), found once
+            last_drop = max((i + 1 for i, g in enumerate(self.growth) if g < 1.0), default=0)
+            object.__setattr__(self, "_last_drop", last_drop)
+        return k > last_drop
 
     def lr(self, target: float, k: int) -> float:
-        """The lr after ``k`` growths of a group whose full lr is ``target``.
+        """The lr after ``k`` growths of a group whose full lr is ``target`` (a per-epoch ramp).
 
         Lightning's ``BackboneFinetuning``: ``lr_0 = current_lr * ratio``, then
-        ``lr = lambda(epoch + 1) * previous``, set to ``current_lr`` once it would pass it. The loop
-        stops at the ceiling, so it runs at most MAX_RAMP_STEPS times.
+        ``lr = lambda(epoch + 1) * previous``, set to ``current_lr`` once it would pass it. The
+        products are Lightning's, one after the other, so they are continued from the last call
+        for this target (the runner asks for k, k+1, ...: O(1) each); a first call at k, or one
+        going back, multiplies min(k, steps_to_ceiling() + 1) times: the loop stops at the ceiling.
         """
         cap = target * self.ceiling
-        lr = target * self.start
-        for i in range(1, k + 1):
+        memo = self._memo().get(target)
+        done, lr = memo if memo is not None and memo[0] <= k else (0, target * self.start)
+        for i in range(done + 1, k + 1):
             if lr >= cap and self._settled(i):
                 break
+            RAMP_WORK[0] += 1
             nxt = self.growth_at(i) * lr
             lr = cap if nxt > cap else nxt
+        memo = self._memo()
+        if len(memo) > 64:  # one entry per group target: a handful in a run
+            memo.clear()
+        memo[target] = (k, lr)
         return lr
+
+    def ratio(self, k: int) -> float:
+        """A per-step ramp's factor after ``k`` optimizer steps, in closed form (O(1) at any step):
+        start x growth^k, never past ceiling."""
+        if k >= self.steps_to_ceiling():
+            return self.ceiling
+        return min(self.start * self.growth ** k, self.ceiling)
+
+    def _memo(self) -> dict[float, tuple[int, float]]:
+        """target -> (growths, lr) of the last ``lr`` call; not a field, so equality ignores it."""
+        memo = self.__dict__.get("_lr_memo")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_lr_memo", memo)
+        return memo
 
     def steps_to_ceiling(self) -> int:
         """How many growths take the ramp from start to its ceiling (at most MAX_RAMP_STEPS)."""

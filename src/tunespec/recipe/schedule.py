@@ -18,6 +18,9 @@ from tunespec.recipe import validate as V
 from tunespec.recipe.spec import check_keys
 
 SCHEDULE_TYPES = ("constant", "step", "multistep", "cosine", "onecycle")
+# The most a schedule may multiply the lr by (gamma above 1): checked when the recipe is read, so
+# that base lr x multipliers x factor stays finite at every step.
+MAX_SCHEDULE_FACTOR = 1e6
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class LRSchedule:
                                                                      "schedule.total_steps")
         cycle = cls._onecycle(data, kind)
         gamma = V.number(data.get("gamma", 0.1), "schedule.gamma", minimum=0.0, maximum=V.MAX_FACTOR)
-        if kind in ("constant", "cosine") and "gamma" in data:
+        if kind in ("constant", "cosine", "onecycle") and "gamma" in data:
             raise SpecError(f"schedule.gamma: has no effect with type {kind}; remove it")
+        cls._check_growth(kind, gamma, len(milestones))
         min_factor = V.number(data.get("min_factor", 0.0), "schedule.min_factor", minimum=0.0,
                               maximum=1.0)
         if kind != "cosine" and "min_factor" in data:
@@ -98,6 +102,22 @@ class LRSchedule:
         final = V.number(data.get("div_final", cls.div_final), "schedule.div_final", minimum=1.0,
                          maximum=1e12)
         return pct, div, final
+
+    @staticmethod
+    def _check_growth(kind: str, gamma: float, milestones: int) -> None:
+        """A growing schedule (gamma above 1) must stay finite at every step: its largest factor
+        is decided here, when the recipe is read, never found as an overflow in training."""
+        if gamma <= 1.0:
+            return
+        if kind == "step":
+            raise SpecError(f"schedule.gamma: {gamma!r} above 1 on a step schedule multiplies the lr "
+                            f"without limit (it overflows in a long run); use type multistep with "
+                            f"milestones (growth up to {MAX_SCHEDULE_FACTOR:g} in all), or gamma <= 1")
+        digits = milestones * math.log10(gamma)  # compared as logarithms: the power may overflow
+        if digits > math.log10(MAX_SCHEDULE_FACTOR) + 1e-12:
+            raise SpecError(f"schedule.gamma: {gamma!r} over {milestones} milestones multiplies the lr "
+                            f"by 10^{digits:.4g}, more than the limit {MAX_SCHEDULE_FACTOR:g}; use a "
+                            f"smaller gamma or fewer milestones")
 
     @staticmethod
     def _milestones(raw: Any) -> tuple[int, ...]:
@@ -150,6 +170,15 @@ class LRSchedule:
         return f
 
 
+    def _phases(self) -> tuple[tuple[float, float, float], tuple[float, float]]:
+        """onecycle's float32 phase boundaries and phase lengths (computed once per schedule)."""
+        cached = self.__dict__.get("_phase_bounds")
+        if cached is None:
+            bounds = (0.0, _f32(self.pct_start), _f32(_f32(self.pct_start) + _f32(1 - self.pct_start)))
+            cached = bounds, (_f32(bounds[1] - bounds[0]), _f32(bounds[2] - bounds[1]))
+            object.__setattr__(self, "_phase_bounds", cached)
+        return cached
+
     def _onecycle_factor(self, t: int) -> float:
         """fastai's ``combined_cos(pct_start, 1/div, 1, 1/div_final)`` at the training position
         fastai's Learner reaches before step t, bit for bit.
@@ -162,18 +191,62 @@ class LRSchedule:
         per_epoch = self.epoch_steps or self.total_steps
         epochs = self.total_steps // per_epoch
         epoch, batch = divmod(t, per_epoch)
-        pos = epoch / epochs
         step = 1.0 / (per_epoch * epochs)
-        for _ in range(batch):
-            pos += step
-        bounds = (0.0, _f32(self.pct_start), _f32(_f32(self.pct_start) + _f32(1 - self.pct_start)))
-        phase = 0 if _f32(pos) < bounds[1] else 1
-        where = _f32(_f32(_f32(pos) - bounds[phase]) / _f32(bounds[phase + 1] - bounds[phase]))
+        # fastai adds `step` once per batch; the sum is continued from the last call of this epoch
+        # (an lr scheduler asks for t, t+1, ...), else taken in O(log) jumps (see accumulate).
+        memo = self.__dict__.get("_position")
+        if memo is not None and memo[0] == epoch and memo[1] <= batch:
+            pos = accumulate(memo[2], step, batch - memo[1])
+        else:
+            pos = accumulate(epoch / epochs, step, batch)
+        object.__setattr__(self, "_position", (epoch, batch, pos))
+        bounds, spans = self._phases()
+        here = _f32(pos)
+        phase = 0 if here < bounds[1] else 1
+        where = _f32(_f32(here - bounds[phase]) / spans[phase])
         low, high = 1.0 / self.div, 1.0 / self.div_final
         start, end = (low, 1.0) if phase == 0 else (1.0, high)
         return start + (1 + math.cos(math.pi * (1 - where))) * (end - start) / 2
 
 
+def accumulate(pos: float, step: float, n: int) -> float:
+    """``pos`` after ``n`` float additions of ``step`` (``for _ in range(n): pos += step``), bit for
+    bit, in O(log(pos / step)) additions instead of n.
+
+    Why it is exact: while the operand and the sum stay within one binade [2^e, 2^(e+1)), both are
+    multiples of that binade's ulp u, and round-to-nearest adds the same number of ulps every time
+    (on an exact tie, half-to-even settles after the first addition). So once two additions in a
+    row inside one binade added the same amount k, every further one inside it adds k too, and the
+    run up to the binade's top is one integer multiplication. A sum crosses at most ~60 binades.
+
+    >>> accumulate(0.0, 0.1, 10) == sum([0.1] * 10)
+    True
+    """
+    previous = None
+    while n > 0:
+        nxt = pos + step
+        n -= 1
+        ACCUMULATE_WORK[0] += 1
+        added = nxt - pos  # exact: both lie in one binade when it is used (Sterbenz)
+        same = pos > 0 and math.frexp(nxt)[1] == math.frexp(pos)[1]
+        if same and added == previous and n > 0:
+            ulp, exponent = math.ulp(nxt), math.frexp(nxt)[1]
+            units, k, top = round(nxt / ulp), round(added / ulp), 1 << 53  # top: 2^e in ulps
+            jump = min(n, (top - 1 - units) // k)
+            nxt = math.ldexp(float(units + jump * k), exponent - 53)
+            n -= jump
+        previous = added if same else None
+        pos = nxt
+    return pos
+
+
+# Additions made by accumulate since the process started: tests count work with it (n and 4n steps).
+ACCUMULATE_WORK = [0]
+
+
+_FLOAT32 = struct.Struct("f")
+
+
 def _f32(x: float) -> float:
     """``x`` rounded to float32, as a float32 tensor holds it."""
-    return struct.unpack("f", struct.pack("f", x))[0]
+    return _FLOAT32.unpack(_FLOAT32.pack(x))[0]
