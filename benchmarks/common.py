@@ -115,6 +115,15 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.3f}{unit}"
 
 
+def load_average() -> float | None:
+    """The 1-minute load average now (None off Linux): rows carry the load they were measured at."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except OSError:
+        return None
+
+
 def in_subprocess(args: list[str], threads: int) -> list[dict]:
     """Run ``run.py`` with ``args`` in a fresh process and return the rows it printed as its last
     line of output (JSON). A failing child's stderr is passed on, since its traceback is the

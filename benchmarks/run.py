@@ -78,11 +78,12 @@ def print_table(rows: list[dict], devices: list[str], threads: int, load: list[l
     print(f"devices: {named}. ResNet-50, batch {BATCH}, {SIZE} px ({LARGE} px where "
           f"noted), {threads} thread(s) per framework; load average {' '.join(start_load)} at start, "
           f"{' '.join(end_load)} at end; {time.time() - started:.0f} s in all")
-    print(f"{'figure':{width}}  {'value':>12}  {'target':>12}  ok")
+    print(f"{'figure':{width}}  {'value':>12}  {'target':>12}  ok    load")
     for r in rows:
         target = "" if r["target"] is None else f"{r['cmp']} {fmt(r['target'], r['unit'])}"
         ok = "" if r["ok"] is None else "yes" if r["ok"] else "MISS"
-        print(f"{r['figure']:{width}}  {fmt(r['value'], r['unit']):>12}  {target:>12}  {ok}")
+        load = "" if r.get("load") is None else f"{r['load']:.1f}"  # the 1-minute load when measured
+        print(f"{r['figure']:{width}}  {fmt(r['value'], r['unit']):>12}  {target:>12}  {ok:4}  {load:>5}")
 
 
 def read_load() -> list[str]:

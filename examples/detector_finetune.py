@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import tunespec
 
@@ -38,17 +39,8 @@ SIZE = 160
 
 
 def progress(it, total: int, label: str):
-    """A small progress bar that needs no extra package."""
-    start = time.perf_counter()
-    for i, item in enumerate(it, 1):
-        yield item
-        done = int(30 * i / total)
-        if i % max(1, total // 30) and i != total:
-            continue
-        sys.stdout.write(f"\r  {label} [{'#' * done}{'.' * (30 - done)}] {i}/{total} "
-                         f"{time.perf_counter() - start:5.1f}s")
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    """One tqdm progress bar per training phase."""
+    return tqdm(it, total=total, desc=f"  {label}", unit="step", file=sys.stdout, mininterval=1.0)
 
 
 # Images per split: the demo's, and a CI smoke run's (a few batches: it checks the path, not the mAP).

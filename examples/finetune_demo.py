@@ -100,6 +100,7 @@ class MXNetRun:
     def model(self):
         net = self.gcv.model_zoo.get_model("resnet18_v1b", pretrained=False, classes=CLASSES)
         net.initialize(self.mx.init.Xavier())
+        net(self.mx.nd.zeros((1, 3, SIZE, SIZE)))  # shapes known, so verify() checks every tensor
         return net
 
     def train(self, model, trainer, data) -> None:

@@ -199,7 +199,7 @@ def test_verify_names_changed_frozen_params_and_stats():
 
 def test_param_groups_one_per_distinct_multipliers_in_first_appearance_order():
     spec = {"freeze": ["stem\\..*"], "lr_mult": {"fc\\..*": 10}, "wd_mult": {"@bias": 0}}
-    plan = fake_plan(small_net(), spec)
+    plan = fake_plan(small_net(), spec).apply()
     groups = plan.param_groups(lr=0.1, weight_decay=1e-4)
     assert [(g["lr_mult"], g["wd_mult"]) for g in groups] == [(1.0, 1.0), (1.0, 0.0), (10.0, 1.0), (10.0, 0.0)]
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.1, 1e-4), (0.1, 0.0), (1.0, 1e-4), (1.0, 0.0)]
@@ -237,8 +237,9 @@ def test_summary_and_to_dict_and_table():
     assert [g["lr"] for g in s["groups"]] == [0.01, 0.1]
     d = plan.to_dict()
     assert d["params"][0]["name"] == "stem.conv.weight" and d["params"][0]["trainable"] is False
-    text = str(plan)
-    assert "stem.conv.weight" in text and "frozen 3 tensors" in text
+    text = str(plan)  # collapsed by module, like the CLI's default
+    assert text == plan.table(full=False) and "stem.*" in text and "frozen 3 tensors" in text
+    assert "stem.conv.weight" in plan.table()
     collapsed = plan.table(full=False)
     assert "layer1.*" in collapsed and "layer1.0.conv.weight" not in collapsed
 

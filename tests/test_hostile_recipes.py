@@ -312,7 +312,14 @@ def test_namemap_patterns_are_bounded_too(fast_budget):
 
 
 @pytest.mark.parametrize("pattern, simple", [
-    (r"layer4\..*", True), (r".*\.bias", True), (r"blocks\.[0-9]+\.experts\.[0-9]+\.w2\..*", False),
+    # A repeat that a literal outside its class ends ([0-9]+ before '\.') adds no choices: bounded.
+    (r"layer4\..*", True), (r".*\.bias", True), (r"blocks\.[0-9]+\.experts\.[0-9]+\.w2\..*", True),
+    (r"blocks\.(\d+)\.experts\.(\d+)\..*", True), (r"[^.]+\.[^.]+\..*", True),
+    # ... but it still scans once per way of reaching it, and only a literal outside the class ends it
+    (r".*\d+\..*", False), (r"[^.]+\.[^.]+\..*.*", False), (r"(\d+)(\d+)\..*.*", False),
+    (r"[\d.]+\..*.*", False), (r"[0-9]+0.*.*", False), (r"(?i:[a-z]+)A.*.*", False),
+    (r"(?i)[a-z]+A.*.*", False), (r"(?a)\W+\u00e9.*.*", False), (r"\d+?\.(.*)\..*", False),
+    (r"(\d+|x)\..*.*", False),
     (r"blocks\.(1|3)\.attn\..*", True), (r"(?!head).*\.w2\.bias", True), (r"(a+)+b", False),
     (r"(a|aa)+b", False), (r"(.*a){20}x", False), (r"(\w)\1", False), (r".*.*.*x", False),
     (r"(?:ab)+c", True), (r"a{3}.*", True),

@@ -135,7 +135,7 @@ LAYERS = (
                   "tunespec.dispatch")),
     ("planning", ("tunespec.planning",)),
     ("lifecycle", ("tunespec.lifecycle",)),
-    ("entry points", ("tunespec", "tunespec.cli", "tunespec.importers")),
+    ("entry points", ("tunespec", "tunespec.__main__", "tunespec.cli", "tunespec.importers")),
 )
 # Imports allowed inside functions in the core, each with why; everything else imports at the top
 # (``import tunespec`` itself imports nothing: its public names are lazy module attributes).

@@ -67,9 +67,27 @@ def test_deferred_init_blocks_plan_by_name(gcv):
     net.initialize()
     net(mx.nd.zeros((1, 3, 32, 32)))
     assert net.conv1.weight.grad_req == "null" and net.fc.weight.grad_req == "write"
-    report = plan.verify()  # no baseline at apply time: taken now, then watched
-    assert report.ok and "conv1.weight" in report.unchecked
-    assert plan.verify().unchecked == []
+    report = plan.verify()  # no baseline at apply time: never called ok; taken now, then watched
+    assert not report.ok and "conv1.weight" in report.unchecked
+    assert "could not be checked" in str(report) and "forward pass before apply" in str(report)
+    with pytest.raises(AssertionError, match="could not be checked"):
+        report.raise_if_changed()
+    again = plan.verify()
+    assert again.unchecked == [] and again.ok
+
+
+def test_a_frozen_weight_changed_before_its_first_baseline_is_not_reported_ok(gcv):
+    """Deferred Gluon parameters have no bytes at apply: a hand-made change before the first
+    verify cannot be told from initial values, so that verify must not say ok."""
+    net = gcv.model_zoo.get_model("resnet18_v1b", pretrained=False)
+    net.initialize()
+    plan = tunespec.apply(net, {"freeze": ["conv1\\..*", "bn1\\..*", "layer1\\..*"]})
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    net.conv1.weight.set_data(net.conv1.weight.data() + 1)   # changed by hand
+    first = plan.verify()
+    assert not first.ok and "conv1.weight" in first.unchecked
+    net.conv1.weight.set_data(net.conv1.weight.data() + 1)   # once watched, a change is caught
+    assert plan.verify().changed_params == ["conv1.weight"]
 
 
 def ssd(gcv):

@@ -56,6 +56,16 @@ def _index_multipliers(trainer: gluon.Trainer) -> None:
     optimizer.wd_mult = {i: p.wd_mult for i, p in enumerate(trainer._params)}
 
 
+def _check_initialized(params: Sequence[gluon.Parameter]) -> None:
+    """A Trainer over parameters nobody initialised fails deep inside MXNet with a RuntimeError;
+    say what to call instead (deferred initialisation, shapes still unknown, is fine)."""
+    bare = [p.name for p in params if p._data is None and not p._deferred_init]
+    if bare:
+        raise SpecError(f"optimizer: {len(bare)} trainable Gluon parameter(s) are not initialised "
+                        f"({', '.join(bare[:3])}{' ...' if len(bare) > 3 else ''}): call "
+                        f"net.initialize() (or net.load_parameters(...)) before building the Trainer")
+
+
 class MXNetOptimizers:
     def owns_optimizer(self, optimizer: Any) -> bool:
         return isinstance(optimizer, gluon.Trainer)
@@ -66,6 +76,7 @@ class MXNetOptimizers:
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
                         weight_decay: float, semantics: str = "torch", **options: Any) -> gluon.Trainer:
         params = [p for g in groups for p in g["params"]]
+        _check_initialized(params)
         trainer_options = {k: options.pop(k) for k in _TRAINER_OPTIONS if k in options}
         opt = self._optimizer_name(name, semantics)
         optimizer_params = {"wd": weight_decay, **options}

@@ -29,6 +29,7 @@ _WHERE = {  # no typing import: the bare import stays a few milliseconds
     **dict.fromkeys(["register_backend", "unregister_backend"], "registry"),
     "plan": "planning.make",
     **dict.fromkeys(["Plan", "VerifyReport"], "planning.plan"),
+    **dict.fromkeys(["groups", "ModelGroups"], "planning.model_groups"),
     "NameMap": "planning.naming",
     **dict.fromkeys(["Card", "register_card"], "planning.cards"),
     **dict.fromkeys(["apply", "optimizer", "scheduler"], "lifecycle.apply"),

@@ -39,7 +39,14 @@ __all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "Distribu
 @dataclass(frozen=True)
 class FrameworkFacts:
     """What the core knows about a framework, declared by its backend in a module that does not
-    import the framework (so dispatch can look at ``sys.modules`` before importing anything)."""
+    import the framework (so dispatch can look at ``sys.modules`` before importing anything).
+
+    Example::
+
+        FACTS = tunespec.FrameworkFacts(name="jax", framework="jax", backend="my_backend.backend:BACKEND",
+                                        model_type="a flax.nnx.Module")   # see docs/contributing/design.md
+        tunespec.register_backend(FACTS)
+    """
 
     name: str  # the backend's name, as users pass it (backend='...')
     framework: str  # the framework's top-level module: a model can only be its type once imported

@@ -8,16 +8,46 @@ from __future__ import annotations
 
 
 class SpecError(ValueError):
-    """A spec, a rule or its use on a model is wrong; the message names the fix."""
+    """A spec, a rule or its use on a model is wrong; the message names the fix.
+
+    Example::
+
+        try:
+            tunespec.plan(model, {"freeze": [r"layer5\\..*"]})
+        except tunespec.SpecError as error:
+            print(error)   # ... matches no parameter ...; closest names: 'layer4', ...
+    """
 
 
 class StalePlanError(SpecError):
-    """The model's parameters changed after planning (e.g. GluonCV ``reset_class``)."""
+    """The model's parameters changed after planning (e.g. GluonCV ``reset_class``).
+
+    Example::
+
+        plan = tunespec.plan(net, spec)
+        net.reset_class(["cat", "dog"])   # new head tensors
+        plan.apply()                      # StalePlanError: re-plan with tunespec.plan(net, spec)
+    """
 
 
 class MissingFrameworkError(ImportError):
-    """The framework a backend needs is not installed."""
+    """The framework a backend needs is not installed.
+
+    Example::
+
+        try:
+            tunespec.plan(gluon_net, spec)
+        except tunespec.MissingFrameworkError as error:
+            print(error)   # names the extra to install: pip install 'tunespec[mxnet]'
+    """
 
 
 class TuneSpecWarning(UserWarning):
-    """Something in the spec probably does not do what was meant (non-strict mode)."""
+    """Something in the spec probably does not do what was meant (non-strict mode).
+
+    Example::
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", tunespec.TuneSpecWarning)   # make them errors in CI
+            tunespec.plan(model, {"strict": False, "freeze": [r"layer5\\..*"]})
+    """

@@ -40,7 +40,12 @@ def version() -> int:
 
 def register_backend(facts: FrameworkFacts) -> None:
     """Make a backend available to every tunespec call. Registering the same facts again is a
-    no-op; another backend under a taken name is an error (unregister it first)."""
+    no-op; another backend under a taken name is an error (unregister it first).
+
+    Example::
+
+        tunespec.register_backend(my_backend.facts.FACTS)   # or an entry point in group tunespec.backends
+    """
     if not isinstance(facts, FrameworkFacts):
         raise SpecError(f"register_backend: expected tunespec.FrameworkFacts, got {excerpt(facts)}")
     if not facts.name or not facts.framework or ":" not in facts.backend:
@@ -59,7 +64,12 @@ def register_backend(facts: FrameworkFacts) -> None:
 
 
 def unregister_backend(name: str) -> None:
-    """Forget a registered backend (tests, or replacing one)."""
+    """Forget a registered backend (tests, or replacing one).
+
+    Example::
+
+        tunespec.unregister_backend("jax")
+    """
     with _lock:
         _scan_entry_points()
         global _version

@@ -60,7 +60,11 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
     makes the recipe follow MMEngine's own classification on that model (see the module notes);
     ``bypass_duplicate: True`` needs it.
 
-    Example: ``from_mmengine(dict(dwconv_decay_mult=0.0), base_wd=1e-4, model=net)``.
+    Example::
+
+        recipe = tunespec.from_mmengine(dict(custom_keys={"backbone": dict(lr_mult=0.1)}, norm_decay_mult=0.0),
+                                       optimizer=dict(type="SGD", lr=0.02, momentum=0.9, weight_decay=1e-4))
+        opt = tunespec.optimizer(model, recipe)
     """
     section = None
     if optimizer is not None:

@@ -81,7 +81,10 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
     their BatchNorm statistics still move); given the model, either is left out where timm's would
     change nothing.
 
-    Example: ``tunespec.optimizer(model, tunespec.from_timm(model, 0.05, layer_decay=0.75), "adamw", lr=1e-3)``.
+    Example::
+
+        recipe = tunespec.from_timm(model, weight_decay=0.05, layer_decay=0.75)
+        opt = tunespec.optimizer(model, recipe, "adamw", lr=1e-3)
     """
     wd = V.number(weight_decay, "from_timm: weight_decay", minimum=0.0, maximum=V.MAX_FACTOR)
     V.boolean(filter_bias_and_bn, "from_timm: filter_bias_and_bn")

@@ -17,7 +17,18 @@ from tunespec.recipe.recipe import load_recipe
 
 
 def apply(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
-    """Plan and apply; returns the applied plan (``plan.restore()`` undoes it)."""
+    """Plan and apply in one call; returns the applied plan (``plan.restore()`` undoes it).
+
+    Applying sets each parameter's trainability (``requires_grad`` / ``grad_req``) and
+    multipliers and the BatchNorm policy, and records checksums of everything frozen for
+    :meth:`Plan.verify`. All or nothing: a failure leaves the model as it was.
+
+    Example::
+
+        plan = tunespec.apply(model, "recipe.yaml")
+        ...train...
+        plan.restore()   # trainability, multipliers and BN policy as before
+    """
     p = plan(model, spec, backend, strict).apply()
     remember_applied(model, p)
     return p
@@ -35,6 +46,11 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
     is undone. The spec is (re-)applied unless the model has exactly its settings now: another
     plan applied since, or a hand-made change, never leaves a stale optimizer. ``lr_scale`` gives
     torch groups the keys a timm scheduler reads (:meth:`tunespec.Plan.param_groups`).
+
+    Example::
+
+        opt = tunespec.optimizer(model, "examples/two_phase.yaml")            # from the recipe's optimizer section
+        opt = tunespec.optimizer(model, spec, "adamw", lr=1e-4, weight_decay=0.05)
     """
     check_call(backend, None)
     recipe = load_recipe(spec)
@@ -56,13 +72,9 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
             return current.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
                                      lr_scale=lr_scale, **options)
         fresh = plan(model, recipe.spec, be.name)  # planning changes nothing
-        fresh.apply()
-        try:
-            opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
-                                  lr_scale=lr_scale, **options)
-        except BaseException:
-            fresh.rollback()
-            raise
+        # Plan.optimizer applies (and rolls back if building fails) after one freshness check.
+        opt = fresh.optimizer(name, lr=lr, weight_decay=weight_decay, semantics=semantics,
+                              lr_scale=lr_scale, **options)
         remember_applied(model, fresh)
         return opt
 
@@ -71,7 +83,14 @@ def scheduler(optimizer: Any, schedule: "SpecLike | LRSchedule | Mapping[str, An
               steps_per_epoch: int | None = None) -> Any:
     """An lr scheduler for a torch optimizer (step it once per optimizer step) or, for a Gluon
     Trainer, the MXNet scheduler it now uses; both give the same lr at every step.
-    The optimizer and the schedule are checked before the optimizer is touched."""
+    The optimizer and the schedule are checked before the optimizer is touched.
+
+    Example::
+
+        opt = tunespec.optimizer(model, "examples/two_phase.yaml")
+        sched = tunespec.scheduler(opt, "examples/two_phase.yaml", steps_per_epoch=len(loader))
+        # torch: sched.step() after every opt.step(); Gluon: the Trainer steps it itself
+    """
     be = backend_for_optimizer(optimizer)
     if steps_per_epoch is not None:
         validate.count(steps_per_epoch, "scheduler: steps_per_epoch")

@@ -92,6 +92,12 @@ class FrozenPrefix:
 
     Compute ``features`` once per (un-augmented) sample, keep them, and train ``head`` on them
     with the plan's optimizer: its parameters are the model's own.
+
+    Example::
+
+        cut = tunespec.cache_frozen(model, plan, "layer4")
+        feats = [cut.features(x) for x in inputs]   # once
+        logits = cut.head(feats[0])                  # every epoch
     """
 
     def __init__(self, plan: Plan, split: str, prefix: Any, head: Any):
@@ -114,6 +120,11 @@ def cache_frozen(model: Any, spec: "Plan | SpecLike", split: str, backend: str |
 
     Raises :class:`SpecError` when the prefix is not all frozen, its BatchNorm statistics still
     update, it contains dropout, or the split is not a clean sequential cut.
+
+    Example::
+
+        plan = tunespec.apply(model, {"freeze": [".*"], "train": [r"layer4\\..*", r"fc\\..*"]})
+        cut = tunespec.cache_frozen(model, plan, "layer4")
     """
     if not isinstance(split, str) or not split:
         raise SpecError(f"cache_frozen: split must be a module's canonical path like 'layer4', got "

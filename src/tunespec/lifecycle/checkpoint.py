@@ -93,6 +93,10 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
     ``extra`` is anything JSON-serialisable (the data loader's position, a metric history). A
     symlink ``path`` is written through; a failed write (disk full, read-only directory) is a
     SpecError and leaves the previous checkpoint as it was.
+
+    Example::
+
+        tunespec.save_checkpoint("run.pt", model, opt, runner, epoch=epoch, extra={"best": 0.91})
     """
     be = backend_for(model)
     if epoch is not None:
@@ -204,6 +208,12 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
     run's in any section is refused, naming the first difference. Without one, pass the
     ``optimizer`` (and ``lr_scheduler``) to load the state into. ``meta`` holds ``epoch`` (the one
     saved) and ``extra``. Any failure leaves the model, optimizer and schedule as they were.
+
+    Example::
+
+        runner = tunespec.StageRunner("examples/two_phase.yaml", steps_per_epoch=len(loader))
+        model, opt, meta = tunespec.resume("run.pt", fresh_model, runner)
+        start_epoch = meta["epoch"] + 1
     """
     be = backend_for(model)
     where = "resume"

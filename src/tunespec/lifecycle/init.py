@@ -36,7 +36,13 @@ from tunespec.recipe.validate import excerpt
 
 @dataclass
 class InitReport:
-    """Which initialisation each re-initialised tensor got (canonical name -> description)."""
+    """Which initialisation each re-initialised tensor got (canonical name -> description).
+
+    Example::
+
+        report = tunespec.initialize(model, "examples/two_phase.yaml")
+        print(report)   # fc.weight: normal(std=0.01), fc.bias: zeros
+    """
 
     initialised: dict[str, str] = field(default_factory=dict)
 
@@ -104,6 +110,11 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
 
     All or nothing: every rule, shape and distribution is checked and every value drawn before
     the first write, and a write that still fails puts back the tensors already written.
+
+    Example::
+
+        tunespec.initialize(model, "examples/two_phase.yaml")   # the recipe's init section
+        tunespec.initialize(model, {"init": {"rules": [{"match": r"fc\\..*", "method": "zeros"}]}})
     """
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise SpecError(f"initialize: seed must be an integer >= 0, got {excerpt(seed)}")

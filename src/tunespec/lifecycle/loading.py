@@ -29,7 +29,13 @@ from tunespec.lifecycle.checkpoint import read_run_file
 
 @dataclass
 class LoadReport:
-    """What ``tunespec.load`` did: every checkpoint key and model tensor is in exactly one list."""
+    """What ``tunespec.load`` did: every checkpoint key and model tensor is in exactly one list.
+
+    Example::
+
+        report = tunespec.load(model, "imagenet_r18.pt", select=r"(?!fc\\.).*")
+        print(report.loaded[:3], report.missing)   # the new head is missing
+    """
 
     loaded: list[str] = field(default_factory=list)  # model canonical names written
     missing: list[str] = field(default_factory=list)  # model tensors nothing was loaded into
@@ -183,6 +189,11 @@ def load(model: Any, checkpoint: "str | Path | Mapping[str, Any]", select: str |
     ``weight``/``bias``). ``strict`` (default) refuses unexpected keys and shape mismatches and then
     writes nothing; model tensors the checkpoint does not cover are listed as ``missing`` either way
     (that is what partial loading is for; ``report.complete`` says whether there were any).
+
+    Example::
+
+        report = tunespec.load(model, "imagenet_r18.pt", select=r"(?!fc\\.).*")   # all but the head
+        report = tunespec.load(net, "detector.pt", rename={r"model\\.(.*)": r"\\1"}, strict=False)
     """
     be = backend_for(model, backend)
     names = NameMap(select, rename)

@@ -19,6 +19,14 @@ from tunespec.planning.naming import NameMap, Rename
 
 @dataclass
 class PortReport:
+    """What :func:`tunespec.port` copied, and what it could not (by canonical name).
+
+    Example::
+
+        report = tunespec.port(torch_net, gluon_net)
+        print(report)           # counts, then any missing / unexpected / mismatched names
+        assert report.ok
+    """
     copied: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the target, nothing maps onto them
     unexpected: list[str] = field(default_factory=list)  # in the source, not in the target
@@ -54,6 +62,11 @@ def port(src: Any, dst: Any, strict: bool = True, rename: Rename = None,
     onto target ones when structures differ (see :class:`tunespec.planning.naming.NameMap`). ``strict``
     (default) refuses any missing, unexpected or shape-mismatched tensor; otherwise those are
     reported and skipped. Either way nothing is written unless every copied tensor checks out.
+
+    Example::
+
+        net_g.initialize(); net_g(mx.nd.zeros((1, 3, 224, 224)))   # Gluon shapes known first
+        print(tunespec.port(torchvision_resnet18, net_g))
     """
     sb, db = backend_for(src, src_backend), backend_for(dst, dst_backend)
     source, ignored = _tensors(sb.listing(src))

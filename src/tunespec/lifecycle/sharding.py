@@ -176,6 +176,11 @@ def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None,
     sharded model, applied: build its optimizer with ``plan.optimizer(...)`` (or start a
     :class:`tunespec.Schedule` on the model), which then holds the sharded parameters. Everything
     is checked before the model is sharded; sharding itself cannot be undone.
+
+    Example::
+
+        plan = tunespec.shard(model, "examples/two_phase.yaml", mesh=init_device_mesh("cpu", (world,)))
+        opt = plan.optimizer("adamw", lr=1e-4)
     """
     if isinstance(model, Plan):
         if spec is not None:

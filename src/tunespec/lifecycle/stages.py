@@ -94,6 +94,7 @@ class StageRunner:
     # --- state ------------------------------------------------------------------------------
     @property
     def stage(self) -> Stage:
+        """The stage the run is in now (``stages[0]`` until the first change)."""
         return self.stages[self.index]
 
     def _book(self) -> lrs.LRBook:
@@ -180,7 +181,7 @@ class StageRunner:
             if not be.owns_optimizer(optimizer):
                 raise SpecError(f"StageRunner.start: optimizer is a {type(optimizer).__name__}, not a "
                                 f"{be.name} optimizer")
-            plan.check(optimizer)
+            plan.check(optimizer, before_apply=True)  # stage 0 is applied below
         lr_schedule = None
         if self.recipe.schedule is not None:
             lr_schedule = self.recipe.schedule.in_steps(self.steps_per_epoch)

@@ -23,9 +23,11 @@ too, so a stage that unfreezes layers does not move the lr of layers already tra
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 import warnings
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tunespec.recipe import validate as V
 from tunespec.errors import SpecError, TuneSpecWarning
@@ -48,21 +50,39 @@ def layer_ids(entries: Sequence[Layer], hits: Sequence[Sequence[int]], captures:
     entry take the top layer.
     """
     key_of: list[tuple | None] = [None] * n
+    keys: list[tuple] = []  # each distinct key once, made when first given to a position
     for e, (entry_hits, entry_caps) in enumerate(zip(hits, captures, strict=True)):
+        made: dict[tuple, tuple] = {}  # numbers -> (e, *numbers), one object per layer
+        if not keys and len(entry_hits) == n:  # the first entry to match takes every position
+            distinct = list(dict.fromkeys(entry_caps))
+            made = dict(zip(distinct, map(operator.add, itertools.repeat((e,)), distinct)))
+            key_of = list(map(made.__getitem__, entry_caps))
+            keys += made.values()
+            continue
         for i, numbers in zip(entry_hits, entry_caps, strict=True):
             if key_of[i] is None:
-                key_of[i] = (e, *numbers)
-    keys = sorted({k for k in key_of if k is not None})
-    joins = {k for k in keys if entries[k[0]].with_previous}
-    layer_of: dict[tuple, int] = {}
-    lid = -1
-    for k in keys:
-        if lid < 0 or k not in joins:
-            lid += 1
-        layer_of[k] = lid
-    unmatched = any(k is None for k in key_of)
+                key = made.get(numbers)
+                if key is None:
+                    key = made[numbers] = (e, *numbers)
+                key_of[i] = key
+        keys += made.values()
+    keys.sort()
+    # By id: the keys are shared objects, and hashing a tuple is not free.
+    if not any(entry.with_previous for entry in entries):  # one layer per key
+        layer_of = dict(zip(map(id, keys), range(len(keys))))
+        lid = len(keys) - 1
+    else:
+        layer_of, lid = {}, -1
+        for k in keys:
+            if lid < 0 or not entries[k[0]].with_previous:
+                lid += 1
+            layer_of[id(k)] = lid
+    unmatched = None in key_of
     count = lid + 1 + (1 if unmatched else 0)
-    return [count - 1 if k is None else layer_of[k] for k in key_of], count
+    if not unmatched:
+        return list(map(layer_of.__getitem__, map(id, key_of))), count
+    top = count - 1
+    return [top if k is None else layer_of[id(k)] for k in key_of], count
 
 
 def scales(rate: float, ids: Sequence[int], count: int, min_scale: float = 0.0) -> list[float]:
@@ -71,8 +91,6 @@ def scales(rate: float, ids: Sequence[int], count: int, min_scale: float = 0.0) 
     per_layer = [max(min_scale, rate ** (top - i)) for i in range(count)]
     return [per_layer[i] for i in ids]
 
-
-# --- planning: each parameter's scale -------------------------------------------------------
 
 def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher: "Matcher",
                   groups: Mapping[str, str]) -> list[float] | None:
@@ -90,21 +108,25 @@ def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher:
         entries, where = card.layers, f"the {card.family} card's layers"
     rows = listing.param_rows
     hits: list[list[int]] = []
-    captures: list[list[tuple[int, ...]]] = []
+    captured: list[tuple[list[tuple], dict[tuple, tuple[int, ...]]]] = []  # per entry, see _captures
     for i, entry in enumerate(entries):
         origin = f"{where}[{i}]"
-        found = matcher.select(entry.match, groups, origin)
+        found, matched = matcher.select_matches(entry.match, groups, origin)
         if not found and decay.layers is not None:  # a card's entry may be absent in a variant
             message = f"{origin}: {entry.match!r} matches no parameter of {listing.model_type}"
             if spec.strict:
                 raise SpecError(message + "; fix the layer list, or set strict: false to allow it")
             warnings.warn(message + " and has no effect", TuneSpecWarning, stacklevel=5)
         hits.append(found)
-        captures.append(_captures(entry.match, found, listing, origin))
+        captured.append(_captures(entry.match, found, matched, listing, origin))
     if decay.layers is None and not any(hits):
         raise SpecError(f"layer_decay: {where} match no parameter of this {listing.model_type}; the "
                         f"card does not fit this model: list its layers in layer_decay.layers")
-    ids, count = layer_ids(entries, hits, captures, len(rows))
+    if hits and len(hits[0]) == len(rows):  # the first entry takes every parameter (one numbered regex)
+        ids, count = _numbered_ids(*captured[0])
+    else:
+        captures = [list(map(numbers.__getitem__, per_hit)) for per_hit, numbers in captured]
+        ids, count = layer_ids(entries, hits, captures, len(rows))
     _check_effect(decay, count, spec.strict)
     return scales(decay.rate, ids, count, decay.min_scale)
 
@@ -132,19 +154,46 @@ def frozen_by_scale(decay: "LayerDecay | None", scale: Sequence[float] | None) -
     return [i for i, s in enumerate(scale) if s < below]
 
 
-def _captures(match: str, found: Sequence[int], listing: "Listing", origin: str) -> list[tuple[int, ...]]:
-    """The layer numbers a layer entry captured from each parameter it matched (positions in
-    ``param_rows``). A group is one layer: its regex was written to select, not to number."""
+
+def _numbered_ids(per_hit: list[tuple], numbers: Mapping[tuple, tuple[int, ...]]) -> tuple[list[int], int]:
+    """:func:`layer_ids` when one entry matched every parameter: one layer per distinct number
+    tuple, in numeric order, computed per distinct capture and then looked up once per parameter."""
+    order = {n: lid for lid, n in enumerate(sorted(set(numbers.values())))}
+    lid_of = {captured: order[n] for captured, n in numbers.items()}
+    return list(map(lid_of.__getitem__, per_hit)), len(order)
+
+
+def _captures(match: str, found: Sequence[int], matched: Sequence[Any], listing: "Listing",
+              origin: str) -> tuple[list[tuple], dict[tuple, tuple[int, ...]]]:
+    """What a layer entry captured from each parameter it matched (positions in ``param_rows``),
+    read from the match objects of the selecting pass (``matched``, one per position; None
+    where only an alias matched): the captured strings per position, and the layer numbers of
+    each distinct capture. A group is one layer: its regex was written to select, not to number.
+
+    Layers repeat (every tensor of a block captures the same numbers), so strings become
+    numbers once per distinct capture, in order of first appearance: the first bad capture is
+    the one reported.
+    """
     if match.startswith("@"):
-        return [()] * len(found)
+        return [()] * len(found), {(): ()}
     pattern = re.compile(match) if simple(match) else V.compiled(match)  # re is the fast one
     if not pattern.groups:
-        return [()] * len(found)
-    names, rows, aliases = listing.names, listing.param_rows, listing.aliases
-    out = []
-    for k in found:
-        m = pattern.fullmatch(names[rows[k]])
-        if m is None:  # it matched an alias (a tied parameter's other name)
-            m = next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
-        out.append(captured_numbers(m, origin))
-    return out
+        return [()] * len(found), {(): ()}
+    if listing.aliases and None in matched:  # a tied parameter's other name matched: use that alias
+        rows, aliases = listing.param_rows, listing.aliases
+        matched = [m if m is not None else next(filter(None, map(pattern.fullmatch, aliases.get(rows[k], ()))))
+                   for k, m in zip(found, matched, strict=True)]
+    per_hit = list(map(_GROUPS, matched))
+    distinct = list(dict.fromkeys(per_hit))
+    flat = list(itertools.chain.from_iterable(distinct))
+    try:
+        digits = all(flat) and "".join(flat).isdecimal()  # a group that did not take part: TypeError
+    except TypeError:
+        digits = False
+    if digits:  # only digits: convert at C speed
+        return per_hit, dict(zip(distinct, map(tuple, map(map, itertools.repeat(int), distinct))))
+    first = dict(zip(reversed(per_hit), reversed(matched)))  # each capture's first match object
+    return per_hit, {g: captured_numbers(first[g], origin) for g in distinct}
+
+
+_GROUPS = operator.methodcaller("groups")

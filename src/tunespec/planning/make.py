@@ -35,7 +35,21 @@ def check_call(backend: Any, strict: Any) -> None:
 
 
 def plan(model: Any, spec: SpecLike, backend: str | None = None, strict: bool | None = None) -> Plan:
-    """What ``spec`` would do to ``model``; no side effects. ``strict`` overrides the spec's."""
+    """What ``spec`` would do to ``model``, computed without changing anything.
+
+    ``spec`` is a :class:`Spec`, a mapping, a :class:`Recipe` or a recipe file's path. The plan
+    holds one decision per parameter (trainable, lr and weight-decay multipliers, the deciding
+    rules) and the BatchNorm policy; print it to read it, then :meth:`Plan.apply` it or build the
+    optimizer with :meth:`Plan.optimizer`. The backend is chosen from the model's type
+    (``backend`` checks it); ``strict`` overrides the spec's own strictness. A spec that does not
+    fit the model is a :class:`SpecError` naming the fix.
+
+    Example::
+
+        plan = tunespec.plan(model, {"freeze": [".*"], "train": [r"fc\\..*"]})
+        print(plan)          # what would happen; the model is untouched
+        plan.apply()
+    """
     check_call(backend, strict)
     be = backend_for(model, backend)
     return Plan.make(model, as_spec(spec).with_strict(strict), be)

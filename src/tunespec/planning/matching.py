@@ -15,10 +15,12 @@ from __future__ import annotations
 import bisect
 import difflib
 import functools
+import itertools
 import re
 import re._constants as sre_constants
 import re._parser as sre_parse
 import time
+from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
 
 from tunespec.recipe import validate as V
@@ -70,6 +72,7 @@ class Matcher:
         self.listing = listing
         self.rows = listing.param_rows
         names = list(map(listing.names.__getitem__, self.rows))
+        self.__dict__["_model_names"] = names[:]  # the cached_property's value, in model order
         owners = list(range(len(names)))
         if listing.aliases:
             position = {row: i for i, row in enumerate(self.rows)}
@@ -80,6 +83,7 @@ class Matcher:
         order = sorted(range(len(names)), key=names.__getitem__)
         self._names = [names[k] for k in order]
         self._owners = [owners[k] for k in order]
+        self._order = order  # entry k is a canonical name when order[k] < len(self.rows)
         self._prefixes: dict[int, list[str]] = {}
         self._until: float | None = None
 
@@ -145,12 +149,47 @@ class Matcher:
                                     f"none yet; initialise the model (one forward pass) before planning")
             pred = _BUILTIN[name]
             return [i for i, row in enumerate(self.rows) if pred(ls, row)]
-        prefix = literal_prefix(match)
-        lo = bisect.bisect_left(self._names, prefix) if prefix else 0
-        hi = bisect.bisect_left(self._names, prefix + "\U0010ffff") if prefix else len(self._names)
+        lo, hi = self._span(match)
         owners = self._owners
         hit = {owners[lo + k] for k in scan(match, self._names[lo:hi], origin, until=self.until)}
         return sorted(hit)
+
+    def _span(self, regex: str) -> tuple[int, int]:
+        """The slice of the sorted names that can fullmatch ``regex``: those with its literal prefix."""
+        prefix = literal_prefix(regex)
+        if not prefix:
+            return 0, len(self._names)
+        return (bisect.bisect_left(self._names, prefix),
+                bisect.bisect_left(self._names, prefix + "\U0010ffff"))
+
+    def select_matches(self, match: str, groups: Mapping[str, Any], origin: str) -> tuple[list[int], list[Any]]:
+        """:meth:`select`, plus, for each selected position, the match object of its canonical name
+        (for the numbers a layer regex captures) from the same single pass over the names; None
+        for a position selected only through an alias, or by a group or a layer kind."""
+        if match.startswith("@") or parse_token(match) is not None:
+            hits = self.select(match, groups, origin)
+            return hits, [None] * len(hits)
+        lo, hi = self._span(match)
+        if not self.listing.aliases and 2 * (hi - lo) > len(self._names):
+            # Most names can match (layer lists often cover the model): scanning them in model
+            # order gives positions in order, with no sorting or owner lookups.
+            got = scan(match, self._model_names, origin, until=self.until, matches=True, every=True)
+            if all(got):
+                return list(range(len(got))), got
+            return list(itertools.compress(range(len(got)), got)), list(filter(None, got))
+        owners, order, canonical = self._owners, self._order, len(self.rows)
+        by_owner: dict[int, Any] = {}
+        for k, m in scan(match, self._names[lo:hi], origin, until=self.until, matches=True):
+            if order[lo + k] < canonical:
+                by_owner[owners[lo + k]] = m
+            else:
+                by_owner.setdefault(owners[lo + k], None)
+        hits = sorted(by_owner)
+        return hits, list(map(by_owner.__getitem__, hits))
+
+    @cached_property
+    def _model_names(self) -> list[str]:
+        return list(map(self.listing.names.__getitem__, self.rows))
 
     def suggest(self, regex: str, layer: str | None = None, native: bool = False) -> str:
         """A hint for a rule that matched nothing: close names, or why it missed."""
@@ -207,25 +246,37 @@ _REPEATS = frozenset({sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT,
                       sre_constants.POSSESSIVE_REPEAT})
 
 
-def _repeats(items: Any) -> int | None:
+def _repeats(items: Any, stops: list[int] | None = None, after: Sequence[Any] = ()) -> int | None:
     """How many variable repeats a parsed pattern has, or None if it is not simple.
 
     Simple: every repeat repeats single characters (or fixed text), and there are no
     backreferences, atomic groups or conditionals. Such a pattern costs at most
     O(len(name) ** repeats) steps: each repeat, lookarounds' included, adds one choice per
     position, and nothing multiplies them further.
+
+    A repeat of one character class that a literal character outside the class follows
+    (``\\d+\\.`` in ``blocks\\.(\\d+)\\.experts\\.(\\d+)\\..*``) adds no choice: it can
+    only end where the class does, so backtracking into it fails at once. It is counted in
+    ``stops`` instead (it still scans its characters once per way of reaching it); ``after``
+    is what follows ``items`` (the rest of the pattern after a group).
     """
     n = 0
-    for op, arg in items:
+    items = list(items)
+    for at, (op, arg) in enumerate(items):
         if op in _CHAR_OPS or op is sre_constants.AT:
             continue
         if op in _REPEATS:
             low, high, body = arg
             if not all(b_op in _CHAR_OPS for b_op, _ in body):
                 return None
-            n += low != high
+            if low != high:
+                if stops is not None and _stops(body, items[at + 1:] or after):
+                    stops.append(1)
+                else:
+                    n += 1
         elif op is sre_constants.SUBPATTERN:
-            inner = _repeats(arg[3])
+            scoped = arg[1] or arg[2]  # (?i:...) changes what its classes and literals match
+            inner = _repeats(arg[3], None if scoped else stops, items[at + 1:] or after)
             if inner is None:
                 return None
             n += inner
@@ -245,6 +296,45 @@ def _repeats(items: Any) -> int | None:
     return n
 
 
+_CLASS_ESCAPES = {sre_constants.CATEGORY_DIGIT: r"\d", sre_constants.CATEGORY_NOT_DIGIT: r"\D",
+                  sre_constants.CATEGORY_WORD: r"\w", sre_constants.CATEGORY_NOT_WORD: r"\W",
+                  sre_constants.CATEGORY_SPACE: r"\s", sre_constants.CATEGORY_NOT_SPACE: r"\S"}
+
+
+def _in_class(body: Any, char: str) -> bool | None:
+    """Whether ``char`` can be one step of a repeat's ``body`` (None: cannot tell)."""
+    if len(body) != 1:
+        return None
+    op, arg = body[0]
+    if op is sre_constants.LITERAL:
+        return chr(arg) == char
+    if op is sre_constants.NOT_LITERAL:
+        return chr(arg) != char
+    if op is sre_constants.CATEGORY:
+        escape = _CLASS_ESCAPES.get(arg)
+        return None if escape is None else re.fullmatch(escape, char) is not None
+    if op is sre_constants.IN:
+        negate, hit = False, False
+        for item_op, item in arg:
+            if item_op is sre_constants.NEGATE:
+                negate = True
+            elif item_op is sre_constants.LITERAL:
+                hit = hit or chr(item) == char
+            elif item_op is sre_constants.RANGE:
+                hit = hit or item[0] <= ord(char) <= item[1]
+            elif item_op is sre_constants.CATEGORY and item in _CLASS_ESCAPES:
+                hit = hit or re.fullmatch(_CLASS_ESCAPES[item], char) is not None
+            else:
+                return None
+        return hit != negate
+    return None
+
+
+def _stops(body: Any, rest: Sequence[Any]) -> bool:
+    """True when a repeat of ``body`` is followed by a literal character its body cannot match."""
+    return bool(rest) and rest[0][0] is sre_constants.LITERAL and _in_class(body, chr(rest[0][1])) is False
+
+
 @functools.lru_cache(maxsize=4096)
 def simple(regex: str) -> bool:
     """True when ``re`` can match ``regex`` in at most O(len(name)**2) steps per name.
@@ -259,19 +349,28 @@ def simple(regex: str) -> bool:
         parsed = sre_parse.parse(regex)
     except (re.error, RecursionError, OverflowError):
         return False
-    count = _repeats(parsed)
-    return count is not None and count <= 2
+    if parsed.state.flags & (re.IGNORECASE | re.ASCII | re.LOCALE):
+        stops = None  # these change what a class or literal matches: count every repeat
+    else:
+        stops = []
+    count = _repeats(parsed, stops)
+    # Repeats that a literal stops add no choices, only one scan of their characters per way of
+    # reaching them: at most one more factor of len(name) in all.
+    return count is not None and count + (1 if stops else 0) <= 2
 
 
 _CHUNK = 256  # names matched between two looks at the clock on the fast path
 
 
 def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
-         first: bool = False, until: float | None = None) -> list[int]:
+         first: bool = False, until: float | None = None, matches: bool = False,
+         every: bool = False) -> list[Any]:
     """Indices of the ``names`` that ``regex`` (full)matches, within one rule's time budget.
 
     ``first`` stops at the first chunk of names with a hit (for suggestions); ``until`` is an
-    earlier deadline (a whole plan's) the rule must also meet.
+    earlier deadline (a whole plan's) the rule must also meet; ``matches`` gives (index, match
+    object) pairs instead, so captured groups need no second pass, and with ``every`` one match
+    object or None per name.
     """
     budget = Budget(origin, regex, len(names))
     if until is not None and until < budget.deadline:
@@ -285,7 +384,12 @@ def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
             if clock() > deadline:
                 raise budget.error()
             chunk = names[start:start + _CHUNK]
-            found += [start + k for k, name in enumerate(chunk) if test(name)]
+            if every:
+                found += map(test, chunk)
+            elif matches:
+                found += [(start + k, m) for k, m in enumerate(map(test, chunk)) if m]
+            else:
+                found += [start + k for k, name in enumerate(chunk) if test(name)]
             if first and found:
                 break
         return found
@@ -299,8 +403,10 @@ def scan(regex: str, names: Sequence[str], origin: str, full: bool = True,
             hit = test(name, timeout=left)
         except TimeoutError:
             raise budget.error() from None
-        if hit:
-            found.append(k)
+        if every:
+            found.append(hit)
+        elif hit:
+            found.append((k, hit) if matches else k)
             if first:
                 break
     return found

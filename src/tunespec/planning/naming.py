@@ -55,6 +55,10 @@ class NameMap:
     ``rename`` is either a mapping ``{regex: replacement}`` tried in order (the first regex that
     fullmatches wins; ``\\1`` refers to its groups; an empty replacement drops the name) or a
     function returning the new name, or None to drop it.
+
+    Example::
+
+        names = tunespec.NameMap(select=r"backbone\\..*", rename={r"backbone\\.(.*)": r"\\1"})
     """
 
     def __init__(self, select: str | None = None, rename: Rename = None):

@@ -59,7 +59,16 @@ def remember_applied(model: Any, plan: "Plan | None") -> None:
 
 @dataclass
 class VerifyReport:
-    """Frozen tensors whose bytes changed since ``apply`` (should always be empty)."""
+    """Frozen tensors whose bytes changed since ``apply``, and those that could not be checked.
+
+    ``unchecked`` tensors had no values when the plan was applied (Gluon parameters whose
+    initialisation was deferred to the first forward pass): nothing can say whether they moved
+    before this call, so ``ok`` is False for them too. Their baseline is taken now, so the next
+    ``verify()`` checks them; run one forward pass before ``apply`` to check them from the start::
+
+        report = plan.verify()
+        assert report.ok, str(report)
+    """
 
     changed_params: list[str]
     changed_stats: list[str]
@@ -67,19 +76,27 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.changed_params and not self.changed_stats
+        """True only when every frozen tensor was checked and none changed."""
+        return not self.changed_params and not self.changed_stats and not self.unchecked
 
     def raise_if_changed(self) -> None:
+        """AssertionError (with this report as its message) unless :attr:`ok`."""
         if not self.ok:
             raise AssertionError(str(self))
 
     def __str__(self) -> str:
         if self.ok:
-            extra = f" ({len(self.unchecked)} had no baseline yet)" if self.unchecked else ""
-            return f"verify: all frozen parameters and frozen norm statistics unchanged{extra}"
-        lines = ["verify: frozen tensors changed since apply:"]
-        lines += [f"  parameter {n}" for n in self.changed_params]
-        lines += [f"  norm statistic {n}" for n in self.changed_stats]
+            return "verify: all frozen parameters and frozen norm statistics unchanged"
+        lines = []
+        if self.changed_params or self.changed_stats:
+            lines.append("verify: frozen tensors changed since apply:")
+            lines += [f"  parameter {n}" for n in self.changed_params]
+            lines += [f"  norm statistic {n}" for n in self.changed_stats]
+        if self.unchecked:
+            lines.append(f"verify: {len(self.unchecked)} frozen tensor(s) had no values at apply "
+                         f"(deferred initialisation) and could not be checked: {_few(self.unchecked)}; "
+                         f"their baseline is taken now. Run one forward pass before apply "
+                         f"(net(x)) so that verify checks them from the start")
         return "\n".join(lines)
 
 
@@ -92,7 +109,15 @@ def _digest(data: bytes | None) -> str | None:
 
 
 class Plan:
-    """What a spec does to one model; nothing changes until :meth:`apply`."""
+    """What a spec does to one model; nothing changes until :meth:`apply`.
+
+    Example::
+
+        plan = tunespec.plan(model, {"freeze": [".*"], "train": [r"fc\\..*"]})
+        print(plan)                        # the table, collapsed by module
+        opt = plan.optimizer("sgd", lr=0.01)   # applies, then builds
+        assert plan.verify().ok
+    """
 
     @classmethod
     def make(cls, model: Any, spec: Spec, backend: Backend, listing: Listing | None = None) -> "Plan":
@@ -116,10 +141,12 @@ class Plan:
     # --- inspection -------------------------------------------------------------------------
     @property
     def backend_name(self) -> str:
+        """The backend's name: ``'torch'`` or ``'mxnet'``."""
         return self.backend.name
 
     @property
     def applied(self) -> bool:
+        """Whether :meth:`apply` ran (and :meth:`restore` has not undone it since)."""
         return self._saved is not None
 
     @cached_property
@@ -129,10 +156,12 @@ class Plan:
 
     @property
     def trainable(self) -> list[Decision]:
+        """The decisions of the tensors this plan trains, in model order."""
         return [d for d in self.decisions if d.trainable]
 
     @property
     def frozen(self) -> list[Decision]:
+        """The decisions of the tensors this plan freezes, in model order."""
         return [d for d in self.decisions if not d.trainable]
 
     def __getitem__(self, name: str) -> Decision:
@@ -150,16 +179,61 @@ class Plan:
         return zip(rows, (handles[row] for row in rows), d.trainable, d.lr_mult, d.wd_mult, strict=True)
 
     def summary(self, lr: float | None = None) -> dict[str, Any]:
+        """Counts as a dict: tensors and elements (all, trainable, frozen, changed), norm layers and
+        how many keep their statistics frozen, state tensors, and one entry per optimizer group
+        (its multipliers, tensor count and, given ``lr``, its absolute lr). For a readable table see
+        :meth:`summary_table`.
+
+        Example::
+
+            s = plan.summary(lr=0.01)
+            s["trainable_elements"], [g["lr"] for g in s["groups"]]
+        """
         return report.summary(self, lr)
 
+    def summary_table(self, lr: float | None = None, weight_decay: float | None = None) -> str:
+        """A compact view, one row per optimizer group plus one for the frozen tensors.
+
+        Each row gives tensors, parameters, lr and weight decay (absolute with ``lr`` and
+        ``weight_decay``, else the multipliers) and the top-level modules it covers; totals
+        follow, the way ``torchinfo`` ends its summary::
+
+            print(tunespec.plan(model, spec).summary_table(lr=0.01, weight_decay=5e-4))
+        """
+        if lr is not None:
+            check_number(lr, "summary_table: lr", positive=True)
+        if weight_decay is not None:
+            check_number(weight_decay, "summary_table: weight_decay")
+        return report.group_table(self, lr, weight_decay)
+
     def to_dict(self) -> dict[str, Any]:
+        """Everything the plan decided, JSON-serialisable: the spec, the summary, one entry per
+        parameter (names, shape, trainable, multipliers, the rules that matched and decided), the
+        norm layers' policy and the state tensors. ``tunespec plan --json`` prints it.
+
+        Example::
+
+            json.dump(plan.to_dict(), open("plan.json", "w"), indent=2)
+        """
         return report.to_dict(self)
 
     def table(self, full: bool = True) -> str:
+        """The plan as text: one row per tensor (``full``, the default) or per module subtree whose
+        tensors share one setting (``full=False``, what ``print(plan)`` shows), with status, lr and
+        wd multipliers, whether applying changes the tensor (``chg``) and the deciding rules, then
+        totals.
+
+        Example::
+
+            print(plan.table())             # every tensor
+            print(plan.table(full=False))   # collapsed by module
+        """
         return report.table(self, full=full)
 
     def __str__(self) -> str:
-        return report.table(self, full=len(self.decisions) <= 80)
+        """The table collapsed by module (``tunespec plan``'s default); ``plan.table()`` lists
+        every tensor."""
+        return report.table(self, full=False)
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -198,6 +272,12 @@ class Plan:
         """
         with model_lock(self.model):
             self.check_fresh("apply")
+            return self._apply_checked()
+
+    def _apply_checked(self) -> "Plan":
+        """:meth:`apply` once the caller, holding the model's lock, has checked the plan is fresh
+        (listing a model again costs as much as planning it)."""
+        with model_lock(self.model):
             be = self.backend
             saved = {id(handle): be.snapshot(handle) for _, handle, *_ in self._settings()}
             saved_norms = [be.norm_stats_frozen(n.norm.handle) for n in self.norms]
@@ -331,6 +411,7 @@ class Plan:
         if lr is not None:
             check_number(lr, "param_groups: lr", positive=True)
         check_number(weight_decay, "param_groups: weight_decay")
+        self.require_applied("param_groups")
         validate.boolean(lr_scale, "param_groups: lr_scale")
         groups = self.groups()
         if lr is None and (lr_scale or any(g["lr_mult"] != 1.0 for g in groups)):
@@ -360,10 +441,11 @@ class Plan:
         """
         semantics = check_optimizer(self.backend, name, lr, weight_decay, semantics, options)
         validate.boolean(lr_scale, "optimizer: lr_scale")
-        self.check_fresh("build an optimizer")
-        applied_here = not self.applied
-        if applied_here:
-            self.apply()
+        with model_lock(self.model):
+            self.check_fresh("build an optimizer")
+            applied_here = not self.applied
+            if applied_here:
+                self._apply_checked()
         try:
             opt = self.backend.build_optimizer(self.param_groups(lr, weight_decay, lr_scale), name, lr,
                                                weight_decay, semantics=semantics, **options)
@@ -376,11 +458,41 @@ class Plan:
                 self.rollback()
             raise
 
-    def check(self, optimizer: Any) -> None:
-        """Raise if ``optimizer`` holds frozen parameters or misses trainable ones."""
+    def require_applied(self, action: str) -> None:
+        """SpecError if this plan was never applied while the model's settings differ from it.
+
+        Groups or a check from an unapplied plan look right, but the model still computes
+        gradients for the tensors the plan freezes and its frozen BatchNorm layers still update
+        their statistics: training would move what the plan promises to keep. A plan that
+        changes nothing (its settings are the model's already) needs no apply.
+        """
+        if self.applied:
+            return
+        grads = [d.name for d in self.decisions if d.tensor.trainable and not d.trainable]
+        stats = [n.norm.name for n in self.norms if n.frozen and not n.norm.stats_frozen]
+        if grads or stats:
+            effects = "; ".join(filter(None, [
+                f"{len(grads)} tensor(s) it freezes still get gradients ({_few(grads)})" if grads else "",
+                f"{len(stats)} norm layer(s) it freezes still update their statistics ({_few(stats)})"
+                if stats else ""]))
+            raise SpecError(f"{action}: this plan was never applied: {effects}. Call plan.apply() "
+                            f"first (tunespec.apply(model, spec) plans and applies; plan.optimizer(...) "
+                            f"applies for you)")
+
+    def check(self, optimizer: Any, *, before_apply: bool = False) -> None:
+        """Raise if ``optimizer`` holds frozen parameters or misses trainable ones.
+
+        The plan must be applied (see :meth:`require_applied`), unless ``before_apply``: a caller
+        that applies it next, as ``StageRunner.start`` does with an optimizer it was given::
+
+            opt = plan.optimizer("sgd", lr=0.01)
+            plan.check(opt)   # passes; a hand-built optimizer over frozen tensors raises
+        """
         if not self.backend.owns_optimizer(optimizer):
             raise SpecError(f"check: expected a {self.backend.name} optimizer, got {type(optimizer).__name__}")
         self.check_fresh("check an optimizer")
+        if not before_apply:
+            self.require_applied("check")
         held = {id(h) for h in self.backend.optimizer_handles(optimizer)}
         names = self.listing.names
         frozen = [names[row] for row, h, trainable, *_ in self._settings() if not trainable and id(h) in held]

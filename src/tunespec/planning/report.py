@@ -118,6 +118,48 @@ def table(plan: "Plan", full: bool = True) -> str:
     return "\n".join(out)
 
 
+def _modules(names: list[str], n: int = 4) -> str:
+    """The top-level modules a group's tensors live in (``layer4, fc``), at most ``n`` of them."""
+    tops = list(dict.fromkeys(name.split(".")[0] for name in names))
+    return ", ".join(tops[:n]) + (f", ... ({len(tops)} modules)" if len(tops) > n else "")
+
+
+def group_table(plan: "Plan", lr: float | None = None, weight_decay: float | None = None) -> str:
+    """One row per optimizer group (same lr and wd multiplier) plus one for the frozen tensors,
+    with tensor and parameter counts and, given ``lr``/``weight_decay``, the absolute values."""
+    header = ["group", "trainable", "tensors", "parameters", "lr", "wd", "modules"]
+    rows = []
+    by_name = {d.name: d for d in plan.decisions}
+    for i, g in enumerate(plan.groups()):
+        decisions = [by_name[n] for n in g["param_names"]]
+        rows.append([str(i), "yes", str(len(decisions)), _count(_numel(decisions)),
+                     _fmt(lr * g["lr_mult"]) if lr is not None else f"x{_fmt(g['lr_mult'])}",
+                     _fmt(weight_decay * g["wd_mult"]) if weight_decay is not None else f"x{_fmt(g['wd_mult'])}",
+                     _modules(g["param_names"])])
+    frozen = plan.frozen
+    if frozen:
+        rows.append(["frozen", "no", str(len(frozen)), _count(_numel(frozen)), "-", "-",
+                     _modules([d.name for d in frozen])])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    right = {2, 3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    s = summary(plan)
+    out = [line(header), line(["-" * w for w in widths]), *map(line, rows), "",
+           f"total params: {_count(s['elements'])} in {s['tensors']} tensors",
+           f"trainable params: {_count(s['trainable_elements'])}",
+           f"non-trainable params: {_count(s['frozen_elements'])}"]
+    if s["norm_layers"]:
+        out.append(f"norm layers: {s['norm_layers']}, statistics frozen in {s['norm_stats_frozen']} "
+                   f"(bn: {plan.spec.bn})")
+    if lr is None:
+        out.append("lr and wd are multipliers of the optimizer's; give lr= and weight_decay= for values")
+    return "\n".join(out)
+
+
 def _count(n: int | None) -> str:
     return "?" if n is None else f"{n:,}"
 

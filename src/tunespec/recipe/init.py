@@ -78,6 +78,13 @@ class InitRule:
 
 @dataclass(frozen=True)
 class InitSpec:
+    """A recipe's ``init`` section: rules choosing tensors and how to re-initialise them, and a
+    seed, so that torch and Gluon get identical values.
+
+    Example::
+
+        spec = tunespec.InitSpec.from_dict({"seed": 0, "rules": [{"match": r"fc\\.weight", "method": "normal", "std": 0.01}]})
+    """
     rules: tuple[InitRule, ...]
     seed: int = 0
 

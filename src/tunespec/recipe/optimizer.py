@@ -21,6 +21,14 @@ from tunespec.recipe import validate as V
 
 @dataclass(frozen=True)
 class OptimizerSpec:
+    """A recipe's ``optimizer`` section: the optimizer's name, lr, weight decay, update-rule
+    semantics (Gluon) and any other options, checked when the recipe is read.
+
+    Example::
+
+        recipe = tunespec.load_recipe({"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}})
+        recipe.optimizer.lr, recipe.optimizer.options   # 0.01, {'momentum': 0.9}
+    """
     name: str = "sgd"
     lr: float | None = None
     weight_decay: float = 0.0

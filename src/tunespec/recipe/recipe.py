@@ -34,6 +34,14 @@ SECTION_PARSERS: Mapping[str, Callable[[Any, Mapping[str, Any]], Any]] = {
 
 @dataclass(frozen=True)
 class Recipe:
+    """A recipe file read and checked: its spec (the rules), and the ``optimizer``, ``schedule``
+    and other sections (``stages``, ``init``) it holds.
+
+    Example::
+
+        recipe = tunespec.load_recipe("examples/two_phase.yaml")
+        recipe.spec, recipe.optimizer, recipe.schedule, recipe.sections["stages"]
+    """
     spec: Spec
     optimizer: OptimizerSpec | None = None
     schedule: LRSchedule | None = None
@@ -41,6 +49,14 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        """Validate a whole recipe mapping: its spec keys and every section (``optimizer``,
+        ``schedule``, ``stages``, ``init``, ...); an unknown top-level key is a SpecError.
+
+        Example::
+
+            recipe = tunespec.Recipe.from_dict({"preset": "heads", "optimizer": {"name": "sgd", "lr": 0.01}})
+            recipe.optimizer.lr   # 0.01
+        """
         spec = Spec.from_dict(data)
         opt = data.get("optimizer")
         sched = data.get("schedule")
@@ -51,7 +67,12 @@ class Recipe:
 
 
 def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Recipe:
-    """A recipe from a file, a mapping, or a bare spec."""
+    """A recipe from a file, a mapping, or a bare spec.
+
+    Example::
+
+        recipe = tunespec.load_recipe("examples/two_phase.yaml")   # or a dict, a Spec, a .json/.toml path
+    """
     if isinstance(source, Recipe):
         return source
     if isinstance(source, Spec):
@@ -67,5 +88,11 @@ def load_recipe(source: "str | Path | Mapping[str, Any] | Recipe | Spec") -> Rec
 
 
 def load_spec(path: str | Path) -> Spec:
-    """The spec of a recipe file; every section is validated, unknown top-level keys are errors."""
+    """The spec of a recipe file; every section is validated, unknown top-level keys are errors.
+
+    Example::
+
+        spec = tunespec.load_spec("examples/resnet_finetune.yaml")
+        plan = tunespec.plan(model, spec)
+    """
     return load_recipe(path).spec

@@ -25,7 +25,13 @@ MAX_SCHEDULE_FACTOR = 1e6
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """lr factor per optimizer step t (0 for the first step), the same in both frameworks."""
+    """lr factor per optimizer step t (0 for the first step), the same in both frameworks.
+
+    Example::
+
+        sched = tunespec.LRSchedule.from_dict({"type": "cosine", "total_steps": 100, "min_factor": 0.1})
+        sched.factor(0), sched.factor(99)   # 1.0 ... 0.1
+    """
 
     type: str = "constant"
     step_size: int = 0
@@ -147,7 +153,9 @@ class LRSchedule:
         if self.unit == "step":
             return self
         if not steps_per_epoch:
-            raise SpecError("schedule.unit is 'epoch': pass steps_per_epoch to tunespec.scheduler")
+            raise SpecError("schedule.unit is 'epoch': give steps_per_epoch, the optimizer steps in one "
+                          "epoch: tunespec.StageRunner(recipe, steps_per_epoch=len(loader)) or "
+                          "tunespec.scheduler(opt, recipe, steps_per_epoch=len(loader))")
         k = steps_per_epoch
         return LRSchedule(self.type, self.step_size * k, tuple(m * k for m in self.milestones), self.gamma,
                           self.total_steps * k, self.min_factor, self.warmup_steps * k,

@@ -59,7 +59,13 @@ class Rule:
     """One ordered rule: parameters whose canonical name fullmatches ``match`` (or, instead,
     whose native name the backend reports ``re.match``-es ``native``, the way Gluon's
     ``collect_params(pattern)`` selects; and, with ``layer``, that belong to a layer of that kind)
-    get the set fields."""
+    get the set fields.
+
+    Example::
+
+        tunespec.Rule(match=r"fc\\..*", lr_mult=10.0)
+        tunespec.Rule(match="@norm", wd_mult=0.0)
+    """
 
     match: str | None
     trainable: bool | None = None
@@ -164,7 +170,13 @@ def _as_mult_map(value: Any, key: str) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Spec:
-    """An ordered rule list plus named groups, a BatchNorm policy and strictness."""
+    """An ordered rule list plus named groups, a BatchNorm policy and strictness.
+
+    Example::
+
+        spec = tunespec.Spec.from_dict({"preset": "4+", "lr_mult": {"@heads": 10}})
+        plan = tunespec.plan(model, spec)
+    """
 
     rules: tuple[Rule, ...] = ()
     groups: Mapping[str, "str | tuple[Selection, ...]"] = field(default_factory=dict)
@@ -236,10 +248,25 @@ class Spec:
         return groups
 
     def with_strict(self, strict: bool | None) -> "Spec":
+        """This spec with ``strict`` replaced (None keeps the spec's own); the spec itself is
+        immutable.
+
+        Example::
+
+            lenient = spec.with_strict(False)   # rules that match nothing only warn
+        """
         return self if strict is None or strict == self.strict else Spec(
             self.rules, self.groups, self.bn, strict, self.preset_name, self.layer_decay)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as the mapping :meth:`from_dict` reads back (rules desugared, groups, bn,
+        strict): what a checkpoint stores and ``Plan.to_dict`` shows.
+
+        Example::
+
+            spec = tunespec.Spec.from_dict({"preset": "4+", "wd_mult": {"@bias": 0}})
+            spec.to_dict()   # {'preset': '4+', 'rules': [{'match': '@bias', 'wd_mult': 0.0}], 'bn': ...}
+        """
         out: dict[str, Any] = {}
         if self.preset_name is not None:
             out["preset"] = self.preset_name

@@ -32,7 +32,13 @@ INHERITED = ("lr_mult", "wd_mult", "groups", "bn", "strict", "layer_decay")
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: its spec, when it starts, and what happens when it does."""
+    """One stage: its spec, when it starts, and what happens when it does.
+
+    Example::
+
+        runner = tunespec.StageRunner("examples/two_phase.yaml", steps_per_epoch=100)
+        [(s.name, s.trigger, s.at) for s in runner.stages]   # [('start', ...), ('4+', 'at_epoch', 3)]
+    """
 
     name: str
     spec: Spec
@@ -113,6 +119,14 @@ class Stage:
 
 @dataclass(frozen=True)
 class StagesSpec:
+    """A recipe's ``stages`` section: the stages after the first, in order, and whether the
+    metric passed to ``StageRunner.step`` is better when lower (``mode: min``) or higher.
+
+    Example::
+
+        stages = tunespec.load_recipe("examples/two_phase.yaml").sections["stages"]
+        stages.mode, len(stages.stages)   # 'max', 1
+    """
     stages: tuple[Stage, ...]  # the later stages, in order
     mode: str = "min"
 

@@ -84,7 +84,26 @@ def suggestion(word: Any, options: Iterable[str]) -> str:
 
 def fail(path: str, expected: str, value: Any) -> SpecError:
     """The error every checker raises: path, what was expected, an excerpt of what was given."""
-    return SpecError(f"{path}: expected {expected}, got {excerpt(value)}")
+    return SpecError(f"{path}: expected {expected}, got {excerpt(value)}{_quoted_number_hint(value)}")
+
+
+def _quoted_number_hint(value: Any) -> str:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as the string '1e-3': a float needs a dot and, with an
+    exponent, a sign (``1.0e-3``). Say so when a string is a number in every other reader's eyes."""
+    if not isinstance(value, str) or len(value) > 40:
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    if re.fullmatch(r"\s*[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+\s*", value):
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
+        return (f" (a string: YAML reads {value.strip()} as text because a YAML float needs a dot and a "
+                f"signed exponent; write {fixed}, or {number!r})")
+    return f" (a string: write the number without quotes, {number!r})"
 
 
 # --- scalars ----------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ class Card:
     ``layers`` (None: unknown) orders the parameters by depth for ``layer_decay``; ``blocks``
     (a regex with ``{n}`` standing for the block number, e.g. ``blocks\.{n}\..*``) adds
     ``last-K``: the last K blocks and the heads train.
+
+    Example::
+
+        tunespec.register_card("mypkg.MyNet", tunespec.Card("MyNet", groups={
+            "stem": r"stem\\..*", "stage2": r"blocks\\.0\\..*", "stage3": r"blocks\\.1\\..*",
+            "heads": r"head\\..*"}))   # presets heads, 3+ and all are derived
     """
 
     family: str
@@ -121,6 +127,12 @@ def register_card(model_type: Any, card: Card) -> None:
     """Give a model class (or its 'module.Class' name) a card; later registrations are tried first.
 
     Subclasses without a card of their own use their base class's card.
+
+    Example::
+
+        tunespec.register_card("mypkg.MyNet", tunespec.Card("MyNet", groups={
+            "backbone": r"encoder\\..*", "heads": r"decoder\\..*"}))
+        tunespec.plan(MyNet(), {"preset": "heads"})
     """
     _CARDS.setdefault(_type_name(model_type), []).append(card)
 
