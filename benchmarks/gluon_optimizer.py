@@ -5,7 +5,7 @@ fine-tuning, batch 4 at 96 px; each variant trains its own copy of the same weig
 The native baselines: MXNet's ``sgd`` (multi-tensor ``multi_sgd_mom_update``, 4 parameters per
 call) and ``adam`` (``adam_update``); MXNet 1.9.1 registers no AdamW, so its baseline is the
 minimal optimizer below on contrib ``adamw_update`` (what GluonNLP's AdamW calls). The exact
-full-precision rules (``semantics='torch-exact'``) are timed too, as the figure the default had
+full-precision rules (``semantics='portable-exact'``) are timed too, as the figure the default had
 before, without a target; a second native SGD copy gauges the noise of one ratio.
 """
 
@@ -65,7 +65,7 @@ def rows(ctx: Context) -> list[dict]:
     found = []
     for label, name, options, native, lr in OPTIMIZERS:
         steps = {}
-        variants = [("default", "torch", name), ("native", "native", native), ("exact", "torch-exact", name)]
+        variants = [("default", "portable", name), ("native", "native", native), ("exact", "portable-exact", name)]
         if label == "sgd+momentum":  # how far two identical steps differ here: the noise gauge
             variants.append(("native again", "native", native))
         for variant, semantics, opt_name in variants:
@@ -77,7 +77,7 @@ def rows(ctx: Context) -> list[dict]:
         t = rounds(steps, n)
         found += [row(f"gluon {label}, 96 px: default (torch rules, fused) step / native fused step",
                       ratio(t["default"], t["native"]), "x", 1.05),
-                  row(f"gluon {label}, 96 px:   exact (torch-exact) step / native fused step",
+                  row(f"gluon {label}, 96 px:   exact (portable-exact) step / native fused step",
                       ratio(t["exact"], t["native"]), "x")]
         if "native again" in t:
             found += [row("gluon   noise gauge: native step / native step on a second copy",

@@ -90,21 +90,21 @@ def run(fw, pretrained: Path, out: Path, epochs: int) -> None:
     report = tunespec.load(model, pretrained, select=r"(?!fc\.).*")  # backbone only
     print(f"[{name}] {str(report).splitlines()[0]}")
     tunespec.initialize(model, RECIPE)
-    schedule = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
-    model, opt = schedule.start(model)
+    runner = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
+    model, opt = runner.start(model)
     (x, y), (vx, vy) = make_data(BATCH * STEPS, 1), make_data(256, 2)
     ckpt = out / f"{name}.{'pt' if name == 'Torch' else 'params'}"
     for epoch in range(epochs):
         for i in range(STEPS):
             fw.step(model, opt, x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH])
             if name == "Torch":
-                schedule.lr_scheduler.step()
+                runner.lr_scheduler.step()
         acc = fw.accuracy(model, vx, vy)
-        print(f"[{name}] epoch {epoch} (stage {schedule.stage.name!r}, {len(schedule.plan.trainable)} "
+        print(f"[{name}] epoch {epoch} (stage {runner.stage.name!r}, {len(runner.plan.trainable)} "
               f"trainable tensors): val acc {acc:.3f}")
-        model, opt = schedule.step(epoch, model, opt, metric=acc)
-        tunespec.save_checkpoint(ckpt, model, opt, schedule, epoch=epoch)
-    schedule.plan.verify().raise_if_changed()
+        model, opt = runner.step(epoch, model, opt, metric=acc)
+        tunespec.save_checkpoint(ckpt, model, opt, runner, epoch=epoch)
+    runner.plan.verify().raise_if_changed()
     fresh = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
     resumed, _, meta = tunespec.resume(ckpt, fw.model(), fresh)
     same = tunespec.load(fw.model(), ckpt, key="model") if name == "Torch" else None

@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from tunespec.lifecycle.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
+from tunespec.lifecycle.checkpoint import _check_runner_state, _restore_runner_state, recipe_dict
 from tunespec.errors import SpecError
 from tunespec.recipe.recipe import Recipe
 from tunespec.lifecycle.stages import StageRunner
@@ -44,12 +44,18 @@ from tunespec.recipe.validate import excerpt
 class StageCallback(pl.Callback):
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", monitor: str | None = None,
                  model_attr: str | None = None, steps_per_epoch: int | None = None):
-        self.schedule = StageRunner(recipe, steps_per_epoch)
+        self.runner = StageRunner(recipe, steps_per_epoch)
         self.monitor = monitor
         self.model_attr = model_attr  # the attribute holding the network the recipe is written for
         self._optimizer: Any = None
         self._trainer: pl.Trainer | None = None
         self._replayed = False  # the saved stage changes were replayed (resuming)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "schedule":  # renamed in 0.2.0: "schedule" means learning rates
+            raise AttributeError("StageCallback.schedule is now StageCallback.runner (the StageRunner; "
+                                 "see CHANGELOG.md)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _model(self, pl_module: pl.LightningModule) -> Any:
         if self.model_attr is None:
@@ -119,7 +125,7 @@ class StageCallback(pl.Callback):
         if stage != "fit":
             return
         self._check_strategy(trainer)
-        _, self._optimizer = self.schedule.start(self._model(pl_module))
+        _, self._optimizer = self.runner.start(self._model(pl_module))
         self._trainer, self._replayed = trainer, False
         if isinstance(trainer.strategy, FSDPStrategy):
             self._replay_before_loading(trainer.strategy)
@@ -149,10 +155,10 @@ class StageCallback(pl.Callback):
         if self._optimizer is None:
             raise SpecError("StageCallback.optimizers: the callback has not set up yet; pass it to "
                             "lightning.Trainer(callbacks=[...]) and call this from configure_optimizers")
-        if self.schedule.lr_scheduler is None:
+        if self.runner.lr_scheduler is None:
             return self._optimizer
         return {"optimizer": self._optimizer,
-                "lr_scheduler": {"scheduler": self.schedule.lr_scheduler, "interval": "step"}}
+                "lr_scheduler": {"scheduler": self.runner.lr_scheduler, "interval": "step"}}
 
     def _metric(self, trainer: pl.Trainer) -> float | None:
         """The monitored metric, rank 0's on every rank: ranks that decided a plateau differently
@@ -172,7 +178,7 @@ class StageCallback(pl.Callback):
         model = self._model(pl_module)
         before = self._trainable(model)
         with self._whole_tensors(trainer):
-            self.schedule.step(trainer.current_epoch, model, trainer.optimizers[0], metric=metric,
+            self.runner.step(trainer.current_epoch, model, trainer.optimizers[0], metric=metric,
                                lr_scheduler=configs[0].scheduler if configs else None)
         after = self._trainable(model)
         if after != before:
@@ -180,11 +186,11 @@ class StageCallback(pl.Callback):
 
     # --- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The schedule's state, the recipe and stage spec it ran (checked on resume) and the best
+        """The stage runner's state, the recipe and stage spec it ran (checked on resume) and the best
         weights a later ``restore_best`` stage needs, as tensors (Lightning saves with torch)."""
-        best = self.schedule.best_state
-        return {"schedule": self.schedule.state_dict(), "recipe": recipe_dict(self.schedule),
-                "spec": self.schedule.stage.spec.to_dict(),
+        best = self.runner.best_state
+        return {"schedule": self.runner.state_dict(), "recipe": recipe_dict(self.runner),
+                "spec": self.runner.stage.spec.to_dict(),
                 "best_state": None if best is None else {k: torch.from_numpy(v) for k, v in best.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -199,7 +205,7 @@ class StageCallback(pl.Callback):
                             "through lightning.Trainer(callbacks=[...]).fit(..., ckpt_path=...)")
         if self._replayed:  # under FSDP, from this very state before the weights were loaded
             with self._whole_tensors(self._trainer):
-                self.schedule.rebaseline()
+                self.runner.rebaseline()
             return
         self._replay(state_dict)
 
@@ -207,13 +213,13 @@ class StageCallback(pl.Callback):
         if not isinstance(state_dict, dict) or "schedule" not in state_dict:
             raise SpecError(f"StageCallback: the checkpoint's callback state {excerpt(state_dict)} is "
                             f"not a StageCallback's; resume from a checkpoint of a run with this callback")
-        state = _check_schedule_state(state_dict, self.schedule, "StageCallback: resume")
+        state = _check_runner_state(state_dict, self.runner, "StageCallback: resume")
         index = state["index"]
-        if self.schedule.index != 0:
-            raise SpecError(f"StageCallback: resume: the schedule is already in stage "
-                            f"{self.schedule.stage.name!r}; resume with a new StageCallback")
-        if self.schedule.stages[index].spec.to_dict() != state_dict.get("spec"):
-            raise SpecError(f"StageCallback: resume: stage {self.schedule.stages[index].name!r} of this "
+        if self.runner.index != 0:
+            raise SpecError(f"StageCallback: resume: the stage runner is already in stage "
+                            f"{self.runner.stage.name!r}; resume with a new StageCallback")
+        if self.runner.stages[index].spec.to_dict() != state_dict.get("spec"):
+            raise SpecError(f"StageCallback: resume: stage {self.runner.stages[index].name!r} of this "
                             f"recipe is not the spec the run was saved with; resume with the run's recipe")
         best = state_dict.get("best_state")
         trainer = self._trainer
@@ -221,8 +227,8 @@ class StageCallback(pl.Callback):
         before = self._trainable(model)
         with self._whole_tensors(trainer):
             for _ in range(index):
-                self.schedule.advance(model, self._optimizer)
-            _restore_schedule_state(self.schedule, state, {
+                self.runner.advance(model, self._optimizer)
+            _restore_runner_state(self.runner, state, {
                 "best": None if best is None else {k: v.clone().numpy() for k, v in best.items()}})
         self._replayed = True
         after = self._trainable(model)

@@ -35,7 +35,7 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial weights on both ranks
     net = torchvision.models.resnet18(weights=None, num_classes=5)
     initial = arrays(net)
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     net, opt = schedule.start(net)  # applied before wrapping: DDP registers only trainable tensors
     model = DDP(net)
     reduced: list[int] = []

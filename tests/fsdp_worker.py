@@ -86,7 +86,7 @@ def fresh() -> tuple[nn.Module, tunespec.Plan]:
     return net, tunespec.shard(net, RECIPE, mesh=mesh)
 
 
-def run(model: nn.Module, opt: torch.optim.Optimizer, schedule: tunespec.Schedule, rank: int,
+def run(model: nn.Module, opt: torch.optim.Optimizer, schedule: tunespec.StageRunner, rank: int,
         start: tuple[int, int], ckpt: Path | None, log: dict) -> tuple[nn.Module, torch.optim.Optimizer]:
     for epoch in range(start[0], 3):
         for step in range(start[1] if epoch == start[0] else 0, STEPS):
@@ -116,7 +116,7 @@ def main() -> None:
     log["dtensor_params"] = all(type(p).__name__ == "DTensor" or hasattr(p, "device_mesh")
                                 for p in net.parameters())
     initial = full(net)
-    schedule = tunespec.Schedule(RECIPE, steps_per_epoch=STEPS)
+    schedule = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
     net, opt = schedule.start(net)
     schedule.plan.check(opt)  # the optimizer holds the sharded parameters
     ckpt = out / "ckpt"
@@ -142,7 +142,7 @@ def main() -> None:
         data.write_bytes(bytes(raw))
     dist.barrier()
     net2, _ = fresh()
-    schedule2 = tunespec.Schedule(RECIPE, steps_per_epoch=STEPS)
+    schedule2 = tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS)
     try:
         tunespec.resume(out / "damaged", net2, schedule2)
         log["damaged"] = "accepted"
@@ -150,7 +150,7 @@ def main() -> None:
         log["damaged"] = str(exc)
     log["damaged_left_unstarted"] = schedule2.plan is None
     try:
-        tunespec.resume(ckpt, SmallResNet(), tunespec.Schedule(RECIPE, steps_per_epoch=STEPS))
+        tunespec.resume(ckpt, SmallResNet(), tunespec.StageRunner(RECIPE, steps_per_epoch=STEPS))
         log["unsharded_into"] = "accepted"
     except tunespec.SpecError as exc:
         log["unsharded_into"] = str(exc)

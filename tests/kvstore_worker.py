@@ -39,7 +39,7 @@ def main() -> None:
     if staged:
         recipe["stages"] = [{"at_epoch": 1, "preset": "5+", "lr_factor": 0.5}]
     initial = arrays(net)
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     net, trainer = schedule.start(net)
     rng = np.random.default_rng(kv.rank)  # each worker sees different data
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()

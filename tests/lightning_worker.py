@@ -119,7 +119,7 @@ class Probe(pl.Callback):
         for epoch, grads in self.grads.items():
             arrays[f"grads:{epoch}"] = np.array(sorted(grads))
         np.savez(os.path.join(self.out, f"rank{trainer.global_rank}.npz"), **arrays, state=np.array(state),
-                 index=stages.schedule.index, history=np.array([h[1] for h in stages.schedule.history]),
+                 index=stages.runner.index, history=np.array([h[1] for h in stages.runner.history]),
                  groups=np.array([len(g["params"]) for g in opt.param_groups]),
                  lrs=np.array([g["lr"] for g in opt.param_groups]))
 

@@ -42,7 +42,10 @@ def test_only_runs_the_named_family_and_writes_its_rows(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "run.py"), "--only", "imports", "--repeats", "1",
                            "--json", str(out)], capture_output=True, text=True, env=env, check=True)
     rows = json.loads(out.read_text())["rows"]
-    assert [r["figure"] for r in rows] == ["import tunespec, beyond python startup"]
+    assert [r["figure"] for r in rows] == [
+        "import tunespec, beyond python startup",
+        "  import tunespec; tunespec.plan (the first attribute loads planning), beyond startup"]
+    assert rows[0]["modules_loaded"] == 1  # the package itself: its public names load on first use
     assert "import tunespec, beyond python startup" in done.stdout
 
 

@@ -73,7 +73,7 @@ def test_compiled_model_plans_by_canonical_names_and_unfreezes():
     compiled = torch.compile(net, backend="aot_eager")
     recipe = {"freeze": [".*"], "train": [r"8\..*"], "optimizer": {"name": "adam", "lr": 1e-3},
               "stages": [{"at_epoch": 1, "freeze": [".*"], "train": [r"[48]\..*"]}]}
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     compiled, opt = schedule.start(compiled)
     assert sorted(d.name for d in schedule.plan.trainable) == ["8.bias", "8.weight"]
     before = h.arrays(net)

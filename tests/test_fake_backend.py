@@ -75,7 +75,7 @@ def test_stages_unfreeze_and_regroup_the_fake_optimizer():
     recipe = {**UNFREEZE, "stages": {"then": [{"at_epoch": 1, "freeze": [], "train": [".*"], "lr_factor": 0.5}]},
               "optimizer": {"name": "sgd", "lr": 0.1}}
     net = small_net()
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     net, opt = schedule.start(net)
     assert len(BACKEND.optimizer_handles(opt)) == 2
     net, opt = schedule.step(0, net, opt)

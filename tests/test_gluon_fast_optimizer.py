@@ -1,5 +1,5 @@
 """The default Gluon optimizers (torch's rules on MXNet's fused operators) against torch and against
-the exact full-precision rules (``semantics='torch-exact'``).
+the exact full-precision rules (``semantics='portable-exact'``).
 
 Float64 runs of a small CNN from identical weights, with lr 0 at the first step (warmup from 0),
 then a warmup and a step decay (the lr changes three times), lr_mult 10 on the head and no weight
@@ -27,7 +27,7 @@ SCHEDULE = {"type": "step", "step_size": 3, "gamma": 0.3, "warmup_steps": 2}  # 
 STEPS = 7
 FAST, EXACT = 1e-6, 1e-12  # of the largest update; see the module docstring
 # Conv biases before BatchNorm get gradients of rounding size only, which Adam scales up to full
-# steps: their values are noise in every run (torch against torch-exact too), so they are left out.
+# steps: their values are noise in every run (torch against portable-exact too), so they are left out.
 NOISE = {"0.bias", "3.bias"}
 
 CASES = {
@@ -103,7 +103,7 @@ def test_fused_default_matches_torch_to_float32_attributes_and_exact_to_float64(
     assert update > 0.05
     fast_w, fast = train(harnesses, data, name, options)
     assert type(fast._optimizer).__name__.startswith("FusedTorch"), type(fast._optimizer)
-    exact_w, exact = train(harnesses, data, name, options, semantics="torch-exact")
+    exact_w, exact = train(harnesses, data, name, options, semantics="portable-exact")
     assert type(exact._optimizer).__name__.startswith("Torch"), type(exact._optimizer)
     assert worst(torch_w, exact_w, update) <= EXACT
     fast_error = worst(torch_w, fast_w, update)
@@ -119,7 +119,7 @@ def test_nesterov_runs_the_exact_rule(harnesses, data, torch_runs):
     """MXNet's NAG operator is another rule: with nesterov the default runs the exact one."""
     torch_w, update = torch_runs("nesterov")
     fast_w, fast = train(harnesses, data, "sgd", NESTEROV)
-    exact_w, _ = train(harnesses, data, "sgd", NESTEROV, semantics="torch-exact")
+    exact_w, _ = train(harnesses, data, "sgd", NESTEROV, semantics="portable-exact")
     assert type(fast._optimizer).__name__ == "FusedTorchSGD"
     assert all(np.array_equal(fast_w[k], exact_w[k]) for k in fast_w)
     assert worst(torch_w, fast_w, update) <= EXACT
@@ -156,25 +156,25 @@ def test_fused_sgd_state_is_the_scaled_buffer_and_the_last_lr(harnesses, data):
 def test_the_exact_path_is_there_by_name_in_recipes_and_for_torch(harnesses):
     from tunespec.recipe.optimizer import OptimizerSpec
 
-    assert OptimizerSpec.from_dict({"name": "sgd", "semantics": "torch-exact"}).semantics == "torch-exact"
+    assert OptimizerSpec.from_dict({"name": "sgd", "semantics": "portable-exact"}).semantics == "portable-exact"
     th, mh = harnesses
-    opt = tunespec.optimizer(th.small_cnn(), SPEC, "sgd", lr=0.1, semantics="torch-exact")
+    opt = tunespec.optimizer(th.small_cnn(), SPEC, "sgd", lr=0.1, semantics="portable-exact")
     assert type(opt).__name__ == "SGD"  # torch's optimizers are exact anyway
-    with pytest.raises(tunespec.SpecError, match="torch-exact"):
+    with pytest.raises(tunespec.SpecError, match="portable-exact"):
         tunespec.optimizer(mh.small_cnn(), SPEC, "sgd", lr=0.1, semantics="exact")
 
 
 def test_adam_with_clipping_and_weight_decay_runs_the_exact_rule(harnesses, data):
     """MXNet's adam_update clips after adding wd*w, the exact rule before: with both, the exact
-    rule runs (bit-identical to torch-exact); clipping without weight decay stays fused."""
+    rule runs (bit-identical to portable-exact); clipping without weight decay stays fused."""
     clipped = {"lr": 0.01, "weight_decay": 1e-3, "clip_gradient": 0.05}
     everywhere = {"lr_mult": {r"8\..*": 10}}  # weight decay on every parameter
     fast_w, _ = train(harnesses, data, "adam", clipped, spec=everywhere)
-    exact_w, _ = train(harnesses, data, "adam", clipped, semantics="torch-exact", spec=everywhere)
+    exact_w, _ = train(harnesses, data, "adam", clipped, semantics="portable-exact", spec=everywhere)
     assert all(np.array_equal(fast_w[k], exact_w[k]) for k in fast_w)
     no_wd = {"lr": 0.01, "clip_gradient": 0.05}
     fast_w, _ = train(harnesses, data, "adam", no_wd)
-    exact_w, _ = train(harnesses, data, "adam", no_wd, semantics="torch-exact")
+    exact_w, _ = train(harnesses, data, "adam", no_wd, semantics="portable-exact")
     errors = [np.abs(fast_w[k] - exact_w[k]).max() for k in fast_w if k not in NOISE]
     assert 0 < max(errors) <= 1e-6
 
@@ -182,13 +182,13 @@ def test_adam_with_clipping_and_weight_decay_runs_the_exact_rule(harnesses, data
 def test_a_torch_exact_run_refuses_to_resume_into_the_fused_default_and_says_why(harnesses, data, tmp_path):
     """The two paths keep SGD's buffer differently (-lr*buf against buf): never mixed on resume."""
     _, mh = harnesses
-    recipe = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "torch-exact"}}
-    schedule = tunespec.Schedule(recipe)
+    recipe = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "portable-exact"}}
+    schedule = tunespec.StageRunner(recipe)
     net, opt = schedule.start(twins(harnesses)[1])
     mh.step(net, opt, *data[0])
     path = tmp_path / "run.ckpt"
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=0)
     net2 = twins(harnesses)[1]
-    fused = tunespec.optimizer(net2, recipe, semantics="torch")
-    with pytest.raises(tunespec.SpecError, match="run used optimizer 'TorchSGD'.*semantics='torch-exact'"):
-        tunespec.resume(path, net2, tunespec.Schedule(recipe), optimizer=fused)
+    fused = tunespec.optimizer(net2, recipe, semantics="portable")
+    with pytest.raises(tunespec.SpecError, match="run used optimizer 'TorchSGD'.*semantics='portable-exact'"):
+        tunespec.resume(path, net2, tunespec.StageRunner(recipe), optimizer=fused)

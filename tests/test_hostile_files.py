@@ -43,7 +43,7 @@ def fresh(h, seed=0):
 
 def train(h, epochs=2, recipe=RECIPE):
     """A small run two epochs in (past its stage change), with optimizer state to save."""
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     net, opt = schedule.start(fresh(h))
     for e in range(epochs):
         for x, y in batches(1, 8, seed=e):
@@ -64,7 +64,7 @@ def saved_run(h, tmp_path, name="run.ckpt"):
 def refused_resume(h, path, match, recipe=RECIPE, model=None):
     """resume must raise a SpecError matching ``match`` and leave model and schedule untouched."""
     net = model if model is not None else fresh(h, 1)
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     before = state_of(net, None, schedule)
     with pytest.raises(SpecError, match=match):
         tunespec.resume(path, net, schedule)
@@ -103,7 +103,7 @@ def test_a_run_checkpoint_is_safetensors_and_resuming_never_unpickles(h, tmp_pat
     monkeypatch.setattr(pickle, "loads", boom)
     monkeypatch.setattr(pickle, "load", boom)
     monkeypatch.setattr(pickle, "Unpickler", boom)
-    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.Schedule(RECIPE))
+    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.StageRunner(RECIPE))
     assert meta == {"epoch": 1, "extra": {"seen": 8}}
 
 
@@ -334,7 +334,7 @@ def test_two_threads_saving_to_one_path(h, tmp_path):
         t.join()
     assert not errors, errors
     assert temp_files(tmp_path) == []
-    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.Schedule(RECIPE))
+    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.StageRunner(RECIPE))
     assert meta["epoch"] == 19
 
 
@@ -346,7 +346,7 @@ def test_saving_through_a_symlink_writes_its_target(h, tmp_path):
     link.symlink_to(real)
     tunespec.save_checkpoint(link, net, opt, schedule, epoch=3)
     assert link.is_symlink() and real.is_file() and temp_files(real.parent) == []
-    _, _, meta = tunespec.resume(link, fresh(h, 1), tunespec.Schedule(RECIPE))
+    _, _, meta = tunespec.resume(link, fresh(h, 1), tunespec.StageRunner(RECIPE))
     assert meta["epoch"] == 3
 
 
@@ -375,7 +375,7 @@ def test_a_full_disk_or_read_only_directory_keeps_the_previous_checkpoint(h, tmp
         tunespec.save_checkpoint(path, net, opt, schedule, epoch=2)
     monkeypatch.undo()
     assert path.read_bytes() == good and temp_files(tmp_path) == []
-    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.Schedule(RECIPE))
+    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.StageRunner(RECIPE))
     assert meta["epoch"] == 1
 
 
@@ -414,7 +414,7 @@ import numpy as np, tunespec
 from frameworks import HARNESSES
 h = HARNESSES[sys.argv[3]]()
 net = h.small_cnn()
-schedule = tunespec.Schedule(json_recipe)
+schedule = tunespec.StageRunner(json_recipe)
 net, opt = schedule.start(net)
 i = 0
 while True:
@@ -438,7 +438,7 @@ def test_kill_9_mid_save_leaves_a_loadable_checkpoint_and_no_stray_temp_files(tm
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    _, _, meta = tunespec.resume(path, h.small_cnn(), tunespec.Schedule(RECIPE))
+    _, _, meta = tunespec.resume(path, h.small_cnn(), tunespec.StageRunner(RECIPE))
     assert meta["epoch"] >= 2
     net, opt, schedule = train(h)
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=99)
@@ -497,7 +497,7 @@ def test_random_corruptions_of_a_run_checkpoint(saved, how):
     h, data, arrays, _, _, tmp = saved
     path = tmp / "corrupt.ckpt"
     path.write_bytes(corrupt(data, how))
-    net, schedule = fresh(h, 1), tunespec.Schedule(RECIPE)
+    net, schedule = fresh(h, 1), tunespec.StageRunner(RECIPE)
     before = state_of(net, None, schedule)
     try:
         tunespec.resume(path, net, schedule)
@@ -564,7 +564,7 @@ def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(
         run["schedule"] = 5
         meta["tunespec.run"] = json.dumps(run)
 
-    refused_resume(h, _recrafted(good, tmp_path, odd_schedule_state), "schedule state")
+    refused_resume(h, _recrafted(good, tmp_path, odd_schedule_state), "stage-runner state")
     if h.name == "torch":
         def scheduler_attributes(tensors, meta):
             state = json.loads(meta["tunespec.state"])
@@ -601,7 +601,7 @@ def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monk
     path, _ = saved_run(h, tmp_path)
     net = fresh(h, 1)
     opt = tunespec.optimizer(net, RECIPE)
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     before = state_of(net, opt, schedule)
 
     def fail(*args):
@@ -618,7 +618,7 @@ def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monk
     {"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
     {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "native"},
     {"name": "adam", "lr": 0.01, "semantics": "native"},
-    {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "torch-exact"},
+    {"name": "sgd", "lr": 0.01, "momentum": 0.9, "semantics": "portable-exact"},
 ])
 def test_resume_continues_bit_identically_with_each_optimizer(h, tmp_path, optimizer):
     recipe = {**RECIPE, "optimizer": optimizer}
@@ -634,7 +634,7 @@ def test_resume_continues_bit_identically_with_each_optimizer(h, tmp_path, optim
         return h.arrays(net)
 
     expected = more(net, opt, schedule)
-    schedule2 = tunespec.Schedule(recipe)
+    schedule2 = tunespec.StageRunner(recipe)
     net2, opt2, _ = tunespec.resume(path, fresh(h, 5), schedule2)
     got = more(net2, opt2, schedule2)
     assert [k for k in expected if not np.array_equal(expected[k], got[k])] == []
@@ -666,7 +666,7 @@ def test_a_run_checkpoint_loads_into_the_other_frameworks_twin(tmp_path):
     path, saved = saved_run(th, tmp_path)
     net = fresh(mh, 1)
     with pytest.raises(SpecError, match="use tunespec.load for weights across frameworks"):
-        tunespec.resume(path, net, tunespec.Schedule(RECIPE))
+        tunespec.resume(path, net, tunespec.StageRunner(RECIPE))
     report = tunespec.load(net, path)
     assert report.ok and not report.missing
     loaded = mh.arrays(net)

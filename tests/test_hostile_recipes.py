@@ -480,7 +480,7 @@ RECIPES = st.fixed_dictionaries({}, optional={
     "optimizer": _section({"name": st.sampled_from(["sgd", "adam", "adamw", "rmsprop"]),
                            "lr": st.sampled_from([0.1, 1e-3]), "momentum": st.sampled_from([0.0, 0.9]),
                            "betas": st.just([0.9, 0.999]), "weight_decay": st.just(1e-4),
-                           "semantics": st.sampled_from(["torch", "native"])}),
+                           "semantics": st.sampled_from(["portable", "native"])}),
     "schedule": _section({"type": st.sampled_from(["constant", "step", "multistep", "cosine"]),
                           "step_size": st.integers(1, 5), "milestones": st.lists(st.integers(1, 9), max_size=3),
                           "total_steps": st.integers(1, 9), "gamma": st.just(0.5),

@@ -54,7 +54,7 @@ def train_epoch(h, net, opt, schedule, seed=0):
 
 def started(h, rec):
     net = h.small_cnn(dtype="float32")
-    schedule = tunespec.Schedule(rec)
+    schedule = tunespec.StageRunner(rec)
     net, opt = schedule.start(net)
     train_epoch(h, net, opt, schedule)  # momentum state exists: rollback must keep it
     return net, opt, schedule
@@ -208,14 +208,14 @@ def test_start_refusals_change_nothing(h, rec):
     net = h.small_cnn()
     before = snap(net)
     with pytest.raises(SpecError):
-        tunespec.Schedule(rec).start(net)
+        tunespec.StageRunner(rec).start(net)
     assert_unchanged(before, snap(net))
 
 
 def test_start_refuses_an_optimizer_that_holds_frozen_parameters(h):
     net = h.small_cnn()
     opt = tunespec.optimizer(net, {"freeze": []}, "sgd", lr=0.01)  # everything trainable
-    schedule = tunespec.Schedule(recipe())
+    schedule = tunespec.StageRunner(recipe())
     before = state_of(net, opt, schedule)
     with pytest.raises(SpecError, match="frozen"):
         schedule.start(net, optimizer=opt)
@@ -227,7 +227,7 @@ def test_start_rolls_back_when_the_lr_schedule_fails(h, monkeypatch):
     opt = tunespec.optimizer(net, HEAD, "sgd", lr=0.01, momentum=0.9)
     train_epoch(h, net, opt, None)
     tunespec.plan(net, {"freeze": []}).apply()  # the model is not in stage 0's state now
-    schedule = tunespec.Schedule(recipe())
+    schedule = tunespec.StageRunner(recipe())
     before = state_of(net, None, schedule)
     monkeypatch.setattr(h.backend, "install_lrs", boom_after(h.backend.install_lrs))
     with pytest.raises(Boom):
@@ -256,7 +256,7 @@ def test_start_twice_after_a_stage_change_is_refused(h):
 def test_step_and_advance_before_start(h):
     net = h.small_cnn()
     opt = tunespec.optimizer(net, HEAD, "sgd", lr=0.01)
-    schedule = tunespec.Schedule(recipe({"at_epoch": 1, **UNFREEZE}))
+    schedule = tunespec.StageRunner(recipe({"at_epoch": 1, **UNFREEZE}))
     before = state_of(net, opt, schedule)
     with pytest.raises(SpecError, match="start"):
         schedule.step(0, net, opt)
@@ -510,7 +510,7 @@ def test_random_stage_runs_change_state_only_on_success(framework, stages, calls
     needs(framework)
     h = HARNESSES[framework]()
     try:
-        schedule = tunespec.Schedule(recipe(*map(_stage, stages)))
+        schedule = tunespec.StageRunner(recipe(*map(_stage, stages)))
     except SpecError:
         return  # a recipe the parser refuses (e.g. decreasing triggers) never reaches a model
     net = h.small_cnn(dtype="float32")
@@ -533,11 +533,11 @@ def test_random_stage_runs_change_state_only_on_success(framework, stages, calls
 
 
 VALID_OPTIONS = {
-    "torch": [("sgd", {"momentum": 0.9, "nesterov": True}, "torch"), ("adam", {"betas": (0.9, 0.99)}, "torch"),
-              ("adamw", {"eps": 1e-6, "amsgrad": True}, "torch")],
-    "mxnet": [("sgd", {"momentum": 0.9, "nesterov": True}, "torch"), ("sgd", {"lazy_update": False}, "native"),
-              ("adam", {"beta1": 0.8, "clip_gradient": 1.0}, "torch"), ("adamw", {"epsilon": 1e-6}, "native"),
-              ("sgd", {"momentum": 0.9, "update_on_kvstore": False}, "torch")],
+    "torch": [("sgd", {"momentum": 0.9, "nesterov": True}, "portable"), ("adam", {"betas": (0.9, 0.99)}, "portable"),
+              ("adamw", {"eps": 1e-6, "amsgrad": True}, "portable")],
+    "mxnet": [("sgd", {"momentum": 0.9, "nesterov": True}, "portable"), ("sgd", {"lazy_update": False}, "native"),
+              ("adam", {"beta1": 0.8, "clip_gradient": 1.0}, "portable"), ("adamw", {"epsilon": 1e-6}, "native"),
+              ("sgd", {"momentum": 0.9, "update_on_kvstore": False}, "portable")],
 }
 
 

@@ -118,7 +118,7 @@ def test_stages_recompute_the_decay_for_newly_trainable_layers():
     model = _resnet()
     recipe = {"preset": "heads", "layer_decay": {"rate": 0.5}, "optimizer": {"name": "sgd", "lr": 0.1},
               "stages": [{"at_epoch": 1, "preset": "4+", "lr_factor": 0.1}]}
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     model, opt = schedule.start(model)
     names = {id(p): n for n, p in model.named_parameters()}
 

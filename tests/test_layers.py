@@ -108,8 +108,6 @@ def core_imports(path: Path) -> list[str]:
 def test_backends_import_only_the_protocol_from_the_core():
     bad = []
     for f in sorted(BACKENDS.rglob("*.py")):
-        if f.name == "lightning.py" and f.parent == BACKENDS:
-            continue  # the deprecated alias of tunespec.integrations.lightning, not a backend
         for module in core_imports(f):
             if module not in ALLOWED_CORE_IMPORTS and not module.startswith("tunespec.backends."):
                 bad.append(f"{f.relative_to(ROOT)}: {module}")

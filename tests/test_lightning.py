@@ -62,7 +62,7 @@ def test_plateau_stage_in_a_lightning_fit():
     before = h.arrays(module.net)
     module = fit(stages, 3)
     after = h.arrays(module.net)
-    schedule = stages.schedule
+    schedule = stages.runner
     assert schedule.stage.name == "4+" and schedule.history == [(1, "4+")]
     schedule.plan.verify().raise_if_changed()
     assert not np.array_equal(before["layer3.0.conv1.weight"], after["layer3.0.conv1.weight"])
@@ -106,11 +106,11 @@ def test_resume_after_a_stage_change_matches_the_uninterrupted_fit(tmp_path):
     uninterrupted = h.arrays(checkpointed_fit(stages, 3, tmp_path).net)
     resumed_stages = StageCallback(AT_EPOCH, model_attr="net")
     resumed = checkpointed_fit(resumed_stages, 3, tmp_path, ckpt_path=tmp_path / "epoch=1.ckpt")
-    assert resumed_stages.schedule.index == 1 and resumed_stages.schedule.history == [(0, "4+")]
+    assert resumed_stages.runner.index == 1 and resumed_stages.runner.history == [(0, "4+")]
     assert [len(g["params"]) for g in resumed_stages._optimizer.param_groups] == [2, 30]
     after = h.arrays(resumed.net)
     assert [k for k in after if not np.array_equal(after[k], uninterrupted[k])] == []
-    resumed_stages.schedule.plan.verify().raise_if_changed()
+    resumed_stages.runner.plan.verify().raise_if_changed()
     other = {**AT_EPOCH, "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9}}
     with pytest.raises(SpecError, match="optimizer.lr differs"):
         checkpointed_fit(StageCallback(other, model_attr="net"), 3, tmp_path,

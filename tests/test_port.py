@@ -146,7 +146,7 @@ def test_diff_command_finds_no_difference_between_twins_and_some_otherwise():
 
 # --- 50 training steps, float64, from identical weights -------------------------------------
 # Tolerance, relative to the largest parameter change of the run. With the semantics shim in full
-# precision (semantics='torch-exact'; the fused default rounds lr, momentum, wd to float32) both
+# precision (semantics='portable-exact'; the fused default rounds lr, momentum, wd to float32) both
 # frameworks apply the same update rule in float64 and differ only by summation order (~1e-16 per
 # op, every step). Training amplifies such differences a lot: in torch alone, scaling the initial
 # weights by (1 + 1e-15) moves the weights after these 50 steps by 7e-9 (SGD) and 1.2e-8 (Adam)
@@ -186,7 +186,7 @@ def train_both(recipe, semantics, steps=50, seed=1):
 
 @pytest.mark.parametrize("recipe", ["port_sgd", "port_adam"])
 def test_fifty_steps_match_with_torch_exact_semantics_and_not_without(recipe):
-    worst, update, lrs = train_both(recipe, "torch-exact")  # full precision: see TOLERANCE
+    worst, update, lrs = train_both(recipe, "portable-exact")  # full precision: see TOLERANCE
     relative = worst / update
     assert relative <= TOLERANCE, relative
     assert len({round(a, 15) for a, _ in lrs}) >= 3  # the schedule changed lr at least twice

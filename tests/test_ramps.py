@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 
@@ -167,16 +166,6 @@ def test_ramp_lrs_are_lightnings_products():
         expected.append(lr)
         lr = 0.03 if 1.5 * lr > 0.03 else 1.5 * lr
     assert [ramp.lr(0.03, k) for k in range(8)] == expected
-
-
-def test_schedule_is_a_deprecated_name_of_the_stage_runner():
-    rec = {"preset": "heads", "stages": [{"at_epoch": 1, "preset": "all"}]}
-    with pytest.warns(DeprecationWarning, match="tunespec.Schedule is now tunespec.StageRunner"):
-        old = tunespec.Schedule(rec)
-    assert isinstance(old, tunespec.StageRunner) and old.stages[1].name == "all"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert tunespec.StageRunner(rec).stages == old.stages
 
 
 def test_the_core_computes_ramped_lrs_on_the_fake_backend():

@@ -18,7 +18,7 @@ def test_recipe_sections_are_read_and_the_spec_still_validated(tmp_path):
     assert recipe.spec.rules[0].trainable is False
     # no semantics named: the one every backend shares, decided when the optimizer is made
     assert (recipe.optimizer.name, recipe.optimizer.lr, recipe.optimizer.semantics) == ("adam", 0.001, None)
-    assert check_semantics(recipe.optimizer.semantics) == "torch"
+    assert check_semantics(recipe.optimizer.semantics) == "portable"
     assert recipe.optimizer.options == {"betas": [0.9, 0.99]}
     assert recipe.schedule.type == "cosine"
 
@@ -42,7 +42,7 @@ def test_semantics_are_checked_against_the_backends_when_the_optimizer_is_made()
     recipe = load_recipe({"optimizer": {"lr": 0.1, "semantics": "mxnet"}})
     with pytest.raises(SpecError) as info:
         check_semantics(recipe.optimizer.semantics)
-    assert "not one of torch, native" in str(info.value)
+    assert "not one of portable, native" in str(info.value)
     with pytest.raises(SpecError, match="optimizer.semantics: expected a non-empty string"):
         load_recipe({"optimizer": {"lr": 0.1, "semantics": 3}})
 

@@ -36,7 +36,7 @@ def epoch(h, net, opt, schedule, e):
 
 def test_resume_after_an_unfreeze_stage_reproduces_the_uninterrupted_run(h, tmp_path):
     path = tmp_path / ("run.pt" if h.name == "torch" else "run.params")
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     net, opt = schedule.start(fresh(h, 0))
     for e in range(3):
         net, opt = epoch(h, net, opt, schedule, e)
@@ -46,7 +46,7 @@ def test_resume_after_an_unfreeze_stage_reproduces_the_uninterrupted_run(h, tmp_
         net, opt = epoch(h, net, opt, schedule, e)
     uninterrupted = h.arrays(net)
 
-    schedule2 = tunespec.Schedule(RECIPE)
+    schedule2 = tunespec.StageRunner(RECIPE)
     net2, opt2, meta = tunespec.resume(path, fresh(h, 1), schedule2)
     assert meta == {"epoch": 2, "extra": {"seen": 12}} and schedule2.index == 1
     assert schedule2.history == schedule.history and schedule2.best == pytest.approx(np.sin(2))
@@ -62,7 +62,7 @@ def test_resume_after_an_unfreeze_stage_reproduces_the_uninterrupted_run(h, tmp_
 
 def test_a_crash_mid_save_leaves_the_previous_checkpoint(h, tmp_path, monkeypatch):
     path = tmp_path / ("run.pt" if h.name == "torch" else "run.params")
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     net, opt = schedule.start(fresh(h, 0))
     net, opt = epoch(h, net, opt, schedule, 0)
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=0)
@@ -79,7 +79,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(h, tmp_path, monkeypatc
         tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     monkeypatch.undo()
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
-    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.Schedule(RECIPE))
+    _, _, meta = tunespec.resume(path, fresh(h, 1), tunespec.StageRunner(RECIPE))
     assert meta["epoch"] == 0
 
 
@@ -87,12 +87,12 @@ def test_resume_refuses_another_recipe(tmp_path):
     needs("torch")
     h = HARNESSES["torch"]()
     path = tmp_path / "run.pt"
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     net, opt = schedule.start(fresh(h, 0))
     tunespec.save_checkpoint(path, net, opt, schedule)
     other = {**RECIPE, "preset": "5+"}
     with pytest.raises(SpecError, match="not the spec the run was saved with"):
-        tunespec.resume(path, fresh(h, 1), tunespec.Schedule(other))
+        tunespec.resume(path, fresh(h, 1), tunespec.StageRunner(other))
     with pytest.raises(SpecError, match="not a tunespec run checkpoint"):
         (tmp_path / "junk.pt").write_bytes(b"junk")
-        tunespec.resume(tmp_path / "junk.pt", fresh(h, 1), tunespec.Schedule(RECIPE))
+        tunespec.resume(tmp_path / "junk.pt", fresh(h, 1), tunespec.StageRunner(RECIPE))

@@ -38,7 +38,7 @@ def momentum(h, opt, net, name):
 
 def test_unfreeze_stage_keeps_state_and_covers_new_parameters(h):
     net = h.resnet18(classes=5, dtype="float32")
-    schedule = tunespec.Schedule(RECIPE)
+    schedule = tunespec.StageRunner(RECIPE)
     net, opt = schedule.start(net)
     data = batches(2, 32, seed=1)
     w0 = h.arrays(net)
@@ -79,7 +79,7 @@ def test_unfreeze_stage_keeps_state_and_covers_new_parameters(h):
 def test_refreezing_removes_parameters_and_their_state(h):
     recipe = {**RECIPE, "preset": "4+", "stages": [{"at_epoch": 1, "preset": "heads"}]}
     net = h.resnet18(classes=5, dtype="float32")
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     net, opt = schedule.start(net)
     data = batches(2, 32, seed=2)
     run_epoch(h, net, opt, schedule, data)
@@ -100,7 +100,7 @@ def test_plateau_stage_restores_the_best_epoch(h):
     recipe = {**RECIPE, "stages": {"mode": "min", "then": [
         {"on_plateau": 2, "preset": "all", "restore_best": True, "name": "everything"}]}}
     net = h.resnet18(classes=5, dtype="float32")
-    schedule = tunespec.Schedule(recipe)
+    schedule = tunespec.StageRunner(recipe)
     net, opt = schedule.start(net)
     data = batches(1, 32, seed=3)
     snapshots = []
@@ -120,7 +120,7 @@ def test_at_step_trigger_and_plain_torch_optimizer():
     torch = needs("torch")
     h = HARNESSES["torch"]()
     net = h.resnet18(classes=5, dtype="float32")
-    schedule = tunespec.Schedule({"preset": "heads", "stages": [{"at_step": 3, "preset": "5+"}]})
+    schedule = tunespec.StageRunner({"preset": "heads", "stages": [{"at_step": 3, "preset": "5+"}]})
     opt = tunespec.optimizer(net, {"preset": "heads"}, "adam", lr=1e-3)
     net, opt = schedule.start(net, optimizer=opt)
     for step, (x, y) in enumerate(batches(4, 32, seed=4), start=1):
@@ -143,7 +143,7 @@ def test_at_step_trigger_and_plain_torch_optimizer():
 ])
 def test_bad_stages(stages, fragment):
     with pytest.raises(SpecError, match=fragment):
-        tunespec.Schedule({"preset": "heads", "stages": stages})
+        tunespec.StageRunner({"preset": "heads", "stages": stages})
 
 
 def test_restore_best_needs_a_metric():
@@ -151,7 +151,7 @@ def test_restore_best_needs_a_metric():
     h = HARNESSES["torch"]()
     net = h.resnet18(classes=5, dtype="float32")
     stages = [{"at_epoch": 1, "preset": "4+", "restore_best": True}]
-    schedule = tunespec.Schedule({**RECIPE, "stages": stages})
+    schedule = tunespec.StageRunner({**RECIPE, "stages": stages})
     net, opt = schedule.start(net)
     with pytest.raises(SpecError, match="pass metric="):
         schedule.step(0, net, opt)

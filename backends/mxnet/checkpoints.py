@@ -279,8 +279,8 @@ class MXNetCheckpoints:
         """Optimizer type and settings as saved, every state array the shape of its parameter."""
         saved, o = run["optimizer"], trainer._optimizer
         if saved["type"] != type(o).__name__:
-            exact = str(saved["type"]).lower() in GLUON_OPTIMIZERS["torch-exact"].values()
-            hint = " with semantics='torch-exact' (the run used the full-precision rules)" if exact else ""
+            exact = str(saved["type"]).lower() in GLUON_OPTIMIZERS["portable-exact"].values()
+            hint = " with semantics='portable-exact' (the run used the full-precision rules)" if exact else ""
             raise SpecError(f"resume: the run used optimizer {excerpt(saved['type'])}, this Trainer has "
                             f"{type(o).__name__}; build it from the run's recipe (pass the run's Schedule)"
                             f"{hint}")

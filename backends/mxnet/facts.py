@@ -13,9 +13,12 @@ FACTS = FrameworkFacts(
     # Gluon spells norm leaves its own way; canonical names use the other spelling.
     leaf_spellings={"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                     "moving_var": "running_var"},
-    # 'torch' runs torch's update rules in Gluon on MXNet's fused operators (the default: float32
-    # hyper-parameters), 'torch-exact' in full precision (float64 parity runs), 'native' MXNet's own.
-    semantics=("torch", "native", "torch-exact"),
+    # 'portable' runs the update rules every backend shares (torch's formulas: lr outside the momentum
+    # buffer, Adam's epsilon after the bias correction) on MXNet's fused operators (the default:
+    # float32 hyper-parameters), 'portable-exact' in full precision (float64 parity runs), 'native'
+    # MXNet's own rules.
+    semantics=("portable", "native", "portable-exact"),
+    former_semantics={"torch": "portable", "torch-exact": "portable-exact"},
     # Trainer and Optimizer arguments beyond the update rule's own, with the kind of value each takes.
     optimizer_options={"clip_gradient": "optional_positive", "rescale_grad": "positive",
                        "multi_precision": "boolean", "kvstore": "name_or_object",

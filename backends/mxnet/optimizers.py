@@ -74,7 +74,7 @@ class MXNetOptimizers:
         return list(trainer._params)
 
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
-                        weight_decay: float, semantics: str = "torch", **options: Any) -> gluon.Trainer:
+                        weight_decay: float, semantics: str = "portable", **options: Any) -> gluon.Trainer:
         params = [p for g in groups for p in g["params"]]
         _check_initialized(params)
         trainer_options = {k: options.pop(k) for k in _TRAINER_OPTIONS if k in options}
@@ -86,7 +86,7 @@ class MXNetOptimizers:
         _prepare_trainer(trainer)  # for parameter servers (see there)
         return trainer
 
-    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+    def optimizer_options(self, name: Any, semantics: str = "portable") -> frozenset[str] | None:
         """The options a Trainer with this optimizer takes: the registered optimizer's ``__init__``
         keywords up its class chain (MXNet passes **kwargs on to the base Optimizer), the Trainer's
         own and tunespec's ``weight_decay``; None if some class takes arbitrary keywords."""

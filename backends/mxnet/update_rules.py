@@ -1,4 +1,4 @@
-"""torch's update rules as MXNet optimizers in full precision (``semantics='torch-exact'``).
+"""torch's update rules as MXNet optimizers in full precision (``semantics='portable-exact'``).
 
 The default (``'torch'``) runs the same rules on MXNet's fused operators: see fused_rules."""
 
@@ -96,12 +96,12 @@ class TorchAdamW(_TorchAdamRule):
     decoupled = True
 
 
-# Optimizer names under each semantics. 'torch' follows torch's update rules on MXNet's fused
-# operators (fused_rules: float32 hyper-parameters, MXNet's speed); 'torch-exact' runs them here in
+# Optimizer names under each semantics. 'portable' follows torch's update rules on MXNet's fused
+# operators (fused_rules: float32 hyper-parameters, MXNet's speed); 'portable-exact' runs them here in
 # full precision (float64 parity runs); 'native' keeps MXNet's own rules (MXNet 1.9.1 has no AdamW).
 GLUON_OPTIMIZERS = {
-    "torch": {"sgd": "fusedtorchsgd", "adam": "fusedtorchadam", "adamw": "fusedtorchadamw"},
-    "torch-exact": {"sgd": "torchsgd", "adam": "torchadam", "adamw": "torchadamw"},
+    "portable": {"sgd": "fusedtorchsgd", "adam": "fusedtorchadam", "adamw": "fusedtorchadamw"},
+    "portable-exact": {"sgd": "torchsgd", "adam": "torchadam", "adamw": "torchadamw"},
     "native": {"adamw": "fusedtorchadamw"},
 }
 

@@ -18,7 +18,8 @@ FACTS = FrameworkFacts(
     wrapper_segments=("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"),
     # BatchNorm's batch counter: no other framework has it, so it is never ported nor missed.
     ignored_state=r"(.*\.)?num_batches_tracked",
-    semantics=("torch",),
+    semantics=("portable",),  # torch's own update rules are the portable ones
+    former_semantics={"torch": "portable", "torch-exact": "portable-exact"},
     zoos=("torchvision",),
     # (out, in / groups, *kernel); torch.nn.init reads transposed convolutions' weights the same
     # way, and tunespec's init follows torch's own.

@@ -27,7 +27,7 @@ class TorchOptimizers:
         return [p for group in optimizer.param_groups for p in group["params"]]
 
     def build_optimizer(self, groups: Sequence[dict], name: Any, lr: float | None,
-                        weight_decay: float, semantics: str = "torch",
+                        weight_decay: float, semantics: str = "portable",
                         **options: Any) -> torch.optim.Optimizer:
         cls = _optimizer_class(name)
         accepted = inspect.signature(cls.__init__).parameters
@@ -45,7 +45,7 @@ class TorchOptimizers:
             defaults["weight_decay"] = weight_decay
         return cls(groups, **defaults)
 
-    def optimizer_options(self, name: Any, semantics: str = "torch") -> frozenset[str] | None:
+    def optimizer_options(self, name: Any, semantics: str = "portable") -> frozenset[str] | None:
         """The keyword options the optimizer class takes (None: it takes any, through **kwargs)."""
         params = inspect.signature(_optimizer_class(name).__init__).parameters
         if any(p.kind == p.VAR_KEYWORD for p in params.values()):

@@ -33,7 +33,7 @@ _WHERE = {  # no typing import: the bare import stays a few milliseconds
     "NameMap": "planning.naming",
     **dict.fromkeys(["Card", "register_card"], "planning.cards"),
     **dict.fromkeys(["apply", "optimizer", "scheduler"], "lifecycle.apply"),
-    **dict.fromkeys(["Schedule", "StageRunner"], "lifecycle.stages"),
+    "StageRunner": "lifecycle.stages",
     **dict.fromkeys(["resume", "save_checkpoint"], "lifecycle.checkpoint"),
     **dict.fromkeys(["LoadReport", "load"], "lifecycle.loading"),
     **dict.fromkeys(["PortReport", "port"], "lifecycle.port"),
@@ -43,12 +43,17 @@ _WHERE = {  # no typing import: the bare import stays a few milliseconds
     **dict.fromkeys(["from_mmengine", "from_timm"], "importers"),
 }
 __all__ = sorted(_WHERE)
+# Names removed in 0.2.0 -> their replacement (CHANGELOG.md lists every renamed name).
+_RENAMED = {"Schedule": "StageRunner"}
 
 
 def __getattr__(name: str) -> object:
     """Load a public name on first use and keep it (later look-ups are plain attributes)."""
     where = _WHERE.get(name)
     if where is None:
+        if name in _RENAMED:
+            raise AttributeError(f"tunespec.{name} is now tunespec.{_RENAMED[name]} (renamed in tunespec "
+                                 f"0.2.0; see CHANGELOG.md)")
         raise AttributeError(f"module 'tunespec' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"tunespec.{where}"), name)
     globals()[name] = value

@@ -61,6 +61,7 @@ class FrameworkFacts:
     ignored_state: str = ""  # regex of state names other frameworks have no counterpart for
     leaf_spellings: Mapping[str, str] = field(default_factory=dict)  # native norm leaf -> canonical
     semantics: tuple[str, ...] = ()  # optimizer update-rule semantics it offers; the first is its default
+    former_semantics: Mapping[str, str] = field(default_factory=dict)  # an earlier version's name -> today's
     optimizer_options: Mapping[str, str] = field(default_factory=dict)  # extra option -> value kind
     zoos: tuple[str, ...] = ()  # model zoos its ModelZoo capability builds from
     server_role_variable: str = ""  # environment variable naming a parameter-server process's role

@@ -51,3 +51,22 @@ class TuneSpecWarning(UserWarning):
             warnings.simplefilter("error", tunespec.TuneSpecWarning)   # make them errors in CI
             tunespec.plan(model, {"strict": False, "freeze": [r"layer5\\..*"]})
     """
+
+
+def refuse_renamed(call: str, given: dict[str, object], renamed: dict[str, str]) -> None:
+    """Refuse keywords a call no longer takes: one renamed in 0.2.0 is a SpecError naming its new
+    name (never silently ignored), any other the TypeError Python raises for an unknown keyword.
+
+    ```python
+    from tunespec.errors import SpecError, refuse_renamed
+    try:
+        refuse_renamed("resume", {"schedule": None}, {"schedule": "runner"})
+    except SpecError as exc:
+        assert "runner=" in str(exc)
+    ```
+    """
+    for key in given:
+        if key in renamed:
+            raise SpecError(f"{call}: {key}= is now {renamed[key]}= (renamed in tunespec 0.2.0; see "
+                            f"CHANGELOG.md)")
+        raise TypeError(f"{call}() got an unexpected keyword argument {key!r}")

@@ -30,6 +30,7 @@ def _derived(facts: tuple) -> dict[str, Any]:
         "semantics": tuple(dict.fromkeys(s for f in facts for s in f.semantics)),
         "options": {k: v for f in facts for k, v in f.optimizer_options.items()},
         "default": _shared_semantics(facts),
+        "renamed": {k: v for f in facts for k, v in f.former_semantics.items()},
     }
 
 
@@ -84,6 +85,11 @@ def default_semantics() -> str | None:
     """The semantics a recipe gets when it names none: the first one that every backend offering
     semantics shares (so a recipe means the same update rules in every framework)."""
     return derived("default")
+
+
+def renamed_semantics() -> Mapping[str, str]:
+    """Semantics names of earlier versions -> today's, which a recipe or call using one is told."""
+    return derived("renamed")
 
 
 def framework_options() -> Mapping[str, str]:

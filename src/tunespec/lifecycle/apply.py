@@ -39,8 +39,8 @@ def optimizer(model: Any, spec: SpecLike, name: Any = None, lr: float | None = N
               semantics: str | None = None, lr_scale: bool = False, **options: Any) -> Any:
     """A torch optimizer or a Gluon Trainer for ``spec``, applying it first unless it already is.
 
-    Arguments left out come from the recipe's ``optimizer`` section. ``semantics='torch'``
-    (default) makes Gluon follow torch's update rules on fused operators, ``'torch-exact'`` in full
+    Arguments left out come from the recipe's ``optimizer`` section. ``semantics='portable'``
+    (default) makes Gluon follow torch's update rules on fused operators, ``'portable-exact'`` in full
     precision; ``'native'`` keeps MXNet's own.
     Everything is checked before the model changes; if building still fails, an apply made here
     is undone. The spec is (re-)applied unless the model has exactly its settings now: another

@@ -2,7 +2,7 @@
 
 A run checkpoint is one safetensors file in both frameworks: the model's tensors, the stage's best
 weights and the optimizer state as arrays, and in its metadata the JSON run description (format,
-framework, epoch, schedule state, the whole recipe in canonical form, the optimizer-state
+framework, epoch, stage-runner state, the whole recipe in canonical form, the optimizer-state
 structure) plus a sha256 digest over all of it. Nothing in it is pickled, so reading it never
 runs code; a damaged or foreign file is refused before anything is changed. A sharded model's
 (torch FSDP2) run checkpoint is a directory instead: each rank's shards in torch's distributed
@@ -27,9 +27,9 @@ from typing import Any, Mapping
 
 from tunespec.backend_api import RUN_LAYOUT, Sharding
 from tunespec.dispatch import backend_for
-from tunespec.errors import SpecError
+from tunespec.errors import SpecError, refuse_renamed
 from tunespec.recipe.files import atomic_write, excerpt, read_checked, regular_file
-from tunespec.lifecycle.stages import StageRunner as Schedule  # the stage runner (Schedule is its deprecated name)
+from tunespec.lifecycle.stages import StageRunner
 
 FORMAT = "tunespec-run/2"
 RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description
@@ -54,9 +54,9 @@ def canonical(value: Any) -> Any:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # an object's address differs per process
 
 
-def recipe_dict(schedule: Schedule) -> dict[str, Any]:
+def recipe_dict(runner: StageRunner) -> dict[str, Any]:
     """Every section of the schedule's recipe: what resume compares."""
-    r = schedule.recipe
+    r = runner.recipe
     out = {"spec": canonical(r.spec), "optimizer": canonical(r.optimizer), "schedule": canonical(r.schedule)}
     out.update({k: canonical(v) for k, v in sorted(r.sections.items())})
     return json.loads(json.dumps(out, sort_keys=True))  # one normal form: what a file gives back
@@ -83,12 +83,16 @@ def first_difference(saved: Any, live: Any, path: str) -> tuple[str, Any, Any] |
     return path.lstrip(".") or "(the recipe)", saved, live
 
 
+# Keywords renamed in 0.2.0: the stage runner is passed as runner= (schedule means learning rates).
+RENAMED_KEYWORDS = {"schedule": "runner"}
+
+
 # --- saving -------------------------------------------------------------------------------------
 
-def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Schedule | None = None,
+def save_checkpoint(path: str | Path, model: Any, optimizer: Any, runner: StageRunner | None = None,
                     lr_scheduler: Any = None, epoch: int | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Write model, optimizer, lr scheduler and schedule state to ``path`` atomically.
+                    extra: Mapping[str, Any] | None = None, **renamed: Any) -> Path:
+    """Write model, optimizer, lr scheduler and stage-runner state to ``path`` atomically.
 
     ``extra`` is anything JSON-serialisable (the data loader's position, a metric history). A
     symlink ``path`` is written through; a failed write (disk full, read-only directory) is a
@@ -98,6 +102,7 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
 
         tunespec.save_checkpoint("run.pt", model, opt, runner, epoch=epoch, extra={"best": 0.91})
     """
+    refuse_renamed("save_checkpoint", renamed, RENAMED_KEYWORDS)
     be = backend_for(model)
     if epoch is not None:
         try:
@@ -109,12 +114,12 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
     meta: dict[str, Any] = {"format": FORMAT, "backend": be.name, "epoch": epoch,
                             "extra": dict(extra or {})}
     best = None
-    if schedule is not None:
-        meta["schedule"] = schedule.state_dict()
-        meta["spec"] = schedule.stage.spec.to_dict()
-        meta["recipe"] = recipe_dict(schedule)
-        best = schedule.best_state
-        lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
+    if runner is not None:
+        meta["schedule"] = runner.state_dict()
+        meta["spec"] = runner.stage.spec.to_dict()
+        meta["recipe"] = recipe_dict(runner)
+        best = runner.best_state
+        lr_scheduler = lr_scheduler if lr_scheduler is not None else runner.lr_scheduler
     try:
         text = json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -177,37 +182,37 @@ def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]
     return meta, run if run is not None else be.load_run(tensors, metadata, str(path))
 
 
-def _check_schedule_state(meta: Mapping[str, Any], schedule: Schedule, where: str) -> dict[str, Any]:
+def _check_runner_state(meta: Mapping[str, Any], runner: StageRunner, where: str) -> dict[str, Any]:
     state = meta.get("schedule")
     if state is None:
-        raise SpecError(f"{where}: the checkpoint was saved without a schedule; resume without one")
+        raise SpecError(f"{where}: the checkpoint was saved without a stage runner; resume without runner=")
     if not isinstance(state, dict):
-        raise SpecError(f"{where}: the checkpoint's schedule state is not a mapping")
+        raise SpecError(f"{where}: the checkpoint's stage-runner state is not a mapping")
     saved = meta.get("recipe")
-    diff = first_difference(saved, recipe_dict(schedule), "")
+    diff = first_difference(saved, recipe_dict(runner), "")
     if diff is not None:
         name, was, now = diff
         raise SpecError(f"{where}: this recipe is not the spec the run was saved with: {name} differs: "
                         f"the run used {excerpt(was)}, this recipe has {excerpt(now)}; resume with the "
                         f"run's own recipe")
     index = state.get("index")
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(schedule.stages):
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(runner.stages):
         raise SpecError(f"{where}: the checkpoint is in stage {excerpt(index)}, but the recipe has "
-                        f"{len(schedule.stages)} stages")
+                        f"{len(runner.stages)} stages")
     return state
 
 
 # --- resuming -----------------------------------------------------------------------------------
 
-def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optimizer: Any = None,
-           lr_scheduler: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+def resume(path: str | Path, model: Any, runner: StageRunner | None = None, optimizer: Any = None,
+           lr_scheduler: Any = None, **renamed: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Restore a run saved by :func:`save_checkpoint`; returns (model, optimizer, meta).
 
-    With a ``schedule`` (a fresh ``tunespec.StageRunner`` of the run's recipe) the optimizer is built
+    With a ``runner`` (a fresh ``tunespec.StageRunner`` of the run's recipe) the optimizer is built
     as the run built it, stage by stage, then given the saved state; a recipe that differs from the
     run's in any section is refused, naming the first difference. Without one, pass the
     ``optimizer`` (and ``lr_scheduler``) to load the state into. ``meta`` holds ``epoch`` (the one
-    saved) and ``extra``. Any failure leaves the model, optimizer and schedule as they were.
+    saved) and ``extra``. Any failure leaves the model, optimizer and runner as they were.
 
     Example::
 
@@ -215,56 +220,58 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
         model, opt, meta = tunespec.resume("run.pt", fresh_model, runner)
         start_epoch = meta["epoch"] + 1
     """
+    refuse_renamed("resume", renamed, RENAMED_KEYWORDS)
     be = backend_for(model)
     where = "resume"
     meta, run = read_run(path, be)
-    if schedule is None and optimizer is None:
-        raise SpecError("resume: pass the run's schedule, or the optimizer to load the state into")
-    state = _check_schedule_state(meta, schedule, where) if schedule is not None else None
+    if runner is None and optimizer is None:
+        raise SpecError("resume: pass runner= (a StageRunner of the run's recipe), or the optimizer to "
+                        "load the state into")
+    state = _check_runner_state(meta, runner, where) if runner is not None else None
     be.check_run_model(run, model)  # another architecture: refused before anything changes
     weights = [(t, be.read(t.handle)) for t in be.listing(model).tensors]
-    saved_schedule = dict(vars(schedule)) if schedule is not None else None
+    saved_runner = dict(vars(runner)) if runner is not None else None
     plans: list[Any] = []
     opt_backup = be.optimizer_backup(optimizer) if optimizer is not None else None
     try:
-        if schedule is not None:
-            model, optimizer = schedule.start(model, optimizer)
-            plans.append(schedule.plan)
+        if runner is not None:
+            model, optimizer = runner.start(model, optimizer)
+            plans.append(runner.plan)
             for _ in range(state["index"]):
-                model, optimizer = schedule.advance(model, optimizer)
-                plans.append(schedule.plan)
-            if schedule.stage.spec.to_dict() != meta.get("spec"):
-                raise SpecError(f"resume: stage {schedule.stage.name!r} of this recipe is not the spec "
+                model, optimizer = runner.advance(model, optimizer)
+                plans.append(runner.plan)
+            if runner.stage.spec.to_dict() != meta.get("spec"):
+                raise SpecError(f"resume: stage {runner.stage.name!r} of this recipe is not the spec "
                                 f"the run was saved with; resume with the run's own recipe")
-            lr_scheduler = lr_scheduler if lr_scheduler is not None else schedule.lr_scheduler
-            schedule.load_lr_state(state)  # where ramps started, where the lr schedule restarted
-            schedule.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
+            lr_scheduler = lr_scheduler if lr_scheduler is not None else runner.lr_scheduler
+            runner.load_lr_state(state)  # where ramps started, where the lr schedule restarted
+            runner.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
         be.check_run_optimizer(run, optimizer, lr_scheduler)
         be.load_run_state(run, model, optimizer, lr_scheduler)
-        if schedule is not None:
-            _restore_schedule_state(schedule, state, run)
+        if runner is not None:
+            _restore_runner_state(runner, state, run)
     except BaseException:
         for plan in reversed(plans):
             if plan.applied:
                 plan.restore()
         for t, array in weights:
             be.write(t.handle, array)
-        if saved_schedule is not None:
-            vars(schedule).clear()
-            vars(schedule).update(saved_schedule)
+        if saved_runner is not None:
+            vars(runner).clear()
+            vars(runner).update(saved_runner)
         if opt_backup is not None:
             be.optimizer_restore(optimizer, opt_backup)
         raise
     return model, optimizer, {"epoch": meta.get("epoch"), "extra": meta.get("extra", {})}
 
 
-def _restore_schedule_state(schedule: Schedule, state: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+def _restore_runner_state(runner: StageRunner, state: Mapping[str, Any], run: Mapping[str, Any]) -> None:
     try:
         best, best_epoch, bad = state["best"], state["best_epoch"], int(state["bad_epochs"])
         history = [(int(e), str(n)) for e, n in state["history"]]
     except (KeyError, TypeError, ValueError):
-        raise SpecError("resume: the checkpoint's schedule state is incomplete") from None
-    schedule.best, schedule.best_epoch, schedule.bad_epochs = best, best_epoch, bad
-    schedule.history = history
-    schedule.best_state = run["best"]
-    schedule.rebaseline()  # verify() compares frozen tensors with the loaded weights
+        raise SpecError("resume: the checkpoint's runner state is incomplete") from None
+    runner.best, runner.best_epoch, runner.bad_epochs = best, best_epoch, bad
+    runner.history = history
+    runner.best_state = run["best"]
+    runner.rebaseline()  # verify() compares frozen tensors with the loaded weights

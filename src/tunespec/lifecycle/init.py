@@ -1,15 +1,6 @@
 """Re-initialising selected parameters (a new head) the same way everywhere, as the ``init``
 recipe section (:mod:`tunespec.recipe.init`) says.
 
-```yaml
-init:
-  seed: 0
-  rules:
-    - {match: 'fc\\.weight', method: normal, std: 0.01}
-    - {match: 'fc\\.bias', method: zeros}
-    - {layer: conv, match: '.*\\.weight', method: kaiming_normal, mode: fan_out, nonlinearity: relu}
-```
-
 Values are drawn here, in float64, from a generator seeded by the seed and the tensor's canonical
 name, then written by the backend: torch and Gluon get identical values (not just the same
 distribution), and a tensor's values do not depend on which other tensors a recipe selects.

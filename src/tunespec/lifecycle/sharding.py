@@ -174,7 +174,7 @@ def shard(model: "Plan | Any", spec: Any = None, *, mesh: Any = None,
     ``reshard_after_forward`` (None: the wrapper's own default) and ``options`` go to the
     backend's sharding call (torch: ``fully_shard``, every unit alike). Returns the plan of the
     sharded model, applied: build its optimizer with ``plan.optimizer(...)`` (or start a
-    :class:`tunespec.Schedule` on the model), which then holds the sharded parameters. Everything
+    :class:`tunespec.StageRunner` on the model), which then holds the sharded parameters. Everything
     is checked before the model is sharded; sharding itself cannot be undone.
 
     Example::

@@ -1,16 +1,6 @@
 """Staged unfreezing: :class:`StageRunner` runs the ``stages`` recipe section
 (:mod:`tunespec.recipe.stages`) live.
 
-```yaml
-preset: heads                      # stage 0: the recipe's own spec
-optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
-stages:
-  mode: min                        # the metric given to step() improves downwards (a loss)
-  then:
-    - {at_epoch: 3, preset: '4+', lr_factor: 0.1, restore_best: true}
-    - {on_plateau: 2, preset: all, restore_best: true}
-```
-
 A stage switches to its own spec (the spec keys in its entry; ``lr_mult``, ``wd_mult``,
 ``groups``, ``bn`` and ``strict`` carry over from the recipe unless given), optionally after
 restoring the weights of the best epoch of the stage that ends, and gives parameters it newly
@@ -69,6 +59,7 @@ class StageRunner:
     The lrs come from :mod:`tunespec.lifecycle.lrs`: the runner keeps plain lr state (``self.lrs``),
     computes the table after a stage change and as a ``ramp`` grows, and the backend installs it.
     A torch loop that never steps ``lr_scheduler`` is caught at the next ``step``.
+    ("Schedule" means learning rates only; this class was called ``Schedule`` before 0.2.0.)
     """
 
     def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
@@ -135,7 +126,7 @@ class StageRunner:
                         change: Callable[[list[Plan]], T], save_weights: bool) -> T:
         """Run ``change`` (which appends every plan it applies to the list it is given); if it
         fails, undo those plans, the optimizer's groups and state, the lr scheduler, the weights
-        (when ``save_weights``) and the runner's state, then re-raise."""
+        (when ``save_weights``) and this runner's state, then re-raise."""
         be = self.plan.backend
         sched = lr_scheduler if lr_scheduler is not None else self.lr_scheduler
         saved = self._save()
@@ -413,12 +404,3 @@ def _metric(metric: Any) -> float:
         raise SpecError(f"StageRunner.step: metric {value!r} is not a finite number")
     return value
 
-
-class Schedule(StageRunner):
-    """Deprecated name of :class:`StageRunner` (it read like an lr schedule)."""
-
-    def __init__(self, recipe: "Recipe | Mapping[str, Any] | str | Path", steps_per_epoch: int | None = None):
-        warnings.warn("tunespec.Schedule is now tunespec.StageRunner (it runs a recipe's stages; lr "
-                      "schedules are tunespec.LRSchedule and tunespec.scheduler()); the old name will "
-                      "be removed", DeprecationWarning, stacklevel=2)
-        super().__init__(recipe, steps_per_epoch)

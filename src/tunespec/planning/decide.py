@@ -1,7 +1,7 @@
 """Deciding: each parameter's trainability and multipliers, and each norm layer's statistics, from
 a spec's rules (model-card presets first) over a listing. Pure: nothing on the model changes.
 
-The results are columns (:class:`Decided`) with a per-tensor view (:class:`Decision`) built when
+The results are columns (:class:`DecisionColumns`) with a per-tensor view (:class:`Decision`) built when
 someone reads it; :class:`tunespec.planning.plan.Plan` holds them.
 """
 
@@ -51,7 +51,7 @@ _SETTINGS = ("trainable", "lr_mult", "wd_mult")
 
 
 @dataclass
-class Decided:
+class DecisionColumns:
     """What the rules decided, one entry per parameter in ``listing.param_rows`` order.
 
     Columns rather than a :class:`Decision` per tensor: planning a 100,000-tensor model must
@@ -102,7 +102,7 @@ def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, s
     return rules + list(spec.rules), groups, card
 
 
-def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
+def decide(listing: Listing, spec: Spec) -> tuple[DecisionColumns, list[NormDecision]]:
     """Run the rules in order over the parameters; each matching rule overrides what it sets.
     ``layer_decay`` then multiplies each trainable parameter's lr_mult by its layer's scale."""
     rules, groups, card = _expand_rules(spec, listing)
@@ -146,7 +146,7 @@ def decide(listing: Listing, spec: Spec) -> tuple[Decided, list[NormDecision]]:
         if sets_mult and hits and not any(trainable[i] for i in hits):
             warnings.warn(f"{rule.origin}: the multiplier of {rule.selection} lands only on frozen "
                           f"parameters and has no effect", TuneSpecWarning, stacklevel=4)
-    decided = Decided(rules, matches, trainable, lr_mult, wd_mult)
+    decided = DecisionColumns(rules, matches, trainable, lr_mult, wd_mult)
     handles = listing.handles
     by_id = {id(handles[row]): trainable[i] for i, row in enumerate(listing.param_rows)} \
         if listing.norms and spec.bn == "freeze_frozen" else {}

@@ -1,4 +1,4 @@
-"""Making a plan: ``tunespec.plan(model, spec)`` and the spec-like inputs it accepts.
+r"""Making a plan: ``tunespec.plan(model, spec)`` and the spec-like inputs it accepts.
 
 ```python
 from tunespec.planning.make import as_spec

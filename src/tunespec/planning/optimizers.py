@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from tunespec.backend_api import Backend
 from tunespec.errors import SpecError
-from tunespec.framework_facts import default_semantics, framework_options, semantics_names
+from tunespec.framework_facts import default_semantics, framework_options, renamed_semantics, semantics_names
 from tunespec.recipe import validate
 from tunespec.recipe.validate import excerpt
 
@@ -32,6 +32,10 @@ def check_semantics(value: Any) -> str | None:
     if value is None:
         return default_semantics()
     names = semantics_names()
+    renamed = renamed_semantics()
+    if isinstance(value, str) and value in renamed and value not in names:
+        raise SpecError(f"semantics: {value!r} is now called {renamed[value]!r} (tunespec 0.2.0 names "
+                        f"semantics after the rules they follow; see CHANGELOG.md)")
     if value not in names:
         raise SpecError(f"semantics: {excerpt(value)} is not one of {', '.join(names)} (the update-rule "
                         f"semantics the backends offer; see docs/frameworks.md)")

@@ -432,8 +432,8 @@ class Plan:
                   semantics: str | None = None, lr_scale: bool = False, **options: Any) -> Any:
         """Apply if needed, then build the framework's optimizer (torch) or Trainer (Gluon).
 
-        ``semantics='torch'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
-        Adam epsilon) on MXNet's fused operators (float32 hyper-parameters); ``'torch-exact'``
+        ``semantics='portable'`` makes a Gluon Trainer follow torch's update rules (SGD momentum,
+        Adam epsilon) on MXNet's fused operators (float32 hyper-parameters); ``'portable-exact'``
         in full precision (float64 parity runs); ``'native'`` keeps MXNet's own. torch optimizers
         are always torch's.
         Name, lr, weight decay and options are checked before the model is touched, and an apply

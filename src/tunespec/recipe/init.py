@@ -7,6 +7,7 @@ init:
   rules:
     - {match: 'fc\\.weight', method: normal, std: 0.01}
     - {match: 'fc\\.bias', method: zeros}
+    - {layer: conv, match: '.*\\.weight', method: kaiming_normal, mode: fan_out, nonlinearity: relu}
 ```
 """
 

@@ -1,4 +1,4 @@
-"""The ``layer_decay`` recipe key: a rate and an ordered list of layers (see
+r"""The ``layer_decay`` recipe key: a rate and an ordered list of layers (see
 :mod:`tunespec.planning.decay` for how each parameter's scale is computed from it).
 
 ```python

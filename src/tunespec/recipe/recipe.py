@@ -4,7 +4,7 @@ terms, read from a file or a mapping.
 ```yaml
 freeze: ['.*']
 train: ['layer4\\..*', 'fc\\..*']
-optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 5.0e-4, semantics: torch}
+optimizer: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 5.0e-4, semantics: portable}
 schedule: {type: multistep, milestones: [30, 45], gamma: 0.1, warmup_steps: 5}
 ```
 Schedules count optimizer steps (``unit: epoch`` counts epochs; then pass ``steps_per_epoch``).

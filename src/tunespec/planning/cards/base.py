@@ -32,7 +32,7 @@ LAST_K = re.compile(r"last-([1-9]\d{0,3})")  # the 'last-K' presets of cards wit
 
 @dataclass(frozen=True)
 class Card:
-    """Groups (name -> regex on canonical names) and presets (name -> rule mappings).
+    r"""Groups (name -> regex on canonical names) and presets (name -> rule mappings).
 
     ``detect`` tells variants of one class apart (an SSD on VGG from one on MobileNet): the
     card applies when some parameter's canonical name fullmatches it. Presets left out are
