@@ -12,7 +12,7 @@ import pytest
 
 from frameworks import needs
 import tunespec
-from tunespec.planning.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, card_for
+from tunespec.planning.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, model_card
 
 
 def _tv(builder):
@@ -79,7 +79,7 @@ MODELS = {
     "tv_resnet18": (_tv(lambda tv: tv.models.resnet18(weights=None)), "ResNet", 10),
     "timm_vit_tiny": (_timm("vit_tiny_patch16_224", img_size=32), "ViT (timm)", 14),
     "timm_convnext_atto": (_timm("convnext_atto"), "ConvNeXt (timm)", 14),
-    "timm_resnet18": (_timm("resnet18"), "ResNet", 10),
+    "timm_resnet18": (_timm("resnet18"), "ResNet (timm)", 10),
     "timm_efficientnet_b0": (_timm("efficientnet_b0"), "EfficientNet (timm)", 18),
     "gluon_resnet18_v1b": (_gluon("resnet18_v1b"), "ResNet", 10),
     "gluon_resnet18_v1": (_gluon("resnet18_v1"), "ResNet v1", 10),
@@ -102,7 +102,7 @@ def case(request):
     model = build()
     plan = tunespec.plan(model, {})
     listing = plan.listing
-    card = card_for((listing.model_type, *listing.base_types), (t.canonical for t in listing.params))
+    card = model_card(listing)
     assert card is not None and card.family == family
     return model, plan, card, layers
 
@@ -155,3 +155,29 @@ def test_layers_order_every_parameter_from_stem_to_head(case):
     assert depth[last] == layers - 1  # the classifier (or pooler) trains at the base lr
     if "heads" in card.groups:
         assert {depth[n] for n in members(plan, card.groups["heads"])} == {layers - 1}
+
+
+# Hand-written cards (zoos whose models do not describe themselves) against the library's own
+# structure: the attribute the zoo's classifier lives under, and the order it lists its modules in.
+ZOO_CLASSIFIER = {"tv_vit": "heads", "tv_convnext": "classifier", "tv_swin": "head",
+                  "tv_efficientnet_b0": "classifier", "tv_mobilenet_v3_small": "classifier",
+                  "tv_mobilenet_v3_large": "classifier", "tv_resnet18": "fc", "gluon_resnet18_v1b": "fc",
+                  "gluon_resnet18_v1": "output", "gluon_mobilenet0.25": "output", "gluon_mobilenetv2_0.25": "output"}
+
+
+@pytest.mark.parametrize("key", list(ZOO_CLASSIFIER))
+def test_hand_written_cards_agree_with_the_zoos_structure(key):
+    build, _, _ = MODELS[key]
+    model = build()
+    plan = tunespec.plan(model, {"layer_decay": {"rate": 0.5}})
+    card = model_card(plan.listing)
+    attr = ZOO_CLASSIFIER[key]
+    classifier = getattr(model, attr)
+    own = {id(p) for p in (classifier.parameters() if hasattr(classifier, "parameters")
+                           else classifier.collect_params().values())}
+    in_classifier = {d.name for d in plan.decisions if id(d.tensor.handle) in own}
+    assert in_classifier and members(plan, card.groups["heads"]) == in_classifier
+    depths = [d.lr_mult for d in plan.decisions]  # the zoo's own module order, input first
+    assert depths == sorted(depths), "layers must not go back down in the model's own order"
+    assert {d.lr_mult for d in plan.decisions if d.name in in_classifier} == {1.0}
+    assert max(d.lr_mult for d in plan.decisions if d.name not in in_classifier) < 1.0

@@ -50,8 +50,8 @@ def mmengine_lrs(model, cfg, base_wd=BASE_WD):
     return {id(p): (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups for p in g["params"]}
 
 
-def tunespec_lrs(model, cfg, base_wd=BASE_WD):
-    recipe = tunespec.from_mmengine(cfg, base_lr=BASE_LR, base_wd=base_wd)
+def tunespec_lrs(model, cfg, base_wd=BASE_WD, with_model=False):
+    recipe = tunespec.from_mmengine(cfg, base_lr=BASE_LR, base_wd=base_wd, model=model if with_model else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", tunespec.TuneSpecWarning)  # rules for kinds a model lacks
         opt = tunespec.plan(model, recipe).optimizer("sgd", lr=BASE_LR, weight_decay=base_wd or 0.0,
@@ -59,9 +59,9 @@ def tunespec_lrs(model, cfg, base_wd=BASE_WD):
     return {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
 
 
-def assert_same(model, cfg, base_wd=BASE_WD):
+def assert_same(model, cfg, base_wd=BASE_WD, with_model=False):
     names = {id(p): n for n, p in model.named_parameters()}
-    ours, theirs = tunespec_lrs(model, cfg, base_wd), mmengine_lrs(model, cfg, base_wd)
+    ours, theirs = tunespec_lrs(model, cfg, base_wd, with_model), mmengine_lrs(model, cfg, base_wd)
     assert set(ours) == set(theirs)
     differ = {names[i]: (ours[i], theirs[i]) for i in ours if ours[i] != theirs[i]}
     assert not differ, differ
@@ -138,7 +138,8 @@ def test_optimizer_section_from_mmengine_optimizer():
 
 
 @pytest.mark.parametrize("cfg, kwargs, fragment", [
-    ({"bypass_duplicate": True}, {}, "bypass_duplicate: not reproduced"),
+    ({"bypass_duplicate": True}, {}, "bypass_duplicate: .*pass model="),
+    ({"bypass_duplicate": "yes"}, {}, "bypass_duplicate"),
     ({"dcn_offset_lr_mult": 0.1}, {}, "dcn_offset_lr_mult: not reproduced"),
     ({"norm_decay_mul": 0}, {"base_wd": 1e-4}, "did you mean 'norm_decay_mult'"),
     ({"norm_decay_mult": 0}, {}, "needs the base weight decay"),
@@ -152,6 +153,111 @@ def test_optimizer_section_from_mmengine_optimizer():
 def test_what_cannot_be_reproduced_is_refused(cfg, kwargs, fragment):
     with pytest.raises(SpecError, match=fragment):
         tunespec.from_mmengine(cfg, **kwargs)
+
+
+# --- where MMEngine's classification is not tunespec's: shared tensors, 1-channel convolutions --
+def shared_and_odd():
+    """A tied embedding/decoder, a block shared by two parents, a grayscale (1-channel) stem, depthwise
+    convolutions MMEngine does not count (1-d, 3-d, transposed) and a 0-d tensor."""
+    torch = needs("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 8)
+            self.stem = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, groups=8))
+            shared = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+            self.enc = nn.Sequential(shared, nn.Conv1d(8, 8, 3, groups=8), nn.Conv3d(4, 4, 1, groups=4))
+            self.dec = nn.Sequential(shared, nn.ConvTranspose2d(8, 8, 3, groups=8), nn.Conv1d(1, 4, 1))
+            self.decoder = nn.Linear(8, 10)
+            self.decoder.weight = self.embed.weight  # tied: 'decoder.weight' names embed's tensor again
+            self.temperature = nn.Parameter(torch.tensor(1.0))  # 0-d
+
+    return Net()
+
+
+SHARED_CONFIGS = [
+    {"bypass_duplicate": True, "custom_keys": {"decoder": {"lr_mult": 0.5, "decay_mult": 0.0}}},  # alias only
+    {"bypass_duplicate": True, "custom_keys": {"embed": {"lr_mult": 2.0}, "dec.0": {"lr_mult": 3.0}}},
+    {"bypass_duplicate": True, "dwconv_decay_mult": 0.3, "flat_decay_mult": 0.2},
+    {"bypass_duplicate": True, "dwconv_decay_mult": 0.0, "bias_decay_mult": 0.5, "bias_lr_mult": 2.0,
+     "norm_decay_mult": 0.1, "custom_keys": {"weight": {"decay_mult": 3.0}, "dec": {"lr_mult": 0.0}}},
+]
+
+
+@needing("mmengine")
+@pytest.mark.parametrize("cfg", SHARED_CONFIGS)
+def test_shared_tensors_and_mmengines_own_kinds_equal_mmengine(cfg):
+    assert_same(shared_and_odd(), cfg, with_model=True)
+
+
+@needing("mmengine")
+def test_without_the_model_the_documented_differences_show():
+    model = shared_and_odd()
+    ours = tunespec_lrs(model, {"dwconv_decay_mult": 0.3, "flat_decay_mult": 0.2})
+    theirs = mmengine_lrs(model, {"bypass_duplicate": True, "dwconv_decay_mult": 0.3, "flat_decay_mult": 0.2})
+    named = dict(model.named_parameters())
+    differ = {n for n, p in named.items() if ours[id(p)] != theirs[id(p)]}
+    # MMEngine: the 1-channel Conv2d is depthwise, the 1-d/3-d/transposed ones are not, 0-d is not flat
+    convs = {f"{m}.{leaf}" for m in ("stem.0", "enc.1", "enc.2", "dec.1") for leaf in ("weight", "bias")}
+    assert differ == convs | {"temperature"}
+
+
+@needing("mmengine")
+def test_a_model_with_shared_tensors_needs_bypass_duplicate_in_both():
+    model = shared_and_odd()
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        mmengine_lrs(model, {"custom_keys": {"decoder": {"lr_mult": 0.5}}})
+    with pytest.raises(SpecError, match="bypass_duplicate=True"):
+        tunespec.from_mmengine({"custom_keys": {"decoder": {"lr_mult": 0.5}}}, base_wd=BASE_WD, model=model)
+    recipe = tunespec.from_mmengine({"bypass_duplicate": True, "custom_keys": {"decoder": {"lr_mult": 0.5}}},
+                                    base_wd=BASE_WD, model=model)
+    plan = tunespec.plan(model, recipe)
+    assert plan["embed.weight"].lr_mult == 1.0 and plan["decoder.bias"].lr_mult == 0.5
+
+
+@pytest.mark.parametrize("model", ["resnet18", object(), 3.5, None.__class__])
+def test_model_must_be_a_torch_module(model):
+    needs("torch")
+    with pytest.raises(SpecError):
+        tunespec.from_mmengine({"dwconv_decay_mult": 0.0}, base_wd=BASE_WD, model=model)
+
+
+@needing("mxnet")
+def test_a_gluon_model_is_refused():
+    from tunespec.backends.mxnet import import_gluoncv
+
+    net = import_gluoncv().model_zoo.get_model("mobilenet0.25", pretrained=False)
+    net.initialize()
+    with pytest.raises(SpecError, match="torch module"):
+        tunespec.from_mmengine({"dwconv_decay_mult": 0.0}, base_wd=BASE_WD, model=net)
+
+
+@needing("mmengine")
+@needing("timm")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_050"])
+def test_grayscale_timm_models_equal_mmengine(name):
+    """A 1-channel stem convolution is depthwise to MMEngine (groups == in_channels == 1)."""
+    import timm
+
+    model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=3)
+    cfg = {"dwconv_decay_mult": 0.0, "norm_decay_mult": 0.5, "custom_keys": {"layer4": {"lr_mult": 0.1}}}
+    assert_same(model, cfg, with_model=True)
+    recipe = tunespec.from_mmengine(cfg, base_wd=BASE_WD, model=model)
+    stem = "conv1.weight" if name == "resnet18" else "conv_stem.weight"
+    assert tunespec.plan(model, recipe)[stem].wd_mult == 0.0
+
+
+@needing("mmengine")
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(st.fixed_dictionaries({}, optional={k: MULTS for k in ("bias_lr_mult", "bias_decay_mult", "norm_decay_mult",
+                                                             "dwconv_decay_mult", "flat_decay_mult")}),
+       st.dictionaries(st.sampled_from(["embed", "decoder", "dec", "enc.0", "dec.0.1", "stem", ".temp", "bias"]),
+                       st.fixed_dictionaries({}, optional={"lr_mult": MULTS, "decay_mult": MULTS}), max_size=4))
+def test_shared_model_combinations_equal_mmengine(cfg, custom):
+    assert_same(shared_and_odd(), {"bypass_duplicate": True, **cfg, **({"custom_keys": custom} if custom else {})},
+                with_model=True)
 
 
 # --- MMDetection's frozen_stages / norm_eval ------------------------------------------------

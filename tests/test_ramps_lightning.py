@@ -45,11 +45,20 @@ def lrs(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, 
     return {n: of.get(id(p)) if p.requires_grad else None for n, p in module.named_parameters()}
 
 
-def lightning_run(growth: float, ratio: float) -> list[dict[str, float | None]]:
+def per_epoch(growth: float | list[float]):
+    """Lightning's lambda_func for a constant growth or a list: the k-th growth (at epoch
+    UNFREEZE + k, where Lightning calls lambda_func(epoch + 1)) is the list's k-th entry, the
+    last one repeating."""
+    if not isinstance(growth, list):
+        return lambda _: growth
+    return lambda epoch: growth[min(epoch - UNFREEZE - 2, len(growth) - 1)]
+
+
+def lightning_run(growth: float | list[float], ratio: float) -> list[dict[str, float | None]]:
     record: list = []
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 2)),
                                        batch_size=4)
-    callback = BackboneFinetuning(unfreeze_backbone_at_epoch=UNFREEZE, lambda_func=lambda _: growth,
+    callback = BackboneFinetuning(unfreeze_backbone_at_epoch=UNFREEZE, lambda_func=per_epoch(growth),
                                   backbone_initial_ratio_lr=ratio)
     trainer = pl.Trainer(max_epochs=EPOCHS, callbacks=[callback], accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -58,7 +67,7 @@ def lightning_run(growth: float, ratio: float) -> list[dict[str, float | None]]:
     return record
 
 
-def tunespec_run(growth: float, ratio: float) -> list[dict[str, float | None]]:
+def tunespec_run(growth: float | list[float], ratio: float) -> list[dict[str, float | None]]:
     net = Net()
     recipe = {"freeze": [r"backbone\..*"], "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9},
               "stages": [{"at_epoch": UNFREEZE, "train": [".*"], "ramp": {"start": ratio, "growth": growth}}]}
@@ -79,3 +88,30 @@ def test_ramp_equals_backbone_finetuning_every_epoch(growth, ratio):
     backbone = [r["backbone.0.weight"] for r in ours]
     assert backbone[:UNFREEZE] == [None] * UNFREEZE and backbone[UNFREEZE] == LR * ratio
     assert backbone[UNFREEZE] < backbone[UNFREEZE + 1] and backbone[-1] == LR  # grew up to the head's
+
+
+@pytest.mark.parametrize("growth, ratio", [
+    ([1.5, 2.0, 3.0, 1.2, 1.1, 1.05], 0.05),      # a ramp that speeds up, then slows down
+    ([4.0, 0.5, 3.0, 0.9, 2.0, 1.0], 0.1),        # back down after reaching the head's lr
+    ([1.1, 1.3], 0.2),                            # the last entry repeats
+])
+def test_a_growth_per_epoch_equals_a_varying_lambda_func(growth, ratio):
+    theirs, ours = lightning_run(growth, ratio), tunespec_run(growth, ratio)
+    assert ours == theirs  # float ==, every parameter, every epoch
+    backbone = [r["backbone.0.weight"] for r in ours]
+    assert len(set(backbone[UNFREEZE:])) > 2
+
+
+@pytest.mark.parametrize("growth, message", [
+    ([], "growth"), ([1.5, 0.0], r"growth\[1\]"), ([1.5, float("nan")], r"growth\[1\]"), (["2"], r"growth\[0\]"),
+    ([1.5] * 10001, "growth"), ([1.5, 0.9], "last entry"),
+])
+def test_bad_growth_lists_are_spec_errors(growth, message):
+    with pytest.raises(tunespec.SpecError, match=message):
+        tunespec.load_recipe({"stages": [{"at_epoch": 1, "train": [".*"], "ramp": {"start": 0.1, "growth": growth}}]})
+
+
+def test_a_growth_list_is_per_epoch_only():
+    with pytest.raises(tunespec.SpecError, match="per epoch"):
+        tunespec.load_recipe({"stages": [{"at_epoch": 1, "train": [".*"],
+                                          "ramp": {"start": 0.1, "growth": [2.0, 3.0], "per": "step"}}]})

@@ -109,6 +109,7 @@ class TorchListing:
             if children:
                 stack.extend([(child, path + (name,), wrappers | {len(path)} if name == wrapped else wrappers)
                               for name, child in reversed(children.items()) if child is not None])
-        types = class_names(type(_unwrap(model)))
-        return found.build(types[0], types[1:])
+        root = _unwrap(model)
+        types = class_names(type(root))
+        return found.build(types[0], types[1:], root)
 

@@ -151,6 +151,7 @@ class Listing:
     aliases: dict[int, tuple[str, ...]]
     norms: list[NormInfo]
     base_types: tuple[str, ...] = ()  # its base classes, nearest first: subclasses share cards
+    root: Any = None  # the model itself, wrappers removed: cards may read what it says of itself
 
     def __len__(self) -> int:
         return len(self.handles)
@@ -289,11 +290,11 @@ class ListingBuilder:
         """Record the current layer as a norm layer whose statistics can be frozen."""
         self.norms.append(NormInfo(handle, self._current(), affine, stats, stats_frozen, layer_type))
 
-    def build(self, model_type: str, base_types: tuple[str, ...] = ()) -> Listing:
+    def build(self, model_type: str, base_types: tuple[str, ...] = (), root: Any = None) -> Listing:
         columns = self._columns
         handles = columns[0]
         if len(self._recorded()) == len(handles):  # no tensor met twice: the common case
-            return Listing(model_type, *columns, {}, self.norms, base_types)
+            return Listing(model_type, *columns, {}, self.norms, base_types, root)
         # Keep each tensor's first row; the names of the others become its aliases.
         names = columns[1]
         first: dict[int, int] = {}
@@ -310,7 +311,7 @@ class ListingBuilder:
         kept: list[Any] = [[column[row] for row in keep] for column in (handles, names, natives, shapes)]
         kept += [array(column.typecode, [column[row] for row in keep]) for column in (layers, *flags)]
         return Listing(model_type, *kept[:5], layer_types, layer_norms, layer_kinds, *kept[5:],
-                       {renumber[row]: names for row, names in aliases.items()}, self.norms, base_types)
+                       {renumber[row]: names for row, names in aliases.items()}, self.norms, base_types, root)
 
 
 def class_names(cls: type) -> tuple[str, ...]:

@@ -8,18 +8,26 @@ and the weight decay is the first that applies of ``norm_decay_mult`` (norm laye
 (1-d tensors). tunespec's rules are ordered with the last match winning, so the recipe lists the
 same rules in the reverse order of precedence, and custom keys last, shortest first.
 
-What is not reproduced is refused, naming it: ``bypass_duplicate: true``, ``dcn_offset_lr_mult``,
-custom-key settings other than ``lr_mult``/``decay_mult`` (MMEngine copies them into the param
-group as they are), and decay multipliers without a base weight decay. Differences in layer
-classification are listed in docs/peers.md.
+Given the model, the recipe also follows MMEngine where its classification is not tunespec's:
+a ``Conv2d`` with ``in_channels == groups`` is depthwise even with one input channel (and no other
+convolution is), ``flat_decay_mult`` skips 0-d tensors, and a tensor shared between modules
+(``bypass_duplicate: true``) takes its settings from its first name alone, as MMEngine skips the
+later ones; without ``bypass_duplicate`` MMEngine refuses such a model, and so does this.
+
+What is not reproduced is refused, naming it: ``dcn_offset_lr_mult``, custom-key settings other
+than ``lr_mult``/``decay_mult`` (MMEngine copies them into the param group as they are), decay
+multipliers without a base weight decay, and ``bypass_duplicate`` without the model. Differences
+without the model are listed in docs/peers.md.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 import difflib
 
+from tunespec.dispatch import backend_for
 from tunespec.recipe import validate as V
 from tunespec.errors import SpecError
 from tunespec.recipe.recipe import load_recipe
@@ -39,7 +47,8 @@ WHERE = "paramwise_cfg"
 
 
 def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None = None,
-                  base_wd: float | None = None, optimizer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  base_wd: float | None = None, optimizer: Mapping[str, Any] | None = None,
+                  model: Any = None) -> dict[str, Any]:
     """A recipe whose per-parameter lr and weight decay equal MMEngine's for ``paramwise_cfg``.
 
     ``base_lr``/``base_wd`` are the optimizer's ``lr`` and ``weight_decay`` (MMEngine reads them
@@ -47,7 +56,9 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
     ``dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4)``, to get an optimizer section
     too). Multipliers do not depend on them, but decay multipliers need a base weight decay.
     The recipe is not strict: like MMEngine's, a rule for a layer kind the model lacks (no
-    depthwise convolutions) is a warning when planned, not an error.
+    depthwise convolutions) is a warning when planned, not an error. ``model`` (a torch module)
+    makes the recipe follow MMEngine's own classification on that model (see the module notes);
+    ``bypass_duplicate: True`` needs it.
 
     Example::
 
@@ -59,22 +70,33 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
     if optimizer is not None:
         section, base_lr, base_wd = _optimizer(optimizer, base_lr, base_wd)
     cfg = _checked(paramwise_cfg, base_wd)
+    view = _view(model, bool(cfg.get("bypass_duplicate"))) if model is not None else None
+    if cfg.get("bypass_duplicate") and view is None:
+        raise SpecError(f"{WHERE}.bypass_duplicate: which name of a shared tensor decides depends on the "
+                        f"model (MMEngine keeps the first); pass model= to import it")
+    first = view.first_names_only if view is not None else (lambda regex: regex)
     rules: list[dict[str, Any]] = []
     groups: dict[str, Any] = {}
     if cfg.get("bias_lr_mult") is not None:
-        rules.append(_lr({"match": BIAS}, cfg["bias_lr_mult"]))
-        groups[NORM_BIAS_GROUP] = [{"layer": k, "match": BIAS} for k in NORM_KINDS]
+        rules.append(_lr({"match": first(BIAS)}, cfg["bias_lr_mult"]))
+        groups[NORM_BIAS_GROUP] = [{"layer": k, "match": first(BIAS)} for k in NORM_KINDS]
         rules.append({"match": f"@{NORM_BIAS_GROUP}", "lr_mult": 1.0})  # norm biases keep the base lr
     if base_wd is not None:
         for key, match in (("flat_decay_mult", "@1d"), ("dwconv_decay_mult", "@layer:depthwise_conv"),
-                           ("bias_decay_mult", BIAS), ("norm_decay_mult", f"@{NORM_GROUP}")):
+                           ("bias_decay_mult", first(BIAS)), ("norm_decay_mult", f"@{NORM_GROUP}")):
             if cfg.get(key) is not None:
+                if view is not None and key == "dwconv_decay_mult":
+                    if view.dwconv is None:
+                        continue  # MMEngine finds no depthwise convolution in this model
+                    match = view.dwconv
                 rules.append({"match": match, "wd_mult": cfg[key]})
+                if view is not None and key == "flat_decay_mult" and view.scalars:
+                    rules.append({"match": view.scalars, "wd_mult": 1.0})  # MMEngine: ndim == 1 only
         if cfg.get("norm_decay_mult") is not None:
             groups[NORM_GROUP] = [f"@layer:{k}" for k in NORM_KINDS]
     custom = cfg.get("custom_keys") or {}
     for key in reversed(sorted(sorted(custom), key=len, reverse=True)):  # MMEngine's order, reversed
-        rule = _lr({"match": substring(key)}, custom[key].get("lr_mult", 1.0))
+        rule = _lr({"match": first(substring(key))}, custom[key].get("lr_mult", 1.0))
         if base_wd is not None:
             rule["wd_mult"] = custom[key].get("decay_mult", 1.0)
         rules.append(rule)
@@ -85,6 +107,64 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
         recipe["optimizer"] = section
     load_recipe(recipe)  # the recipe is valid as written (a bug here must not reach a model)
     return recipe
+
+
+@dataclass(frozen=True)
+class _MMEngineView:
+    """What MMEngine's constructor sees of one model, where it differs from tunespec's kinds."""
+
+    dwconv: str | None  # what dwconv_decay_mult reaches: '@layer:depthwise_conv', exact names, None
+    scalars: str | None  # exact names of 0-d tensors (flat_decay_mult skips them), None if none
+    later_names: tuple[str, ...]  # names of shared tensors after their first (MMEngine skips them)
+
+    def first_names_only(self, regex: str) -> str:
+        """``regex`` no longer reaching a shared tensor through its later names."""
+        if not self.later_names:
+            return regex
+        return f"(?!(?:{'|'.join(map(re.escape, self.later_names))})\\Z)(?:{regex})"
+
+
+def _view(model: Any, bypass_duplicate: bool) -> _MMEngineView:
+    """Walk ``model`` as MMEngine's ``add_params`` does (a module's own parameters, then its
+    children's), classify each tensor at its first name, and say where tunespec's kinds differ."""
+    listing = backend_for(model).listing(model)
+    if not _is_a(listing.root, TORCH_MODULE):
+        raise SpecError(f"from_mmengine: model= is the torch module MMEngine's constructor gets, not a "
+                        f"{type(model).__name__}")
+    canonical = {id(t.handle): t for t in listing.params}
+    seen: dict[int, Any] = {}  # id -> (module of its first name)
+    shared: set[int] = set()
+    stack = [listing.root]
+    while stack:  # depth first, a module's own tensors before its children's: MMEngine's order
+        module = stack.pop()
+        for _, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                shared.add(id(param))
+            else:
+                seen[id(param)] = module
+        stack.extend(reversed([child for _, child in module.named_children()]))
+    if shared and not bypass_duplicate:
+        names = [canonical[i].canonical for i in shared][:3]
+        raise SpecError(f"{WHERE}: this model shares tensors between modules ({', '.join(names)}); MMEngine's "
+                        f"constructor puts each of their names in a group of its own and torch refuses the "
+                        f"optimizer. Set bypass_duplicate=True, as MMEngine needs (the first name decides)")
+    mm_dw = {canonical[i].canonical for i, m in seen.items()
+             if _is_a(m, TORCH_CONV2D) and m.in_channels == m.groups}
+    ours = {t.canonical for t in listing.params if t.layer_kind == "depthwise_conv"}
+    exact = "|".join(re.escape(n) for n in sorted(mm_dw))
+    dwconv = "@layer:depthwise_conv" if mm_dw == ours else exact or None
+    scalars = [t.canonical for t in listing.params if t.shape is not None and len(t.shape) == 0]
+    later = tuple(a for i in shared for a in canonical[i].aliases)
+    return _MMEngineView(dwconv, "|".join(map(re.escape, scalars)) or None, later)
+
+
+# The classes MMEngine's constructor tests for, by name: this module imports no framework.
+TORCH_MODULE, TORCH_CONV2D = "torch.nn.modules.module.Module", "torch.nn.modules.conv.Conv2d"
+
+
+def _is_a(obj: Any, class_name: str) -> bool:
+    """isinstance by the class's 'module.Qualname' (a subclass counts, as for isinstance)."""
+    return any(f"{c.__module__}.{c.__qualname__}" == class_name for c in type(obj).__mro__)
 
 
 def substring(key: str) -> str:
@@ -113,15 +193,13 @@ def _checked(cfg: Any, base_wd: float | None) -> dict[str, Any]:
         return {}
     cfg = dict(V.mapping(cfg, WHERE, "dict(custom_keys={'backbone': dict(lr_mult=0.1)})"))
     V.keys(cfg, WHERE, KEYS, "paramwise_cfg key")
-    if cfg.get("bypass_duplicate"):
-        raise SpecError(f"{WHERE}.bypass_duplicate: not reproduced (MMEngine keeps a shared tensor's "
-                        f"first module's settings; tunespec decides a tied tensor once from all its "
-                        f"names); remove it and give the shared tensor its own rule")
     if cfg.get("dcn_offset_lr_mult") is not None:
         raise SpecError(f"{WHERE}.dcn_offset_lr_mult: not reproduced (tunespec has no deformable-"
                         f"convolution layer kind); give the offset convolutions a custom key instead, "
                         f"e.g. custom_keys={{'conv_offset': dict(lr_mult=...)}}")
     out: dict[str, Any] = {}
+    if cfg.get("bypass_duplicate") is not None:
+        out["bypass_duplicate"] = V.boolean(cfg["bypass_duplicate"], f"{WHERE}.bypass_duplicate")
     for key in KEYS[1:6]:
         if cfg.get(key) is not None:
             out[key] = V.number(cfg[key], f"{WHERE}.{key}", minimum=0.0, maximum=V.MAX_FACTOR)

@@ -79,14 +79,18 @@ def _no_decay_rules(patterns: list[tuple[str, str]], names: list[tuple[str, str,
 
 
 def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list: Collection[str] = (),
-              layer_decay: float | None = None, filter_bias_and_bn: bool = True) -> dict[str, Any]:
+              layer_decay: float | None = None, filter_bias_and_bn: bool = True,
+              layer_decay_min_scale: float = 0.0, layer_decay_no_opt_scale: float | None = None) -> dict[str, Any]:
     """A recipe giving every parameter the lr scale and weight decay timm's optimizer factory gives.
 
     ``model`` (optional) adds its ``no_weight_decay()`` names, as ``create_optimizer_v2`` does,
     keeps only rules that match its parameters (so the recipe plans under ``strict``), and is
     planned with the recipe, so a model whose layers no card knows fails here. Pass the lr and
     optimizer name to ``tunespec.optimizer``; the recipe's ``optimizer`` section holds the weight
-    decay.
+    decay. ``layer_decay_min_scale`` becomes ``layer_decay.min_scale``; ``layer_decay_no_opt_scale``
+    becomes ``layer_decay.freeze_below`` with ``bn: train`` (timm only stops those layers' gradients,
+    their BatchNorm statistics still move); given the model, either is left out where timm's would
+    change nothing.
 
     Example::
 
@@ -104,10 +108,16 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
             seen = {p for _, p in patterns}
             patterns += [(w, p) for w, p in _patterns(own(), "model.no_weight_decay()", sort=True)
                          if p not in seen]
+    floor = V.number(layer_decay_min_scale, "from_timm: layer_decay_min_scale", minimum=0.0, maximum=1.0)
+    no_opt = None if layer_decay_no_opt_scale is None else V.number(
+        layer_decay_no_opt_scale, "from_timm: layer_decay_no_opt_scale", minimum=0.0, maximum=1.0) or None
     recipe: dict[str, Any] = {}
     if layer_decay is not None:
         recipe["layer_decay"] = {"rate": V.number(layer_decay, "from_timm: layer_decay", minimum=0.0,
                                                   min_exclusive=True, maximum=1.0)}
+    elif floor or no_opt is not None:
+        raise SpecError("from_timm: layer_decay_min_scale and layer_decay_no_opt_scale bound layer_decay's "
+                        "scales; give layer_decay too")
     rules: dict[str, float] = {}
     if wd:  # timm gives every group weight decay 0 when weight_decay is 0: nothing to exempt
         if filter_bias_and_bn:
@@ -122,7 +132,21 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
         recipe["wd_mult"] = rules
     recipe["optimizer"] = {"weight_decay": wd}
     if model is not None:
-        plan(model, recipe)  # a model no card orders, a rule matching nothing: fail here, not later
+        planned = plan(model, recipe)  # a model no card orders, a rule matching nothing: fail here
+        if floor or no_opt is not None:  # keep only bounds that change a scale of this model
+            smallest = min(d.lr_mult for d in planned.decisions)  # layer 0's: rate ** (L - 1)
+            floor = floor if floor > smallest else 0.0
+            no_opt = no_opt if no_opt is not None and max(floor, smallest) < no_opt else None
+    _bounds(recipe, floor, no_opt)
+    if model is not None and no_opt is not None and rules:
+        frozen = _frozen_by_bounds(model, recipe)
+        rules = {k: v for k, v in rules.items() if _matches(k, [n for n in names if n[0] not in frozen])}
+        if rules:
+            recipe["wd_mult"] = rules
+        else:
+            recipe.pop("wd_mult", None)
+    if model is not None and (floor or no_opt is not None):
+        plan(model, recipe)
     return recipe
 
 
@@ -137,6 +161,21 @@ def _patterns(value: Any, where: str, sort: bool = False) -> list[tuple[str, str
     if sort:
         items = sorted(items)
     return [(f"{where}[{i}]", p) for i, p in enumerate(items)]
+
+
+def _frozen_by_bounds(model: Any, recipe: dict[str, Any]) -> set[str]:
+    """Canonical names freeze_below freezes: timm leaves them out, so no rule need reach them."""
+    bare = {k: v for k, v in recipe.items() if k != "wd_mult"}
+    return {d.name for d in plan(model, bare).frozen}
+
+
+def _bounds(recipe: dict[str, Any], floor: float, no_opt: float | None) -> None:
+    """timm's scale bounds in the recipe's layer_decay section."""
+    if floor:
+        recipe["layer_decay"]["min_scale"] = floor
+    if no_opt is not None:
+        recipe["layer_decay"]["freeze_below"] = no_opt
+        recipe["bn"] = "train"  # timm sets requires_grad only; statistics keep moving in train()
 
 
 def _matches(rule: str, names: list[tuple[str, str, int | None]]) -> bool:

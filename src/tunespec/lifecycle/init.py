@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 from tunespec.dispatch import backend_for
 from tunespec.errors import SpecError
 from tunespec.listing import TensorInfo
-from tunespec.planning.cards import card_for
+from tunespec.planning.cards import model_card
 from tunespec.planning.layer_kinds import check_layouts, fans, layer_mask
 from tunespec.planning.matching import Matcher
 from tunespec.recipe.init import InitRule, InitSpec
@@ -122,7 +122,7 @@ def initialize(model: Any, init: "InitSpec | Recipe | Mapping[str, Any] | str | 
         init = recipe.sections["init"]
     be = backend_for(model, backend)
     listing = be.listing(model)
-    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
+    card = model_card(listing)
     groups = {**(card.groups if card else {}), **groups}
     params = listing.params
     matcher = Matcher(listing)

@@ -15,7 +15,8 @@ exactly: ``blocks\\.(\\d+)\\..*`` is one layer per block, the final norm joins t
 Parameters in no entry form the top layer, as timm puts a model's unmatched head.
 
 With L layers, layer i's lr is scaled by ``rate ** (L - 1 - i)`` (timm's
-``param_groups_layer_decay``): the top layer keeps the base lr. The scale multiplies the
+``param_groups_layer_decay``): the top layer keeps the base lr. ``min_scale`` raises smaller
+scales to it; ``freeze_below`` freezes the layers whose scale is below it. The scale multiplies the
 parameter's ``lr_mult`` from the rules. Layer ids are counted over all parameters, frozen ones
 too, so a stage that unfreezes layers does not move the lr of layers already training.
 """
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from tunespec.recipe import validate as V
 from tunespec.errors import SpecError, TuneSpecWarning
 from tunespec.planning.matching import simple
-from tunespec.recipe.layer_decay import Layer, captured_numbers
+from tunespec.recipe.layer_decay import Layer, LayerDecay, captured_numbers
 
 if TYPE_CHECKING:
     from tunespec.listing import Listing
@@ -84,10 +85,10 @@ def layer_ids(entries: Sequence[Layer], hits: Sequence[Sequence[int]], captures:
     return [top if k is None else layer_of[id(k)] for k in key_of], count
 
 
-def scales(rate: float, ids: Sequence[int], count: int) -> list[float]:
-    """``rate ** (count - 1 - id)`` per parameter, computed as timm does."""
+def scales(rate: float, ids: Sequence[int], count: int, min_scale: float = 0.0) -> list[float]:
+    """``max(min_scale, rate ** (count - 1 - id))`` per parameter, computed as timm does."""
     top = count - 1
-    per_layer = [rate ** (top - i) for i in range(count)]
+    per_layer = [max(min_scale, rate ** (top - i)) for i in range(count)]
     return [per_layer[i] for i in ids]
 
 
@@ -126,7 +127,32 @@ def layer_scales(spec: "Spec", card: "Card | None", listing: "Listing", matcher:
     else:
         captures = [list(map(numbers.__getitem__, per_hit)) for per_hit, numbers in captured]
         ids, count = layer_ids(entries, hits, captures, len(rows))
-    return scales(decay.rate, ids, count)
+    _check_effect(decay, count, spec.strict)
+    return scales(decay.rate, ids, count, decay.min_scale)
+
+
+def _check_effect(decay: "LayerDecay", count: int, strict: bool) -> None:
+    """``min_scale`` that raises no layer and ``freeze_below`` that freezes none do nothing: an
+    error (a warning under ``strict: false``) naming the smallest scale there is."""
+    smallest = decay.rate ** (count - 1)
+    for key, value, idle in (("min_scale", decay.min_scale, decay.min_scale and decay.min_scale <= smallest),
+                             ("freeze_below", decay.freeze_below,
+                              decay.freeze_below is not None and max(decay.min_scale, smallest) >= decay.freeze_below)):
+        if idle:
+            message = (f"layer_decay.{key}: {value} has no effect on this model: its {count} layers' "
+                       f"smallest scale is {smallest!r}")
+            if strict:
+                raise SpecError(message + f"; raise it or remove {key}")
+            warnings.warn(message, TuneSpecWarning, stacklevel=5)
+
+
+def frozen_by_scale(decay: "LayerDecay | None", scale: Sequence[float] | None) -> list[int]:
+    """Positions whose layer scale is below ``freeze_below`` (timm leaves them out of the optimizer)."""
+    if decay is None or decay.freeze_below is None or scale is None:
+        return []
+    below = decay.freeze_below
+    return [i for i, s in enumerate(scale) if s < below]
+
 
 
 def _numbered_ids(per_hit: list[tuple], numbers: Mapping[tuple, tuple[int, ...]]) -> tuple[list[int], int]:

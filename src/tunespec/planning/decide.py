@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 from tunespec.errors import SpecError, TuneSpecWarning
 from tunespec.listing import Listing, NormInfo, TensorInfo, module_of
-from tunespec.planning.cards import Card, card_for, preset_rules
-from tunespec.planning.decay import layer_scales
+from tunespec.planning.cards import Card, model_card, preset_rules
+from tunespec.planning.decay import frozen_by_scale, layer_scales
 from tunespec.planning.matching import Matcher
 from tunespec.recipe.spec import Rule, Spec
 
@@ -91,7 +91,7 @@ class NormDecision:
 
 def _expand_rules(spec: Spec, listing: Listing) -> tuple[list[Rule], dict[str, str], Card | None]:
     """Preset rules first (from the model card), then the spec's own, with all groups."""
-    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
+    card = model_card(listing)
     groups = dict(card.groups) if card else {}
     groups.update(spec.groups)
     rules: list[Rule] = []
@@ -134,6 +134,8 @@ def decide(listing: Listing, spec: Spec) -> tuple[DecisionColumns, list[NormDeci
                 for i in hits:
                     column[i] = value
     trainable, lr_mult, wd_mult = columns["trainable"], columns["lr_mult"], columns["wd_mult"]
+    for i in frozen_by_scale(spec.layer_decay, layer_scale):  # layer_decay.freeze_below
+        trainable[i] = 0
     for i in range(n):
         if not trainable[i]:  # a frozen tensor has no lr; keep its multipliers neutral
             lr_mult[i] = wd_mult[i] = 1.0

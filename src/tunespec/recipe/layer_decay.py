@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from tunespec.errors import SpecError
 from tunespec.recipe import validate as V
 
-KEYS = ("rate", "layers")
+KEYS = ("rate", "layers", "min_scale", "freeze_below")
 LAYER_KEYS = ("match", "with_previous")
 MAX_LAYERS = 10_000
 
@@ -61,10 +61,14 @@ def layer_entries(raw: Any, path: str) -> tuple[Layer, ...]:
 
 @dataclass(frozen=True)
 class LayerDecay:
-    """``rate`` in (0, 1]; ``layers`` None uses the model card's ordered layers."""
+    """``rate`` in (0, 1]; ``layers`` None uses the model card's ordered layers; ``min_scale``
+    in [0, 1] the smallest scale (timm's ``layer_decay_min_scale``); ``freeze_below`` in (0, 1]:
+    layers scaled below it freeze (timm's ``layer_decay_no_opt_scale``)."""
 
     rate: float
     layers: tuple[Layer, ...] | None = None
+    min_scale: float = 0.0
+    freeze_below: float | None = None
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "layer_decay") -> "LayerDecay":
@@ -77,13 +81,20 @@ class LayerDecay:
                             f"{{rate: 0.75}}")
         rate = V.number(data["rate"], f"{path}.rate", minimum=0.0, min_exclusive=True, maximum=1.0)
         layers = None if data.get("layers") is None else layer_entries(data["layers"], f"{path}.layers")
-        return cls(rate, layers)
+        floor = V.number(data.get("min_scale", 0.0), f"{path}.min_scale", minimum=0.0, maximum=1.0)
+        below = None if data.get("freeze_below") is None else V.number(
+            data["freeze_below"], f"{path}.freeze_below", minimum=0.0, min_exclusive=True, maximum=1.0)
+        return cls(rate, layers, floor, below)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rate": self.rate}
         if self.layers is not None:
             out["layers"] = [e.match if not e.with_previous else {"match": e.match, "with_previous": True}
                              for e in self.layers]
+        if self.min_scale:
+            out["min_scale"] = self.min_scale
+        if self.freeze_below is not None:
+            out["freeze_below"] = self.freeze_below
         return out
 
 

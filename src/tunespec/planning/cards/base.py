@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from tunespec.recipe.layer_decay import Layer
 from tunespec.errors import SpecError
+
+if TYPE_CHECKING:
+    from tunespec.listing import Listing
 
 STAGES = ("stage2", "stage3", "stage4", "stage5")
 HEAD_GROUPS = ("neck", "rpn", "heads")  # what the 'heads' preset trains, in rule order
@@ -144,6 +147,29 @@ def card_for(model_types: Iterable[str], names: Iterable[str]) -> Card | None:
             if card.applies_to(listed or ()):
                 return card
     return None
+
+
+# Zoos whose models describe their own layering and classifier: each reader turns what a model says
+# of itself into a card, or returns None when the model is not one of its zoo's.
+_READERS: list[Callable[["Listing"], "Card | None"]] = []
+
+
+def register_card_reader(reader: Callable[["Listing"], "Card | None"]) -> None:
+    """Add a reader of self-describing models (``reader(listing) -> Card | None``, reading
+    ``listing.root``); cards registered for a model's class come first."""
+    _READERS.append(reader)
+
+
+def model_card(listing: "Listing") -> Card | None:
+    """The card for a listed model: one registered for its class (nearest class first), else one
+    the model describes itself (timm's ``group_matcher`` and classifier), else None.
+
+    Example: ``model_card(tunespec.plan(model, {}).listing).groups``.
+    """
+    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
+    if card is None and listing.root is not None:
+        card = next(filter(None, (reader(listing) for reader in _READERS)), None)
+    return card
 
 
 def preset_rules(card: Card | None, preset: str, model_type: str,
