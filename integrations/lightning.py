@@ -222,8 +222,8 @@ class StageCallback(pl.Callback):
         with self._whole_tensors(trainer):
             for _ in range(index):
                 self.schedule.advance(model, self._optimizer)
-            _restore_schedule_state(self.schedule, state, {
-                "best": None if best is None else {k: v.clone().numpy() for k, v in best.items()}})
+            _restore_schedule_state(self.schedule, state,
+                                    None if best is None else {k: v.clone().numpy() for k, v in best.items()})
         self._replayed = True
         after = self._trainable(model)
         if after != before:

@@ -21,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tunespec
+import tunespec.checkpoint
+import tunespec.run_files
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
@@ -299,7 +301,7 @@ def test_resume_rolls_back_when_the_last_step_fails(h, tmp_path, monkeypatch):
     def fail(*args):
         raise SpecError("injected failure after the schedule started")
 
-    monkeypatch.setattr(type(h.backend), "load_run_state", fail)
+    monkeypatch.setattr(type(h.backend), "import_optimizer", fail)
     refused_resume(h, path, "injected failure")
 
 
@@ -356,7 +358,7 @@ def test_a_full_disk_or_read_only_directory_keeps_the_previous_checkpoint(h, tmp
     path = tmp_path / "run.ckpt"
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     good = path.read_bytes()
-    module = sys.modules[type(h.backend).save_run.__module__]  # the module that writes run files
+    module = tunespec.run_files  # the module that writes run files
     if failure == "disk_full":
         def full(target, *args):
             with open(target, "wb") as f:
@@ -607,7 +609,7 @@ def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monk
     def fail(*args):
         raise SpecError("injected failure after the stage change")
 
-    monkeypatch.setattr(type(h.backend), "load_run_state", fail)
+    monkeypatch.setattr(type(h.backend), "import_optimizer", fail)
     with pytest.raises(SpecError, match="injected failure"):
         tunespec.resume(path, net, schedule, optimizer=opt)
     assert_unchanged(before, state_of(net, opt, schedule))

@@ -9,7 +9,7 @@ three things, all declared here:
 - the required :class:`Backend` protocol: listing, trainability and multipliers, norm statistics,
   commit, tensor read/write, optimizer handles, building optimizers from the core's groups,
   attaching an lr schedule, and rolling those back;
-- optional capabilities, each its own protocol (checkpoint files, run checkpoints, restaging an
+- optional capabilities, each its own protocol (checkpoint files, restaging an
   optimizer after a stage change, distributed wrappers, graph tracing for cached prefixes, a model
   zoo for the CLI, parameter servers). :func:`require` turns a missing one into one clear error.
 
@@ -20,18 +20,17 @@ joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from .errors import MissingFrameworkError, SpecError
-from .files import MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file, write_checked
+from .files import MAX_DIMS, read_bytes, regular_file
 from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from .validate import excerpt
 
-__all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
-           "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
-           "GraphTracing", "Group", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
-           "ParameterServer", "read_bytes", "read_safetensors_file", "regular_file", "require",
-           "Restaging", "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "write_checked"]
+__all__ = ["Backend", "CheckpointFiles", "class_names", "DistributedWrapping", "excerpt", "first_line",
+           "flat_prefix_length", "FrameworkFacts", "GraphNode", "GraphTracing", "Group", "Listing",
+           "ListingBuilder", "MAX_DIMS", "ModelZoo", "OptimizerExport", "ParameterServer", "ProcessGroup",
+           "read_bytes", "read_safetensors_file", "regular_file", "require", "Restaging", "Sharding"]
 
 
 @dataclass(frozen=True)
@@ -62,48 +61,31 @@ class FrameworkFacts:
 
 
 @dataclass(frozen=True)
-class RunLayout:
-    """How a run checkpoint file is laid out, decided by the core: every backend writes the same
-    names, so the core (``load(..., key='best')``, digests, resume) reads any backend's file."""
+class OptimizerExport:
+    """An optimizer (with its lr scheduler) as plain data: what ``export_optimizer`` gives and
+    ``import_optimizer`` takes. The core writes it into run checkpoints, compares it on resume and
+    keeps one (``host=False``: by reference) to roll a failed call back.
 
-    model: str = "model/"  # the model's tensors, by the framework's own state names
-    best: str = "best/"  # the best epoch's weights, by canonical name
-    optimizer: str = "opt/"  # optimizer state arrays, numbered
-    scheduler: str = "sched/"  # lr-scheduler state arrays, numbered
-    meta_key: str = "tunespec.run"  # metadata entry: the run's JSON description (core)
-    state_key: str = "tunespec.state"  # metadata entry: the backend's state structure (JSON)
+    Arrays are numpy arrays (``host=True``) or, in a ``host=False`` export, whatever the same
+    backend's ``import_optimizer`` takes back. Trees are JSON scalars, arrays, tuples, lists and
+    dicts with string or integer keys.
+    """
 
-    def pack(self, model: Mapping[str, Any], best: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Safetensors entries for the model and best weights (values already encoded)."""
-        return {**{self.model + k: v for k, v in model.items()},
-                **{self.best + k: v for k, v in (best or {}).items()}}
-
-    def namer(self, entries: dict[str, Any], prefix: str, encode: Any) -> Any:
-        """A function storing one array under the next free ``prefix`` number, returning its name
-        (what ``encode_tree`` puts in the JSON structure in its place)."""
-        def store(value: Any) -> str:
-            name = f"{prefix}{sum(k.startswith(prefix) for k in entries)}"
-            entries[name] = encode(value)
-            return name
-        return store
-
-    def metadata(self, meta: str, state: Any) -> dict[str, str]:
-        import json
-
-        return {self.meta_key: meta, self.state_key: json.dumps(state)}
-
-    def unpack(self, arrays: dict[str, Any], metadata: Mapping[str, str]) -> tuple[Any, dict, dict | None]:
-        """(the backend's state structure, model tensors, best weights or None), taking the model
-        and best entries out of ``arrays``; KeyError/ValueError for a file that lacks them."""
-        import json
-
-        state = json.loads(metadata[self.state_key])
-        model = {k: arrays.pop(self.model + k) for k in state["model"]}
-        best = None if state["best"] is None else {k: arrays.pop(self.best + k) for k in state["best"]}
-        return state, model, best
+    kind: str  # the optimizer's rule as the backend names it ('AdamW'); another kind is refused on resume
+    settings: Mapping[str, Any]  # optimizer-level hyper-parameters, compared on resume
+    hyper: Mapping[str, Mapping[str, Any]]  # canonical name -> its hyper-parameters, in the optimizer's order
+    state: Mapping[str, Any]  # canonical name -> its state tree; "" -> optimizer-level state (counters, lr scheduler)
+    volatile: frozenset[str] = frozenset()  # hyper/settings keys not compared (they follow the lr schedule)
 
 
-RUN_LAYOUT = RunLayout()
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where a sharded model's shards live: this process's rank among ``world`` and a collective
+    ``all_ok(ok)``: True when every rank passed True (every rank calls it; it is also a barrier)."""
+
+    rank: int
+    world: int
+    all_ok: Callable[[bool], bool]
 
 
 @dataclass(frozen=True)
@@ -181,6 +163,19 @@ class Backend(Protocol):
     def attach_schedule(self, optimizer: Any, factor: Any) -> Any:
         """Make ``optimizer`` use lr = base lr * factor(t) at optimizer step t (0-based)."""
 
+    def export_optimizer(self, optimizer: Any, lr_scheduler: Any, names: Mapping[Any, str],
+                         host: bool = True) -> OptimizerExport:
+        """The optimizer and lr scheduler as an :class:`OptimizerExport`, keyed by the canonical
+        names ``names`` gives each handle. ``host``: arrays as numpy (this rank's part of sharded
+        state), for files; otherwise the framework's own objects by reference, for rollback."""
+
+    def import_optimizer(self, optimizer: Any, lr_scheduler: Any, exported: OptimizerExport,
+                         handles: Mapping[str, Any]) -> None:
+        """Make the optimizer (and lr scheduler, where given) hold exactly the parameters of
+        ``exported.hyper`` (``handles``: canonical name -> handle), in that order, with those
+        hyper-parameters, settings and state. Never writes into arrays it did not create, so an
+        earlier ``host=False`` export stays a valid rollback."""
+
     def optimizer_snapshot(self, optimizer: Any, lr_scheduler: Any) -> Any:
         """Opaque copy of what restaging and ``attach_schedule`` change."""
 
@@ -211,33 +206,6 @@ class CheckpointFiles(Protocol):
 
     def save_file(self, model: Any, path: str) -> None:
         """The model's weights in the framework's own format (callers make it atomic)."""
-
-
-@runtime_checkable
-class RunCheckpoints(Protocol):
-    """Run checkpoints (``save_checkpoint`` / ``resume``): model, best weights, optimizer state."""
-
-    def save_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
-                 best: dict[str, Any] | None) -> None:
-        """Write a run checkpoint with ``write_checked``: tensors plus JSON, no pickle."""
-
-    def load_run(self, tensors: dict[str, Any], metadata: dict[str, str], path: str) -> dict[str, Any]:
-        """A checked file's tensors and metadata as the backend's run state (nothing applied yet)."""
-
-    def check_run_model(self, run: dict[str, Any], model: Any) -> None:
-        """SpecError unless the model has exactly the saved tensors (names, shapes, dtypes)."""
-
-    def check_run_optimizer(self, run: dict[str, Any], optimizer: Any, lr_scheduler: Any) -> None:
-        """SpecError unless the optimizer's settings and layout fit the saved state."""
-
-    def load_run_state(self, run: dict[str, Any], model: Any, optimizer: Any, lr_scheduler: Any) -> None:
-        """Put the checked state into model, optimizer and lr scheduler."""
-
-    def optimizer_backup(self, optimizer: Any) -> Any:
-        """What a failed resume needs to put the optimizer back as it was."""
-
-    def optimizer_restore(self, optimizer: Any, backup: Any) -> None:
-        """Put back an ``optimizer_backup``."""
 
 
 @runtime_checkable
@@ -315,15 +283,9 @@ class Sharding(Protocol):
     def shard(self, model: Any, units: Sequence[str], **options: Any) -> None:
         """Shard the modules at the canonical paths ``units`` (children first, root ``''`` last)."""
 
-    def is_sharded(self, model: Any) -> bool:
-        """Whether the model's parameters are sharded (its run checkpoints are directories)."""
-
-    def save_sharded_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
-                         best: dict[str, Any] | None) -> None:
-        """Write a run checkpoint directory (every rank calls it): shards plus a JSON sidecar."""
-
-    def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
-        """(the run's JSON meta, the backend's run state) of a checked checkpoint directory."""
+    def process_group(self, model: Any) -> ProcessGroup | None:
+        """None for a model that is not sharded; otherwise where its shards live (the one hook
+        sharded run checkpoints need: the core writes and reads them)."""
 
 
 def first_line(exc: BaseException) -> str:
