@@ -227,17 +227,22 @@ class FakeBackend:
             settings = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             for j, p in enumerate(group["params"]):
                 hyper[names[p]] = dict(settings, group=i)
+                if "param_names" in group:
+                    hyper[names[p]]["param_name"] = group["param_names"][j]
                 if p in optimizer.state:
                     state[names[p]] = {k: v.copy() if host else v for k, v in optimizer.state[p].items()}
         state[""] = {"steps": optimizer.steps, "defaults": dict(optimizer.defaults)}
-        return OptimizerExport(str(optimizer.name), {}, hyper, state, frozenset({"lr"}))
+        return OptimizerExport(str(optimizer.name), {}, hyper, state, frozenset({"lr", "param_name"}))
 
     def import_optimizer(self, optimizer: FakeOptimizer, lr_scheduler: Any, exported: OptimizerExport,
                          handles: Mapping[str, Any]) -> None:
         groups: dict[int, dict] = {}
         for name, h in exported.hyper.items():
-            group = groups.setdefault(h["group"], dict({k: v for k, v in h.items() if k != "group"}, params=[]))
+            group = groups.setdefault(h["group"], dict({k: v for k, v in h.items() if k not in ("group", "param_name")},
+                                                       params=[]))
             group["params"].append(handles[name])
+            if "param_name" in h:
+                group.setdefault("param_names", []).append(h["param_name"])
         optimizer[:] = [groups[i] for i in sorted(groups)]
         optimizer.state = {handles[n]: dict(s) for n, s in exported.state.items() if n}
         optimizer.steps = exported.state[""]["steps"]

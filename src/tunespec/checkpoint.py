@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import validate
-from .backend_api import OptimizerExport, Sharding
+from .backend_api import Backend, OptimizerExport, Sharding, require
 from .dispatch import backend_for
 from .errors import SpecError
 from .files import atomic_write, excerpt
@@ -110,7 +110,7 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, schedule: Sche
 
         tunespec.save_checkpoint("run.ckpt", model, optimizer, runner, epoch=3)
     """
-    be = backend_for(model)
+    be = require(backend_for(model), Backend, "save_checkpoint")
     if epoch is not None:
         try:
             if isinstance(epoch, bool):
@@ -304,7 +304,7 @@ def resume(path: str | Path, model: Any, schedule: Schedule | None = None, optim
 
         model, optimizer, meta = tunespec.resume("run.ckpt", fresh_model, tunespec.StageRunner(recipe))
     """
-    be = backend_for(model)
+    be = require(backend_for(model), Backend, "resume")
     where = "resume"
     group = _group(be, model)
     run = read_run(path, be, group)

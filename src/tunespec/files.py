@@ -275,8 +275,8 @@ def read_checked(path: str | Path, where: str) -> tuple[dict[str, Entry], dict[s
     except OSError as exc:
         raise SpecError(f"{where}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     if h.hexdigest() != saved:
-        raise SpecError(f"{where}: {str(path)!r} is damaged: its contents do not match the digest it "
-                        f"was saved with (truncated or altered); use an earlier checkpoint")
+        raise SpecError(f"{where}: {str(path)!r} is damaged: its digest does not match its contents "
+                        f"(truncated or altered since it was saved); use an earlier checkpoint")
     Work.entries += len(spans)
     return {name: (dtype, shape, view[begin:end]) for name, dtype, shape, begin, end in spans}, meta
 

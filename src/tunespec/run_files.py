@@ -260,8 +260,9 @@ def read_sharded(path: str | Path, group: ProcessGroup | None, where: str) -> Ru
         raise SpecError(f"{where}: {str(path)!r} is a directory without {SIDECAR}; it is not a tunespec "
                         f"sharded run checkpoint")
     if group is None:
-        raise SpecError(f"{where}: {str(path)!r} is a checkpoint of a sharded run; shard the fresh model the "
-                        f"same way first (tunespec.shard(model, recipe)) on every rank, then resume into it")
+        raise SpecError(f"{where}: {str(path)!r} is a sharded run checkpoint; resume it on every rank of the "
+                        f"run's process group, into a model sharded as the run's was (shard the fresh model "
+                        f"the same way first: tunespec.shard(model, recipe))")
     problem: list[BaseException] = []
     run = None
     try:
@@ -271,7 +272,8 @@ def read_sharded(path: str | Path, group: ProcessGroup | None, where: str) -> Ru
     if not group.all_ok(not problem):
         if problem:
             raise problem[0]
-        raise SpecError(f"{where}: another rank refused its part of {str(path)!r}; nothing was changed")
+        raise SpecError(f"{where}: another rank refused its file of {str(path)!r} (a digest does not match, "
+                        f"or the file is malformed or missing); nothing was changed")
     return run
 
 
