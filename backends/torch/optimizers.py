@@ -229,7 +229,8 @@ def _from_host(value: Any, param: Any) -> Any:
     if param is not None and t.dim() > 0 and hasattr(param, "device_mesh"):
         from torch.distributed.tensor import DTensor
 
-        t = DTensor.from_local(t.to(param.device), param.device_mesh, param.placements, run_check=False)
+        t = DTensor.from_local(t.to(param.device), param.device_mesh, param.placements, run_check=False,
+                               shape=param.shape, stride=param.stride())  # shards may be uneven
     return t
 
 
