@@ -21,7 +21,7 @@ from tunespec.backend_api import ProcessGroup
 # --- the stage runner's recorded state, every field checked like a recipe's ------------------------
 
 WRONG_RUNNER_STATE = [
-    ("best", "0.5", r"schedule state\.best: expected a number"),
+    ("best", "0.5", r"schedule state\.best: expected a finite number"),
     ("best", float("nan"), r"not a tunespec run checkpoint|schedule state\.best"),
     ("best_epoch", 1.5, r"schedule state\.best_epoch: expected"),
     ("best_epoch", -3, r"schedule state\.best_epoch: expected"),
@@ -129,7 +129,7 @@ def test_a_shard_whose_header_claims_an_absurd_entry_is_refused_before_allocatin
     text += b" " * (-len(text) % 8)
     shard.write_bytes(len(text).to_bytes(8, "little") + text + bytes(data[8 + n:]))
     _sidecar(path, lambda d: d["files"]["rank0.safetensors"].update(bytes=shard.stat().st_size))
-    _refused(one_rank, path, r"rank0\.safetensors.* not a valid safetensors file: tensor .* bytes for shape")
+    _refused(one_rank, path, r"rank0\.safetensors.*not a valid safetensors file: tensor .* bytes for shape")
 
 
 class Boom:

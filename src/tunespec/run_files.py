@@ -278,8 +278,9 @@ def read_sharded(path: str | Path, group: ProcessGroup | None, where: str) -> Ru
 
 
 def _read_own_part(root: Path, sidecar: Path, group: ProcessGroup, where: str) -> Run:
+    raw = read_bytes(sidecar, where, MAX_SIDECAR_BYTES)
     try:
-        data = strict_json(read_bytes(sidecar, where, MAX_SIDECAR_BYTES))
+        data = strict_json(raw)
         if not isinstance(data, dict) or data.get("format") != SHARDED_FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
             raise ValueError(f"format {excerpt(found)}, not {SHARDED_FORMAT}")
