@@ -141,44 +141,50 @@ class TorchOptimizers:
         convert = _to_host if host else _as_is
         hyper: dict[str, Any] = {}
         state: dict[str, Any] = {}
+        native: dict[str, str] = {}  # the groups' own parameter names, where torch keeps them
         for i, group in enumerate(optimizer.param_groups):
             settings = {k: convert(v) for k, v in group.items() if k not in ("params", "param_names")}
-            settings["group"] = i
+            settings["group"] = i  # one dict per group, shared by its parameters (stored once)
             param_names = group.get("param_names")
             for j, p in enumerate(group["params"]):
                 name = names[p]
-                hyper[name] = settings if param_names is None else dict(settings, param_name=param_names[j])
+                hyper[name] = settings
+                if param_names is not None:
+                    native[name] = param_names[j]
                 own = optimizer.state.get(p)
                 if own:
                     state[name] = {k: convert(v) for k, v in own.items()}
-        common: dict[str, Any] = {}
+        common: dict[str, Any] = {"param_names": native}
         if lr_scheduler is not None:
             common["lr_scheduler"] = {k: _tree(v, convert) for k, v in _scheduler_state(lr_scheduler).items()}
         state[""] = common
-        return OptimizerExport(type(optimizer).__name__, {}, hyper, state,
-                               frozenset({"lr", "initial_lr", "param_name"}))
+        return OptimizerExport(type(optimizer).__name__, {}, hyper, state, frozenset({"lr", "initial_lr"}))
 
     def import_optimizer(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, exported: OptimizerExport,
                          handles: Mapping[str, Any]) -> None:
         """Rebuild the groups from the export, then let torch's own ``load_state_dict`` cast the
         state as it would (dtype and device of each parameter, ``step`` where it keeps it)."""
         groups: dict[int, dict[str, Any]] = {}
+        common = exported.state.get("", {})
+        native = (common.get("param_names") or {}) if isinstance(common, Mapping) else {}
+        if not isinstance(native, Mapping):
+            raise SpecError("resume: the saved optimizer's parameter names are not a mapping")
         for name, h in exported.hyper.items():
             i = h.get("group")
             if type(i) is not int or i < 0:
                 raise SpecError(f"resume: the saved optimizer settings of {name!r} name no parameter group")
             group = groups.get(i)
             if group is None:
-                group = groups[i] = {k: _from_host(v, None) for k, v in h.items() if k not in ("group", "param_name")}
+                group = groups[i] = {k: _from_host(v, None) for k, v in h.items() if k != "group"}
                 group["params"] = []
-                if "param_name" in h:
+                if name in native:
                     group["param_names"] = []
             group["params"].append(handles[name])
             if "param_names" in group:
-                group["param_names"].append(h.get("param_name"))
+                group["param_names"].append(native.get(name))
         if sorted(groups) != list(range(len(groups))):
             raise SpecError("resume: the saved optimizer's parameter groups are not numbered 0, 1, ...")
-        sched = exported.state.get("", {}).get("lr_scheduler")
+        sched = common.get("lr_scheduler") if isinstance(common, Mapping) else None
         if lr_scheduler is not None and sched is not None:
             odd = sorted(set(sched) - set(lr_scheduler.state_dict()))
             if odd:  # load_state_dict would set them as attributes of the scheduler

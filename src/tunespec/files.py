@@ -76,11 +76,13 @@ def read_bytes(path: str | Path, where: str, max_bytes: int = MAX_FILE_BYTES) ->
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {excerpt(k)}")
-        out[k] = v
+    out = dict(pairs)  # built in C; a duplicate shows as a shorter dict
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {excerpt(k)}")
+            seen.add(k)
     return out
 
 

@@ -105,9 +105,17 @@ def encode_run(meta: str, model: Mapping[str, Any], best: Mapping[str, Any] | No
 
     opt = None
     if optimizer is not None:
+        table: list[Any] = []  # each distinct hyper-parameter mapping once (a group's are shared)
+        seen: dict[int, int] = {}
+        order = []
+        for name, h in optimizer.hyper.items():
+            if id(h) not in seen:
+                seen[id(h)] = len(table)
+                table.append(encode_tree(dict(h), _is_array, add))
+            order.append([name, seen[id(h)]])
         opt = {"kind": optimizer.kind, "volatile": sorted(optimizer.volatile),
                "settings": encode_tree(dict(optimizer.settings), _is_array, add),
-               "hyper": [[n, encode_tree(dict(h), _is_array, add)] for n, h in optimizer.hyper.items()],
+               "hyper_table": table, "hyper": order,
                "state": encode_tree(dict(optimizer.state), _is_array, add)}
     state = {"model": list(model), "best": None if best is None else list(best), "optimizer": opt}
     return entries, {RUN_KEY: meta, STATE_KEY: json.dumps(state)}
@@ -130,7 +138,7 @@ def decode_run(tensors: Mapping[str, Entry], metadata: Mapping[str, str], where:
     meta = run_meta(metadata.get(RUN_KEY), where)
     try:
         arrays = {k: _array(*v) for k, v in tensors.items()}
-        state = _mapping(json.loads(metadata[STATE_KEY]), "the state description")
+        state = _mapping(json.loads(metadata[STATE_KEY]), "the state description")  # no keys of its own repeat
         model = {k: arrays[MODEL + k] for k in _names(state["model"], "model")}
         best = None if state["best"] is None else {k: arrays[BEST + k] for k in _names(state["best"], "best")}
         opt = state["optimizer"]
@@ -139,13 +147,15 @@ def decode_run(tensors: Mapping[str, Entry], metadata: Mapping[str, str], where:
             opt = _mapping(opt, "the optimizer")
             if not isinstance(opt["kind"], str):
                 raise ValueError("the optimizer's kind is not a string")
+            if not isinstance(opt["hyper"], list) or not isinstance(opt["hyper_table"], list):
+                raise ValueError("the optimizer's hyper-parameters are not lists")
+            table = [_mapping(decode_tree(h, arrays.__getitem__), "hyper-parameters") for h in opt["hyper_table"]]
             hyper = {}
-            if not isinstance(opt["hyper"], list):
-                raise ValueError("the optimizer's hyper-parameters are not a list")
             for pair in opt["hyper"]:
-                if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
-                    raise ValueError("a hyper-parameter entry is not [name, values]")
-                hyper[pair[0]] = _mapping(decode_tree(pair[1], arrays.__getitem__), "hyper-parameters")
+                if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                        and type(pair[1]) is int and 0 <= pair[1] < len(table)):
+                    raise ValueError("a hyper-parameter entry is not [name, table index]")
+                hyper[pair[0]] = table[pair[1]]
             export = OptimizerExport(
                 kind=opt["kind"], settings=_mapping(decode_tree(opt["settings"], arrays.__getitem__), "settings"),
                 hyper=hyper, state=_mapping(decode_tree(opt["state"], arrays.__getitem__), "the optimizer state"),
