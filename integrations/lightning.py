@@ -34,11 +34,11 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from tunespec.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
+from tunespec.lifecycle.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
 from tunespec.errors import SpecError
-from tunespec.recipe import Recipe
-from tunespec.stages import StageRunner
-from tunespec.validate import excerpt
+from tunespec.recipe.recipe import Recipe
+from tunespec.lifecycle.stages import StageRunner
+from tunespec.recipe.validate import excerpt
 
 
 class StageCallback(pl.Callback):

@@ -17,8 +17,8 @@ import numpy as np
 
 import tunespec
 from tunespec.backend_api import FrameworkFacts, GraphNode, Listing, ListingBuilder, OptimizerExport
-from tunespec.plan import Plan
-from tunespec.spec import Spec
+from tunespec.planning.plan import Plan
+from tunespec.recipe.spec import Spec
 
 FACTS = FrameworkFacts(
     name="fake", framework=__name__, backend=f"{__name__}:BACKEND", extra="",

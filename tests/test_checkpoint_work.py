@@ -11,7 +11,7 @@ import pytest
 
 import tunespec
 from frameworks import needs
-from tunespec import files
+from tunespec.recipe import files
 
 
 def _model(layers: int):

@@ -12,7 +12,7 @@ import pytest
 
 from frameworks import needs
 import tunespec
-from tunespec.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, card_for
+from tunespec.planning.cards import ABOVE_BLOCKS, HEAD_GROUPS, STAGES, card_for
 
 
 def _tv(builder):

@@ -9,6 +9,7 @@ import pytest
 
 from fake_backend import FakeBackend, FakeLayer, FakeTensor, fake_plan, linear, norm, small_net
 from tunespec import Card, SpecError, StalePlanError, TuneSpecWarning, register_card
+from tunespec.framework_facts import leaf_spellings
 from tunespec.listing import ListingBuilder, norm_leaf
 
 
@@ -104,9 +105,10 @@ def test_wrapper_segments_are_stripped_and_norm_leaves_renamed():
     wrapped = FakeLayer("wrapper", children={"module": small_net()})
     plan = fake_plan(wrapped, {"freeze": ["stem\\..*"]})
     assert plan.decisions[0].name == "stem.conv.weight"
-    assert norm_leaf("gamma") == "weight" and norm_leaf("mobilenet0_batchnorm0_beta") == \
-        "mobilenet0_batchnorm0_bias" and norm_leaf("weight") == "weight"
-    found = ListingBuilder()
+    spellings = leaf_spellings()  # every registered backend's
+    assert norm_leaf("gamma", spellings) == "weight" and norm_leaf("mobilenet0_batchnorm0_beta", spellings) == \
+        "mobilenet0_batchnorm0_bias" and norm_leaf("weight", spellings) == "weight"
+    found = ListingBuilder(spellings)
     found.layer(("ddp", "module", "features", "bn"), "BatchNorm", True, wrappers={1})
     found.add("g", "gamma")
     found.layer(("features", "conv"), "Conv2D")
@@ -265,7 +267,7 @@ def test_one_d_needs_shapes():
     r"(?i)FC\..*", r"la[y]er2\..*", r"layer\d\..*", r"fc\.(weight|bias)", r"st.m\..*", r"head2\.weight",
 ])
 def test_indexed_matching_equals_brute_force(regex):
-    from tunespec.matching import Matcher, literal_prefix
+    from tunespec.planning.matching import Matcher, literal_prefix
 
     net = small_net()
     net.children["head2"] = FakeLayer("linear", {"weight": net.children["fc"].params["weight"]})
@@ -280,7 +282,7 @@ def test_indexed_matching_equals_brute_force(regex):
 
 
 def test_literal_prefixes():
-    from tunespec.matching import literal_prefix
+    from tunespec.planning.matching import literal_prefix
 
     assert literal_prefix(r"layer4\..*") == "layer4."
     assert literal_prefix(r"blocks\.3\.experts\.1[0-9]\..*") == "blocks.3.experts.1"

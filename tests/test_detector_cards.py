@@ -17,7 +17,7 @@ import torchvision  # noqa: E402
 
 import tunespec  # noqa: E402
 from tunespec.backends.mxnet import import_gluoncv  # noqa: E402
-from tunespec.cards import HEAD_GROUPS, STAGES, card_for  # noqa: E402
+from tunespec.planning.cards import HEAD_GROUPS, STAGES, card_for  # noqa: E402
 
 GLUONCV = {  # model -> (card family, has stages)
     "ssd_300_vgg16_atrous_voc": ("SSD (GluonCV, VGG16 atrous)", True),
@@ -128,7 +128,7 @@ def test_a_card_that_does_not_fit_the_model_is_a_clear_error():
         with pytest.raises(tunespec.SpecError, match="the broken card's '@heads' matches no parameter"):
             tunespec.plan(net, tunespec.Spec.preset("heads"))
     finally:
-        from tunespec import cards
+        from tunespec.planning import cards
         cards._CARDS["gluoncv.model_zoo.center_net.center_net.CenterNet"].pop()
 
 

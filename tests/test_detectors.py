@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 from mxnet import autograd  # noqa: E402
 
 import tunespec  # noqa: E402
-from tunespec.cards import card_for  # noqa: E402
+from tunespec.planning.cards import card_for  # noqa: E402
+from tunespec.planning.plan import APPLIED  # noqa: E402
 from gluon_detection import build, samples, step_fn  # noqa: E402
 
 PRESETS = ["heads", "3+", "4+", "5+", "all"]
@@ -37,7 +38,7 @@ def test_two_detection_steps_keep_frozen_tensors_and_train_the_rest(family, hybr
     spec = tunespec.Spec.preset(preset, wd_mult={"@bias": 0, "@norm": 0})
     trainer = tunespec.optimizer(net, spec, "adam", lr=1e-3)
     plan = tunespec.plan(net, spec)
-    applied = tunespec.api._APPLIED[net]
+    applied = APPLIED[net]  # the plan tunespec.optimizer applied
     assert {id(p) for p in trainer._params} == {id(d.tensor.handle) for d in applied.trainable}
     assert [d.trainable for d in plan.decisions] == [d.trainable for d in applied.decisions]
     frozen_stats = [t for n in applied.norms if n.frozen for t in applied.listing.state

@@ -16,7 +16,7 @@ import pytest
 from fake_backend import FakeBackend, FakeLayer, fake_plan, linear, small_net
 from frameworks import needs
 from tunespec import SpecError, TuneSpecWarning, shard
-from tunespec.sharding import shard_units
+from tunespec.lifecycle.sharding import shard_units
 
 WORKER = Path(__file__).parent / "fsdp_worker.py"
 

@@ -154,7 +154,7 @@ def test_fused_sgd_state_is_the_scaled_buffer_and_the_last_lr(harnesses, data):
 
 
 def test_the_exact_path_is_there_by_name_in_recipes_and_for_torch(harnesses):
-    from tunespec.recipe import OptimizerSpec
+    from tunespec.recipe.optimizer import OptimizerSpec
 
     assert OptimizerSpec.from_dict({"name": "sgd", "semantics": "torch-exact"}).semantics == "torch-exact"
     th, mh = harnesses

@@ -11,7 +11,7 @@ import pickle
 import pytest
 
 import tunespec
-import tunespec.run_files
+import tunespec.lifecycle.run_files
 from frameworks import HARNESSES, needs
 from snapshot import assert_unchanged, state_of
 from test_hostile_files import RECIPE, _recrafted, fresh, refused_resume, saved_run, train
@@ -88,7 +88,7 @@ def _sidecar(path, edit):
     data = json.loads((path / "tunespec-run.json").read_text())
     data.pop("digest")
     edit(data)
-    data["digest"] = tunespec.run_files._text_digest(data)  # re-signed: the checks must hold anyway
+    data["digest"] = tunespec.lifecycle.run_files._text_digest(data)  # re-signed: the checks must hold anyway
     (path / "tunespec-run.json").write_text(json.dumps(data))
 
 
@@ -112,7 +112,7 @@ def test_a_sidecar_listing_a_file_of_absurd_size_is_refused_before_reading(one_r
     path = _sharded(one_rank, tmp_path)
     _sidecar(path, lambda d: d["files"]["rank0.safetensors"].update(bytes=2**50))
     reads = []
-    monkeypatch.setattr(tunespec.run_files, "read_checked", lambda *a: reads.append(a))  # nothing may be read
+    monkeypatch.setattr(tunespec.lifecycle.run_files, "read_checked", lambda *a: reads.append(a))  # nothing may be read
     _refused(one_rank, path, r"rank0\.safetensors.* is \d+ bytes, the sidecar says 1125899906842624")
     assert reads == []
 
@@ -175,6 +175,6 @@ def test_a_changed_sidecar_or_a_huge_one_is_refused(one_rank, tmp_path, monkeypa
     net, _, _ = tunespec.resume(path, fresh(one_rank, 1), tunespec.StageRunner(RECIPE))
     sidecar.write_text(text.replace('"world": 1', '"world": 2'))
     _refused(one_rank, path, "changed or damaged after it was written")
-    monkeypatch.setattr(tunespec.run_files, "MAX_SIDECAR_BYTES", 100)
+    monkeypatch.setattr(tunespec.lifecycle.run_files, "MAX_SIDECAR_BYTES", 100)
     sidecar.write_text(text)
     _refused(one_rank, path, "more than the 100 a checkpoint may have")

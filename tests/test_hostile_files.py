@@ -21,12 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tunespec
-import tunespec.checkpoint
-import tunespec.run_files
+import tunespec.lifecycle.checkpoint
+import tunespec.lifecycle.run_files
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
-from tunespec import files
+from tunespec.recipe import files
 
 RECIPE = {
     "freeze": [r"0\..*"],
@@ -370,7 +370,7 @@ def test_a_full_disk_or_read_only_directory_keeps_the_previous_checkpoint(h, tmp
     path = tmp_path / "run.ckpt"
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     good = path.read_bytes()
-    module = tunespec.run_files  # the module that writes run files
+    module = tunespec.lifecycle.run_files  # the module that writes run files
     if failure == "disk_full":
         def full(target, *args):
             with open(target, "wb") as f:

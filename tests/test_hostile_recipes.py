@@ -19,10 +19,14 @@ from fake_backend import FakeBackend, FakeLayer, fake_plan, linear, small_net
 from frameworks import HARNESSES, needing, needs
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError, load_recipe
-from tunespec import matching, validate
-from tunespec.naming import NameMap
-from tunespec.recipe import OptimizerSpec
-from tunespec.spec import MAX_RECIPE_BYTES, Spec, read_recipe
+from tunespec.planning import matching
+from tunespec.recipe import validate
+from tunespec.framework_facts import framework_options
+from tunespec.planning.naming import NameMap
+from tunespec.planning.optimizers import check_optimizer
+from tunespec.recipe.optimizer import OptimizerSpec
+from tunespec.recipe.read import MAX_RECIPE_BYTES, read_recipe
+from tunespec.recipe.spec import Spec
 
 
 @pytest.fixture
@@ -159,10 +163,9 @@ def test_every_bad_value_is_a_spec_error_with_its_path(data, message):
     assert message in error_of(load_recipe, {"freeze": ["fc\\..*"], **data})
 
 
-# --- optimizer options, checked when the recipe is read ----------------------------------------
-@pytest.mark.parametrize("options, message", [
-    ({"name": "sgd", "momentun": 0.9},
-     "optimizer.momentun: unknown option of sgd (did you mean 'momentum'?)"),
+# --- optimizer options: the update rules' own checked when the recipe is read, the rest (unknown
+# options, options a framework adds) when an optimizer is made for the chosen backend -----------
+READ_TIME = [
     ({"name": "SGD", "momentum": 1.5}, "optimizer.momentum: expected a finite number in [0, 1], got 1.5"),
     ({"name": "sgd", "nesterov": "yes"}, "optimizer.nesterov: expected true or false"),
     ({"name": "sgd", "nesterov": True}, "optimizer.nesterov: needs momentum > 0 and dampening 0"),
@@ -171,14 +174,29 @@ def test_every_bad_value_is_a_spec_error_with_its_path(data, message):
     ({"name": "adam", "betas": 0.9}, "optimizer.betas: expected a pair"),
     ({"name": "adam", "eps": 0}, "optimizer.eps: expected a finite number > 0"),
     ({"name": "adamw", "amsgrad": "no"}, "optimizer.amsgrad: expected true or false"),
+]
+MAKE_TIME = [
+    ({"name": "sgd", "momentun": 0.9},
+     "optimizer.momentun: unknown option of sgd (did you mean 'momentum'?)"),
     ({"name": "adamw", "beta": 0.9}, "optimizer.beta: unknown option of adamw (did you mean 'betas'?)"),
     ({"name": "adam", "momentum": 0.9}, "optimizer.momentum: unknown option of adam"),
     ({"name": "sgd", "update_on_kvstore": 1}, "optimizer.update_on_kvstore: expected true or false"),
     ({"name": "sgd", "kvstore": 5}, "optimizer.kvstore: expected a name like 'device'"),
     ({"name": "sgd", "compression_params": {"type": "3bit"}}, "optimizer.compression_params.type"),
     ({"name": "sgd", "clip_gradient": -1}, "optimizer.clip_gradient: expected a finite number > 0"),
-])
-def test_optimizer_options_are_checked_when_read(options, message):
+]
+
+
+@pytest.mark.parametrize("options, message", MAKE_TIME)
+def test_other_optimizer_options_are_checked_when_the_optimizer_is_made(options, message):
+    """Read without asking a backend, refused before any optimizer exists, with the path and fix."""
+    spec = OptimizerSpec.from_dict({"lr": 0.1, **options})
+    assert message in error_of(check_optimizer, FakeBackend(), spec.name, spec.lr, spec.weight_decay,
+                               spec.semantics, spec.options)
+
+
+@pytest.mark.parametrize("options, message", READ_TIME)
+def test_the_update_rules_own_options_are_checked_when_read(options, message):
     assert message in error_of(OptimizerSpec.from_dict, {"lr": 0.1, **options})
 
 
@@ -188,9 +206,10 @@ def test_good_optimizer_options_pass_and_an_unknown_optimizer_is_left_to_the_bac
     spec = OptimizerSpec.from_dict({"name": "adam", "lr": 1e-3, "betas": [0.9, 0.99], "eps": 1e-8})
     assert spec.options == {"betas": [0.9, 0.99], "eps": 1e-8}
     assert OptimizerSpec.from_dict({"name": "rmsprop", "lr": 0.1, "alpha": 0.9}).options == {"alpha": 0.9}
-    assert set(validate.OPTIMIZER_OPTIONS) >= {"sgd", "adam", "adamw"}
+    assert set(validate.optimizer_tables()) >= {"sgd", "adam", "adamw"}
     assert validate.check_optimizer("sgd", {"momentum": 1}) == {"momentum": 1.0}
-    assert "did you mean 'momentum'" in error_of(validate.check_optimizer, "sgd", {"momentun": 0.9})
+    assert "did you mean 'momentum'" in error_of(validate.check_optimizer, "sgd", {"momentun": 0.9},
+                                                 extra=framework_options())
 
 
 # --- stage triggers -----------------------------------------------------------------------------

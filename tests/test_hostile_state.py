@@ -14,6 +14,8 @@ import threading
 import pytest
 
 import tunespec
+from tunespec.recipe import validate
+from tunespec.framework_facts import framework_options, semantics_names
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
@@ -563,12 +565,10 @@ def test_failed_stage_that_freezes_trained_tensors_gives_back_their_gradients(h,
 
 
 def test_the_recipe_option_table_covers_every_option_the_backend_builds_with(h):
-    """Recipes are checked against tunespec.validate.OPTIMIZER_OPTIONS when read; an option the
-    framework takes but the table lacks would refuse a valid recipe."""
-    from tunespec.recipe import SEMANTICS
-    from tunespec.validate import OPTIMIZER_OPTIONS
-
-    for semantics in SEMANTICS:
-        for name, table in OPTIMIZER_OPTIONS.items():
+    """Options are checked against the update rules' tables plus the frameworks' own options when
+    an optimizer is made; an option the framework takes but the tables lack would refuse a valid recipe."""
+    tables = validate.optimizer_tables(framework_options())
+    for semantics in semantics_names():
+        for name, table in tables.items():
             accepted = h.backend.optimizer_options(name, semantics) - {"lr", "weight_decay"}
             assert accepted <= set(table), (name, semantics, sorted(accepted - set(table)))

@@ -52,8 +52,8 @@ def check_frozen_backbone(r: dict, trained: tuple[str, ...]) -> None:
 def run_dist(out: Path, on_kvstore: str, staged: str) -> tuple[dict, dict, str]:
     env = {**os.environ, "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": str(free_port()),
            "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": "2", "OMP_NUM_THREADS": "1"}
-    roles = [("scheduler", [sys.executable, "-m", "tunespec.distributed"]),
-             ("server", [sys.executable, "-m", "tunespec.distributed"]),
+    roles = [("scheduler", [sys.executable, "-m", "tunespec.lifecycle.distributed"]),
+             ("server", [sys.executable, "-m", "tunespec.lifecycle.distributed"]),
              ("worker", [sys.executable, str(WORKER), str(out), "dist_sync", on_kvstore, staged]),
              ("worker", [sys.executable, str(WORKER), str(out), "dist_sync", on_kvstore, staged])]
     procs = [subprocess.Popen(cmd, env={**env, "DMLC_ROLE": role}, stdout=subprocess.PIPE,

@@ -11,7 +11,8 @@ import pytest
 
 from frameworks import needs
 import tunespec
-from tunespec.decay import Layer, LayerDecay, layer_ids, scales
+from tunespec.recipe.layer_decay import Layer, LayerDecay
+from tunespec.planning.decay import layer_ids, scales
 
 
 # --- the core: no framework needed ------------------------------------------------------------
@@ -353,7 +354,7 @@ def test_a_card_without_layers_is_an_error_naming_the_fix():
             super().__init__()
             self.body, self.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
 
-    from tunespec.cards import _CARDS
+    from tunespec.planning.cards import _CARDS
 
     tunespec.register_card(Tiny, tunespec.Card("Tiny", {"heads": r"head\..*"}))
     try:

@@ -11,7 +11,7 @@ import tunespec
 from frameworks import needing, needs
 from tunespec import SpecError
 from tunespec.importers import from_gluoncv
-from tunespec.layer_kinds import KINDS, SELECTORS
+from tunespec.recipe.selectors import KINDS, SELECTORS
 
 
 def torch_net():

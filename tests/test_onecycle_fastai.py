@@ -14,7 +14,7 @@ from fastai.callback.schedule import ParamScheduler, combined_cos  # noqa: E402
 from fastai.test_utils import synth_learner  # noqa: E402
 
 import tunespec  # noqa: E402
-from tunespec.recipe import LRSchedule  # noqa: E402
+from tunespec.recipe.schedule import LRSchedule  # noqa: E402
 
 BATCHES = 5  # synth_learner(n_trn=5): five batches per epoch
 

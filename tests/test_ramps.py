@@ -9,8 +9,8 @@ import pytest
 import tunespec
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from tunespec import SpecError
-from tunespec.ramps import Ramp
-from tunespec.recipe import LRSchedule
+from tunespec.recipe.ramps import Ramp
+from tunespec.recipe.schedule import LRSchedule
 
 LR = 0.02
 HEAD = r"8\..*"  # small_cnn's classifier

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from tunespec import LRSchedule, SpecError, load_recipe
+from tunespec.planning.optimizers import check_semantics
 
 
 def test_recipe_sections_are_read_and_the_spec_still_validated(tmp_path):
@@ -15,7 +16,9 @@ def test_recipe_sections_are_read_and_the_spec_still_validated(tmp_path):
                     "schedule: {type: cosine, total_steps: 100, warmup_steps: 10}\n")
     recipe = load_recipe(path)
     assert recipe.spec.rules[0].trainable is False
-    assert (recipe.optimizer.name, recipe.optimizer.lr, recipe.optimizer.semantics) == ("adam", 0.001, "torch")
+    # no semantics named: the one every backend shares, decided when the optimizer is made
+    assert (recipe.optimizer.name, recipe.optimizer.lr, recipe.optimizer.semantics) == ("adam", 0.001, None)
+    assert check_semantics(recipe.optimizer.semantics) == "torch"
     assert recipe.optimizer.options == {"betas": [0.9, 0.99]}
     assert recipe.schedule.type == "cosine"
 
@@ -25,13 +28,23 @@ def test_recipe_sections_are_read_and_the_spec_still_validated(tmp_path):
     ({"schedule": {"type": "step"}}, "needs step_size"),
     ({"schedule": {"type": "multistep", "milestone": [3]}}, "did you mean 'milestones'"),
     ({"optimizer": {"lr": -1}}, "optimizer.lr: expected a finite number > 0"),
-    ({"optimizer": {"lr": 0.1, "semantics": "mxnet"}}, "not one of torch, native"),
     ({"optimiser": {}}, "did you mean 'optimizer'"),
 ])
 def test_bad_recipe_sections(data, fragment):
     with pytest.raises(SpecError) as info:
         load_recipe(data)
     assert fragment in str(info.value)
+
+
+def test_semantics_are_checked_against_the_backends_when_the_optimizer_is_made():
+    """Reading a recipe asks no backend: an unknown semantics is refused once a plan makes an
+    optimizer (tunespec.planning.optimizers), naming the ones the backends offer."""
+    recipe = load_recipe({"optimizer": {"lr": 0.1, "semantics": "mxnet"}})
+    with pytest.raises(SpecError) as info:
+        check_semantics(recipe.optimizer.semantics)
+    assert "not one of torch, native" in str(info.value)
+    with pytest.raises(SpecError, match="optimizer.semantics: expected a non-empty string"):
+        load_recipe({"optimizer": {"lr": 0.1, "semantics": 3}})
 
 
 def test_schedule_factors():

@@ -13,7 +13,7 @@ import tunespec
 from frameworks import np
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError, TuneSpecWarning
-from tunespec.naming import NameMap
+from tunespec.planning.naming import NameMap
 
 
 def test_a_rule_that_renames_nothing_names_itself_and_the_working_spelling():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import tunespec
-import tunespec.checkpoint
-import tunespec.run_files
+import tunespec.lifecycle.checkpoint
+import tunespec.lifecycle.run_files
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from tunespec import SpecError
 
@@ -76,7 +76,7 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(h, tmp_path, monkeypatc
             f.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tunespec.checkpoint, "write_run_file", crash)  # the one writer of run files
+    monkeypatch.setattr(tunespec.lifecycle.checkpoint, "write_run_file", crash)  # the one writer of run files
     with pytest.raises(KeyboardInterrupt):
         tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     monkeypatch.undo()

@@ -6,9 +6,9 @@ import pytest
 
 from tunespec import SpecError
 from tunespec.cli import main
-from tunespec.ramps import Ramp
-from tunespec.recipe import LRSchedule
-from tunespec.timeline import lr_timeline
+from tunespec.recipe.ramps import Ramp
+from tunespec.recipe.schedule import LRSchedule
+from tunespec.lifecycle.timeline import lr_timeline
 
 RECIPE = {
     "preset": "heads", "optimizer": {"name": "sgd", "lr": 0.1},

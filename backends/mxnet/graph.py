@@ -18,7 +18,7 @@ _FEATURES = "tunespec_features"
 
 class MXNetGraph:
     """Framework calls for cache_frozen; whether the cut is clean and the prefix frozen is decided
-    in tunespec.cache."""
+    in tunespec.lifecycle.cache."""
 
     def trace_split(self, model: gluon.Block, split: str) -> tuple[list[GraphNode], Any]:
         """Trace ``model`` symbolically; the nodes between ``split``'s input and output are its own."""

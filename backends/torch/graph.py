@@ -21,7 +21,7 @@ _RANDOM_FUNCTIONS = {_F.dropout, _F.dropout1d, _F.dropout2d, _F.dropout3d, _F.al
 
 class TorchGraph:
     """Framework calls for cache_frozen; whether the cut is clean and the prefix frozen is decided
-    in tunespec.cache."""
+    in tunespec.lifecycle.cache."""
 
     def trace_split(self, model: nn.Module, split: str) -> tuple[list[GraphNode], Any]:
         """Trace ``model`` with torch.fx, keeping module ``split`` as one call, into core graph nodes."""

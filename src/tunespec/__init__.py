@@ -1,35 +1,58 @@
 """tunespec: one declarative fine-tuning spec for PyTorch and MXNet Gluon.
 
-Importing tunespec imports neither torch nor mxnet; a backend is loaded when a
-model of its framework is planned.
+``import tunespec`` imports nothing else: each public name below is loaded the first time it is
+used (a module ``__getattr__``), so the first ``tunespec.plan(...)`` pays for planning, and a
+backend is loaded only when a model of its framework is planned.
+
+```python
+import tunespec
+assert "plan" in dir(tunespec) and "recipe" not in dir(tunespec)
+spec = tunespec.Spec.from_dict({"freeze": [".*"], "train": [r"fc\\..*"]})
+```
 """
 
-from .api import apply, optimizer, plan, scheduler
-from .backend_api import FrameworkFacts
-from .cache import FrozenPrefix, cache_frozen
-from .cards import Card, register_card
-from .checkpoint import resume, save_checkpoint
-from .errors import MissingFrameworkError, SpecError, StalePlanError, TuneSpecWarning
-from .importers import from_mmengine, from_timm
-from .init import InitReport, InitSpec, initialize
-from .loading import LoadReport, load
-from .naming import NameMap
-from .plan import Plan, VerifyReport
-from .port import PortReport, port
-from .registry import register_backend, unregister_backend
-from .sharding import shard
-from .recipe import LRSchedule, OptimizerSpec, Recipe, load_recipe, load_spec
-from .spec import Rule, Spec
-from .stages import Schedule, Stage, StageRunner, StagesSpec
+import importlib
 
-__all__ = [
-    "FrozenPrefix", "cache_frozen",
-    "Card", "MissingFrameworkError", "NameMap", "Plan", "PortReport", "Rule", "Spec", "SpecError",
-    "StalePlanError", "TuneSpecWarning", "VerifyReport", "apply", "load_spec", "optimizer", "plan",
-    "port", "register_card", "OptimizerSpec", "Recipe", "LRSchedule", "load_recipe", "scheduler",
-    "LoadReport", "load", "InitReport", "InitSpec", "initialize",
-    "Schedule", "Stage", "StageRunner", "StagesSpec", "resume", "save_checkpoint", "shard", "from_timm",
-    "from_mmengine",
-    "FrameworkFacts", "register_backend", "unregister_backend",
-]
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. The folders are the layers: recipe/ (reading and
+# validation), planning/ (the Plan), lifecycle/ (applying, stages, checkpoints, weights).
+_WHERE = {  # no typing import: the bare import stays a few milliseconds
+    **dict.fromkeys(["MissingFrameworkError", "SpecError", "StalePlanError", "TuneSpecWarning"], "errors"),
+    **dict.fromkeys(["Rule", "Spec"], "recipe.spec"),
+    **dict.fromkeys(["Recipe", "load_recipe", "load_spec"], "recipe.recipe"),
+    "OptimizerSpec": "recipe.optimizer",
+    "LRSchedule": "recipe.schedule",
+    **dict.fromkeys(["Stage", "StagesSpec"], "recipe.stages"),
+    "InitSpec": "recipe.init",
+    **dict.fromkeys(["FrameworkFacts"], "backend_api"),
+    **dict.fromkeys(["register_backend", "unregister_backend"], "registry"),
+    "plan": "planning.make",
+    **dict.fromkeys(["Plan", "VerifyReport"], "planning.plan"),
+    "NameMap": "planning.naming",
+    **dict.fromkeys(["Card", "register_card"], "planning.cards"),
+    **dict.fromkeys(["apply", "optimizer", "scheduler"], "lifecycle.apply"),
+    **dict.fromkeys(["Schedule", "StageRunner"], "lifecycle.stages"),
+    **dict.fromkeys(["resume", "save_checkpoint"], "lifecycle.checkpoint"),
+    **dict.fromkeys(["LoadReport", "load"], "lifecycle.loading"),
+    **dict.fromkeys(["PortReport", "port"], "lifecycle.port"),
+    **dict.fromkeys(["InitReport", "initialize"], "lifecycle.init"),
+    **dict.fromkeys(["FrozenPrefix", "cache_frozen"], "lifecycle.cache"),
+    "shard": "lifecycle.sharding",
+    **dict.fromkeys(["from_mmengine", "from_timm"], "importers"),
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> object:
+    """Load a public name on first use and keep it (later look-ups are plain attributes)."""
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'tunespec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"tunespec.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -20,12 +20,13 @@ joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import importlib
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from .errors import MissingFrameworkError, SpecError
-from .files import MAX_DIMS, read_bytes, regular_file
-from .listing import Listing, ListingBuilder, class_names, flat_prefix_length
-from .validate import excerpt
+from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.recipe.files import MAX_DIMS, read_bytes, regular_file
+from tunespec.listing import Listing, ListingBuilder, class_names, flat_prefix_length
+from tunespec.recipe.validate import excerpt
 
 __all__ = ["Backend", "CheckpointFiles", "class_names", "DistributedWrapping", "excerpt", "first_line",
            "flat_prefix_length", "FrameworkFacts", "GraphNode", "GraphTracing", "Group", "Listing",
@@ -54,7 +55,7 @@ class FrameworkFacts:
     optimizer_options: Mapping[str, str] = field(default_factory=dict)  # extra option -> value kind
     zoos: tuple[str, ...] = ()  # model zoos its ModelZoo capability builds from
     server_role_variable: str = ""  # environment variable naming a parameter-server process's role
-    # Per layer kind (tunespec.layer_kinds.KINDS; 'default' for the rest), how a weight's
+    # Per layer kind (tunespec.recipe.selectors.KINDS; 'default' for the rest), how a weight's
     # dimensions are laid out: ('out', 'in', 'spatial') names fan-out, fan-in and the kernel
     # dims, for init's fan-based methods. Empty: the backend declares none (those methods refuse).
     weight_layouts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -265,7 +266,7 @@ class ModelZoo(Protocol):
 
 @runtime_checkable
 class ParameterServer(Protocol):
-    """Running a parameter-server process (``python -m tunespec.distributed``)."""
+    """Running a parameter-server process (``python -m tunespec.lifecycle.distributed``)."""
 
     def serve_parameters(self) -> None:
         """Run this process's server or scheduler loop until the workers finish."""
@@ -274,7 +275,7 @@ class ParameterServer(Protocol):
 @runtime_checkable
 class Sharding(Protocol):
     """Optional capability: sharded data parallelism (torch: FSDP2). The core decides the units
-    (``tunespec.sharding``); a backend without these methods makes ``tunespec.shard`` a SpecError."""
+    (``tunespec.lifecycle.sharding``); a backend without these methods makes ``tunespec.shard`` a SpecError."""
 
     def check_shard(self, model: Any, **options: Any) -> None:
         """SpecError for anything that would make ``shard`` fail (no process group, already
@@ -298,8 +299,6 @@ def read_safetensors_file(path: str, loader: str, refusal: str, **options: Any) 
     """A safetensors file read by ``loader`` (the safetensors module for the backend's arrays,
     e.g. ``'safetensors.numpy'``): a regular file only, and any reader error a SpecError that
     says ``refusal`` (what the file is not) and quotes the reader."""
-    import importlib
-
     try:
         load_file = importlib.import_module(loader).load_file
     except ImportError:

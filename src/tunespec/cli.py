@@ -16,10 +16,19 @@ import importlib
 import json
 import sys
 from typing import Any, Sequence
+import yaml
 
-from .backend_api import CheckpointFiles, ModelZoo, require
-from .errors import SpecError
-from .registry import load_backend, registered
+from tunespec.backend_api import CheckpointFiles, ModelZoo, require
+from tunespec.errors import SpecError
+from tunespec.registry import load_backend, registered
+from tunespec.planning.make import plan
+from tunespec.lifecycle.port import port
+from tunespec.dispatch import backend_for
+from tunespec.recipe.files import atomic_write
+from tunespec.importers.mmengine import from_mmengine_config, read_config
+from tunespec.recipe.recipe import load_recipe
+from tunespec.lifecycle.timeline import lr_timeline
+from tunespec.lifecycle.stages import StageRunner
 
 
 def zoos() -> dict[str, str]:
@@ -46,8 +55,6 @@ def build_model(source: str, input_size: int | None = None) -> Any:
 
 
 def _plan_command(args: argparse.Namespace) -> int:
-    from .api import plan
-
     model = build_model(args.model, args.input_size)
     p = plan(model, args.recipe, backend=args.backend, strict=False if args.no_strict else None)
     if args.json:
@@ -58,8 +65,6 @@ def _plan_command(args: argparse.Namespace) -> int:
 
 
 def _diff_command(args: argparse.Namespace) -> int:
-    from .api import plan
-
     a = plan(build_model(args.a, args.input_size), args.recipe)
     b = plan(build_model(args.b, args.input_size), args.recipe)
     rows = diff_plans(a, b)
@@ -84,8 +89,6 @@ def diff_plans(a: Any, b: Any) -> list[tuple[str, str, str]]:
 
 
 def _port_command(args: argparse.Namespace) -> int:
-    from .port import port
-
     src = build_model(args.from_model, args.input_size)
     dst = build_model(args.to_model, args.input_size)
     load_weights(src, args.src, allow_pickle=args.allow_pickle)
@@ -98,26 +101,16 @@ def _port_command(args: argparse.Namespace) -> int:
 def load_weights(model: Any, path: str, allow_pickle: bool = False) -> None:
     """A weights file in the model's framework's format (nothing that runs code unless
     ``allow_pickle``); every key and shape is checked before the model changes."""
-    from .dispatch import backend_for
-
     require(backend_for(model), CheckpointFiles, "port").load_file(model, path, allow_pickle)
 
 
 def save_weights(model: Any, path: str) -> None:
     """The model's weights, written atomically (a crash or a full disk leaves the old file)."""
-    from .dispatch import backend_for
-    from .files import atomic_write
-
     be = require(backend_for(model), CheckpointFiles, "port")
     atomic_write(path, lambda tmp: be.save_file(model, tmp), "port")
 
 
 def _convert_command(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .files import atomic_write
-    from .importers.mmengine import from_mmengine_config, read_config
-
     recipe = from_mmengine_config(read_config(args.config, allow_exec=args.exec_config))
     text = f"# converted from {args.config} by tunespec convert --from {args.source}\n" + \
         yaml.safe_dump(recipe, sort_keys=False)
@@ -135,9 +128,6 @@ def _convert_command(args: argparse.Namespace) -> int:
 
 
 def _lr_plot_command(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
-    from .timeline import lr_timeline
-
     if args.every is not None and args.every < 1:
         raise SpecError(f"--every: expected a positive number of steps, got {args.every}")
     recipe = load_recipe(args.recipe)
@@ -154,9 +144,6 @@ def _lr_plot_command(args: argparse.Namespace) -> int:
 
 def stage_trainables(model: Any, recipe: Any, steps_per_epoch: int) -> list[dict[str, float]]:
     """Per stage, the trainable parameters' names and lr multipliers its plan gives ``model``."""
-    from .api import plan
-    from .stages import StageRunner
-
     runner = StageRunner(recipe, steps_per_epoch)
     return [{d.name: d.lr_mult for d in plan(model, stage.spec, strict=False).trainable}
             for stage in runner.stages]

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .backend_api import Backend
-from .errors import SpecError
-from .registry import load_backend, registered
-from .validate import excerpt
+from tunespec.backend_api import Backend
+from tunespec.errors import SpecError
+from tunespec.registry import load_backend, registered
+from tunespec.recipe.validate import excerpt
 
 __all__ = ["backend_for", "backend_for_optimizer", "check_backend_name", "load_backend"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from .registry import registered, version
+from tunespec.registry import registered, version
 
 _cache: tuple[int, dict[str, Any]] | None = None
 

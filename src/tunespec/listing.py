@@ -44,14 +44,10 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def norm_speller(spellings: Mapping[str, str] | None = None) -> Callable[[str], str]:
+def norm_speller(spellings: Mapping[str, str]) -> Callable[[str], str]:
     """A function spelling a norm layer's tensor name canonically, from a backend's native
-    spellings (``{'gamma': 'weight'}``: also inside flat names, 'bn0_gamma' -> 'bn0_weight');
-    None: every registered backend's."""
-    if spellings is None:
-        from .framework_facts import leaf_spellings
-
-        spellings = leaf_spellings()
+    spellings (``{'gamma': 'weight'}``: also inside flat names, 'bn0_gamma' -> 'bn0_weight';
+    every registered backend's: :func:`tunespec.framework_facts.leaf_spellings`)."""
     table = dict(spellings)
     if not table:
         return lambda leaf: leaf
@@ -66,7 +62,7 @@ def norm_speller(spellings: Mapping[str, str] | None = None) -> Callable[[str], 
     return spell
 
 
-def norm_leaf(leaf: str, spellings: Mapping[str, str] | None = None) -> str:
+def norm_leaf(leaf: str, spellings: Mapping[str, str]) -> str:
     """``leaf`` spelled canonically (see :func:`norm_speller`)."""
     return norm_speller(spellings)(leaf)
 
@@ -101,7 +97,7 @@ class TensorInfo:
     lr_mult: float
     wd_mult: float
     aliases: tuple[str, ...] = ()  # other canonical names of the same tensor (tied weights)
-    layer_kind: str = "other"  # the owning layer's kind (tunespec.layer_kinds.KINDS)
+    layer_kind: str = "other"  # the owning layer's kind (tunespec.recipe.selectors.KINDS)
 
     @property
     def ndim(self) -> int | None:
@@ -147,7 +143,7 @@ class Listing:
     layers: Sequence[int]  # row -> index into layer_types / layer_norms
     layer_types: list[str]
     layer_norms: list[bool]
-    layer_kinds: list[str]  # per layer, one of tunespec.layer_kinds.KINDS
+    layer_kinds: list[str]  # per layer, one of tunespec.recipe.selectors.KINDS
     is_state: Sequence[int]  # 0/1 (numeric columns are arrays: see ListingBuilder)
     trainable: Sequence[int]  # 0/1
     lr_mults: Sequence[float]
@@ -196,7 +192,7 @@ class ListingBuilder:
     """Collects what a backend finds while walking a model, straight into a listing's columns.
 
     The backend announces each layer with ``layer(path, layer_type, is_norm, wrappers, kind)``
-    (``kind``: one of :data:`tunespec.layer_kinds.KINDS`), then
+    (``kind``: one of :data:`tunespec.recipe.selectors.KINDS`), then
     adds its tensors with ``add(handle, leaf, native, shape, is_state, trainable, lr_mult,
     wd_mult)``; a tensor met again (tied weights, shared Gluon parameters) becomes an alias.
     Both are closures over the columns, not methods: ``add`` runs once per tensor, 100,000 times
@@ -205,8 +201,8 @@ class ListingBuilder:
     element of the listing's lists: a tenth of a plan's time).
     """
 
-    def __init__(self, leaf_spellings: Mapping[str, str] | None = None) -> None:
-        norm_leaf = norm_speller(leaf_spellings)  # the backend's facts; None: all registered
+    def __init__(self, leaf_spellings: Mapping[str, str]) -> None:
+        norm_leaf = norm_speller(leaf_spellings)  # the backend's facts
         handles: list[Any] = []
         names: list[str] = []
         natives: list[str] = []

@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib
 import threading
 from typing import Any
+from importlib.metadata import entry_points
+import warnings
 
-from .backend_api import Backend, FrameworkFacts
-from .errors import MissingFrameworkError, SpecError
-from .validate import excerpt
+from tunespec.backend_api import Backend, FrameworkFacts
+from tunespec.errors import MissingFrameworkError, SpecError
+from tunespec.recipe.validate import excerpt
 
 ENTRY_POINT_GROUP = "tunespec.backends"
 
@@ -101,14 +103,10 @@ def _scan_entry_points() -> None:
         return
     _scanned = True
     _version += 1
-    from importlib.metadata import entry_points
-
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             facts: Any = ep.load()
         except Exception as exc:  # a broken third-party package must not break tunespec
-            import warnings
-
             warnings.warn(f"tunespec: entry point {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=3)
             continue
         if isinstance(facts, FrameworkFacts) and facts.name not in _facts:

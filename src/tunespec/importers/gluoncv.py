@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec.recipe import validate as V
+from tunespec.errors import SpecError
 
 NO_WD_PATTERN = ".*beta|.*gamma|.*bias"  # GluonCV's train scripts, --no-wd
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import re
 from typing import Any, Mapping
+import difflib
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec.recipe import validate as V
+from tunespec.errors import SpecError
+from tunespec.recipe.recipe import load_recipe
+from tunespec.recipe.read import read_recipe
 
 KEYS = ("custom_keys", "bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult",
         "flat_decay_mult", "bypass_duplicate", "dcn_offset_lr_mult")
@@ -74,8 +77,6 @@ def from_mmengine(paramwise_cfg: Mapping[str, Any] | None, base_lr: float | None
         recipe["groups"] = groups
     if section is not None:
         recipe["optimizer"] = section
-    from ..recipe import load_recipe
-
     load_recipe(recipe)  # the recipe is valid as written (a bug here must not reach a model)
     return recipe
 
@@ -178,8 +179,6 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     config = V.mapping(config, "config", "{optim_wrapper: {optimizer: {...}, paramwise_cfg: {...}}}")
     if "optim_wrapper" not in config:
-        import difflib
-
         close = difflib.get_close_matches("optim_wrapper", [str(k) for k in config], n=1, cutoff=0.7)
         hint = f"; is {close[0]!r} a misspelling of it?" if close else ""
         raise SpecError(f"config: no optim_wrapper (the MMEngine section with optimizer and "
@@ -203,8 +202,6 @@ def from_mmengine_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def read_config(path: str, allow_exec: bool = False) -> Mapping[str, Any]:
     """An MMEngine config file as data: .json/.yaml/.yml are read as untrusted data; a .py config
     is Python that runs when read, so only with ``allow_exec`` and through mmengine's Config."""
-    from ..spec import read_recipe
-
     if not str(path).endswith(".py"):
         return read_recipe(path)
     if not allow_exec:

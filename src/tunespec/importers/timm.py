@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from typing import Any, Collection
+import fnmatch
 
-from .. import validate as V
-from ..errors import SpecError
+from tunespec.recipe import validate as V
+from tunespec.errors import SpecError
+from tunespec.dispatch import backend_for
+from tunespec.planning.make import plan
 
 _GLOB = re.compile(r"\*|\?|\[!?\]?[^\]]*\]")
 
@@ -43,8 +46,6 @@ def glob_regex(pattern: str) -> str:
 
 def _model_names(model: Any) -> list[tuple[str, str, int | None]]:
     """(canonical, native, ndim) of each parameter, read through the model's backend."""
-    from ..dispatch import backend_for
-
     listing = backend_for(model).listing(model)
     return [(t.canonical, t.native, t.ndim) for t in listing.params]
 
@@ -52,8 +53,6 @@ def _model_names(model: Any) -> list[tuple[str, str, int | None]]:
 def _no_decay_rules(patterns: list[str], names: list[tuple[str, str, int | None]] | None) -> list[str]:
     """Regexes for timm's no-weight-decay patterns; with a model, only those that match, and the
     exact canonical names where a model wrapper makes them differ from the native ones."""
-    import fnmatch
-
     out: list[str] = []
     for pattern in patterns:
         regex = glob_regex(pattern)
@@ -109,8 +108,6 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
         recipe["wd_mult"] = rules
     recipe["optimizer"] = {"weight_decay": wd}
     if model is not None:
-        from ..api import plan
-
         plan(model, recipe)  # a model no card orders, a rule matching nothing: fail here, not later
     return recipe
 
