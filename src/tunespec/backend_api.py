@@ -8,10 +8,15 @@ three things, all declared here:
   the other frameworks lack, how it spells norm leaves, its optimizer semantics and zoos);
 - the required :class:`Backend` protocol: listing, trainability and multipliers, norm statistics,
   commit, tensor read/write, optimizer handles, building optimizers from the core's groups,
-  attaching an lr schedule, and rolling those back;
-- optional capabilities, each its own protocol (checkpoint files, restaging an
-  optimizer after a stage change, distributed wrappers, graph tracing for cached prefixes, a model
-  zoo for the CLI, parameter servers). :func:`require` turns a missing one into one clear error.
+  attaching an lr schedule, and exporting / importing an optimizer as plain data
+  (:class:`OptimizerExport`: what run checkpoints store and rollbacks put back);
+- optional capabilities, each its own protocol (checkpoint files, restaging an optimizer after a
+  stage change, distributed wrappers, graph tracing for cached prefixes, a model zoo for the CLI,
+  parameter servers, sharding: its :class:`ProcessGroup` hook is all sharded run checkpoints
+  need). :func:`require` turns a missing one into one clear error.
+
+Run checkpoints are the core's (``tunespec.lifecycle.run_files``): no backend lays out, digests or
+checks them.
 
 Backends import only this module and ``tunespec.errors`` from the core; a third-party backend
 joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-point group.
