@@ -226,7 +226,12 @@ class MXNetOptimizers:
                 "counts": {k: dict(v) for k, v in o._all_index_update_counts.items()},
                 "lr_mult": dict(o.lr_mult), "wd_mult": dict(o.wd_mult)}
         state[""] = common
-        return OptimizerExport(type(o).__name__, _optimizer_settings(o), hyper, state)
+        settings = _optimizer_settings(o)
+        rules = next((name for name, table in GLUON_OPTIMIZERS.items() if type(o).__name__.lower() in table.values()),
+                     None)
+        if rules is not None:
+            settings["semantics"] = rules  # whose update rules these are (named in a refusal)
+        return OptimizerExport(type(o).__name__, settings, hyper, state)
 
     def import_optimizer(self, trainer: gluon.Trainer, lr_scheduler: Any, exported: OptimizerExport,
                          handles: Mapping[str, Any]) -> None:

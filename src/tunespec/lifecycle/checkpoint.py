@@ -245,8 +245,11 @@ def check_optimizer(saved: OptimizerExport, live: OptimizerExport, shapes: Mappi
     parameters in the same order, the same settings (but for what follows the lr schedule), and
     every saved state array the shape of its parameter."""
     if saved.kind != live.kind:
+        rules = saved.settings.get("semantics")
+        hint = f" with semantics={rules!r} (the run used those update rules)" if isinstance(rules, str) else ""
         raise SpecError(f"{where}: the run used optimizer {excerpt(saved.kind)}, this one is "
-                        f"{excerpt(live.kind)}; build it from the run's recipe (pass the run's StageRunner)")
+                        f"{excerpt(live.kind)}; build it from the run's recipe (pass the run's StageRunner)"
+                        f"{hint}")
     skip = saved.volatile | live.volatile
     for key in [k for k in saved.settings if k not in skip] + [k for k in live.settings
                                                                  if k not in saved.settings and k not in skip]:
