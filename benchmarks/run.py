@@ -20,6 +20,7 @@ The figures come in families, one module each (``common.py`` says what a family 
 - gluon_optimizer.py: the default Gluon optimizers (torch's rules, fused) against MXNet's native
   fused update, per optimizer (SGD with momentum, Adam, AdamW);
 - lrs.py: one lr-function step at step 10^6 against step 10; lr-plot at its 10^6-step cap.
+- checkpoints.py: save_checkpoint and resume against raw safetensors, and their growth in tensors.
 
 Each framework runs in its own fresh process (MXNet's oneDNN dislikes many nets in one process),
 with one compute thread by default (--threads). torch uses CUDA when available; PyPI's MXNet
@@ -38,6 +39,7 @@ import time
 import warnings
 
 import cached_prefix
+import checkpoints
 import detector
 import fsdp
 import gluon_optimizer
@@ -50,7 +52,7 @@ import steps
 from common import BATCH, LARGE, SIZE, Context, fmt, per_framework
 
 FAMILIES = [imports, planning, layer_decay, steps, cached_prefix, memory, detector, fsdp,
-            gluon_optimizer, lrs]  # the table's order
+            gluon_optimizer, lrs, checkpoints]  # the table's order
 BY_NAME = {family.FAMILY: family for family in FAMILIES}
 
 

@@ -38,7 +38,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tunespec.lifecycle.checkpoint import _check_runner_state, _restore_runner_state, recipe_dict
 from tunespec.backend_api import first_line
 from tunespec.errors import SpecError
-from tunespec.lifecycle.checkpoint import _check_schedule_state, _restore_schedule_state, recipe_dict
 from tunespec.lifecycle.stages import StageRunner
 from tunespec.recipe.files import regular_file
 from tunespec.recipe.recipe import Recipe
@@ -262,8 +261,8 @@ class StageCallback(pl.Callback):
         with self._whole_tensors(trainer):
             for _ in range(index):
                 self.runner.advance(model, self._optimizer)
-            _restore_runner_state(self.runner, state, {
-                "best": None if best is None else {k: v.clone().numpy() for k, v in best.items()}})
+            _restore_runner_state(self.runner, state,
+                                  None if best is None else {k: v.clone().numpy() for k, v in best.items()})
         self._replayed = True
         after = self._trainable(model)
         if after != before:

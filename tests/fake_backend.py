@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 import tunespec
-from tunespec.backend_api import FrameworkFacts, GraphNode, Listing, ListingBuilder, LRGroup, LRState, LRTable
+from tunespec.backend_api import (FrameworkFacts, GraphNode, Listing, ListingBuilder, LRGroup, LRState, LRTable,
+                                  OptimizerExport)
 from tunespec.planning.plan import Plan
 from tunespec.recipe.spec import Spec
 
@@ -76,11 +79,15 @@ def small_net() -> FakeLayer:
 
 @dataclass(frozen=True)
 class FakeArray:
-    """A tensor's values as the fake framework hands them out: one number, broadcast over a shape."""
+    """A tensor's values as the fake framework hands them out: one number, broadcast over a shape
+    (numpy sees it as that array: run checkpoints store it)."""
 
     shape: tuple[int, ...]
     value: float
-    dtype: None = None
+    dtype: Any = np.dtype("float64")
+
+    def __array__(self, dtype: Any = None) -> np.ndarray:
+        return np.full(self.shape, self.value, dtype=dtype or self.dtype)
 
 
 class FakeOptimizer(list):
@@ -91,6 +98,7 @@ class FakeOptimizer(list):
         self.name, self.defaults = name, defaults
         self.factor: Callable[[int], float] | None = None
         self.steps = 0
+        self.state: dict[Any, dict[str, np.ndarray]] = {}  # per parameter, as a real optimizer keeps it
 
     def lrs(self) -> list[float]:
         """Each group's lr at the current step, as the framework would use it."""
@@ -168,7 +176,12 @@ class FakeBackend:
         return FakeArray(tuple(t.shape), t.value)
 
     def write(self, t: FakeTensor, array: Any) -> None:
-        value = float(array.value if isinstance(array, FakeArray) else array)
+        if isinstance(array, FakeArray):
+            value = array.value
+        elif isinstance(array, np.ndarray):  # one number broadcast: any element is it
+            value = float(array.reshape(-1)[0]) if array.size else 0.0
+        else:
+            value = float(array)
         if self.fail_on == "write" and t.shape == (-1,):
             raise RuntimeError("write boom")
         t.value = value
@@ -210,6 +223,35 @@ class FakeBackend:
                                g["lr"] if optimizer.factor else None) for g in optimizer)
         return LRState(optimizer.defaults["lr"], optimizer.defaults.get("weight_decay"), optimizer.steps,
                        None, groups)
+
+    # --- export / import -------------------------------------------------------------------
+    def export_optimizer(self, optimizer: FakeOptimizer, lr_scheduler: Any, names: Mapping[Any, str],
+                         host: bool = True) -> OptimizerExport:
+        hyper, state = {}, {}
+        for i, group in enumerate(optimizer):
+            settings = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+            for j, p in enumerate(group["params"]):
+                hyper[names[p]] = dict(settings, group=i)
+                if "param_names" in group:
+                    hyper[names[p]]["param_name"] = group["param_names"][j]
+                if p in optimizer.state:
+                    state[names[p]] = {k: v.copy() if host else v for k, v in optimizer.state[p].items()}
+        state[""] = {"steps": optimizer.steps, "defaults": dict(optimizer.defaults)}
+        return OptimizerExport(str(optimizer.name), {}, hyper, state, frozenset({"lr", "param_name"}))
+
+    def import_optimizer(self, optimizer: FakeOptimizer, lr_scheduler: Any, exported: OptimizerExport,
+                         handles: Mapping[str, Any]) -> None:
+        groups: dict[int, dict] = {}
+        for name, h in exported.hyper.items():
+            group = groups.setdefault(h["group"], dict({k: v for k, v in h.items() if k not in ("group", "param_name")},
+                                                       params=[]))
+            group["params"].append(handles[name])
+            if "param_name" in h:
+                group.setdefault("param_names", []).append(h["param_name"])
+        optimizer[:] = [groups[i] for i in sorted(groups)]
+        optimizer.state = {handles[n]: dict(s) for n, s in exported.state.items() if n}
+        optimizer.steps = exported.state[""]["steps"]
+
 
     def install_lrs(self, optimizer: FakeOptimizer, table: LRTable, lr_scheduler: Any = None) -> Any:
         """Installs what the core computed; the fake's group lr is the initial lr (lrs() scales it)."""

@@ -1,5 +1,5 @@
 """One rank of a 2-process gloo FSDP2 run: plan-aware sharding, a stage that unfreezes layer4,
-a sharded checkpoint (DCP) mid-stage and a resume from it in a fresh model.
+a sharded checkpoint (one file per rank) mid-stage and a resume from it in a fresh model.
 
 Run by tests/test_fsdp.py as ``python fsdp_worker.py OUT_DIR`` with RANK, WORLD_SIZE,
 MASTER_ADDR and MASTER_PORT set; writes rank<N>.npz (weights, checks) and rank<N>.json.
@@ -132,11 +132,11 @@ def main() -> None:
     log["write_restored"] = bool(np.array_equal(w.to_local().detach().numpy(),
                                                 local["layer2.0.conv1.weight"]))
 
-    # A damaged shard is refused before anything changes; DCP's pickled .metadata is never read.
+    # A damaged shard is refused before anything changes, on every rank; nothing read is a pickle.
     if rank == 0:
-        (ckpt / ".metadata").unlink()
+        assert not [p for p in ckpt.iterdir() if p.suffix not in (".safetensors", ".json")]
         shutil.copytree(ckpt, out / "damaged")
-        data = next((out / "damaged").glob("*.distcp"))
+        data = next((out / "damaged").glob("rank*.safetensors"))
         raw = bytearray(data.read_bytes())
         raw[len(raw) // 2] ^= 1
         data.write_bytes(bytes(raw))

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tunespec
@@ -27,7 +28,8 @@ def test_the_fake_backend_is_registered_and_implements_the_whole_required_protoc
     assert registry.registered()["fake"] is FACTS
     assert isinstance(BACKEND, Backend)
     required = [k for k, v in vars(Backend).items() if callable(v) and not k.startswith("_")]
-    assert len(required) == 19 and all(callable(getattr(BACKEND, k)) for k in required)
+    assert {"export_optimizer", "import_optimizer", "lr_state", "install_lrs"} <= set(required)
+    assert len(required) == 21 and all(callable(getattr(BACKEND, k)) for k in required)
     for capability in (CheckpointFiles, GraphTracing):
         assert require(BACKEND, capability, "test") is BACKEND
 
@@ -153,3 +155,60 @@ def test_a_broken_entry_point_warns_and_the_other_backends_stay(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.split() == ["False", "True", "True"], out.stdout + out.stderr
+
+
+# --- run checkpoints: the core writes and reads them; the fake only exports and imports ------------
+
+STAGED = {**UNFREEZE, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+          "schedule": {"type": "cosine", "total_steps": 12},
+          "stages": {"then": [{"at_epoch": 1, "freeze": [], "train": [".*"], "lr_factor": 0.5,
+                               "ramp": {"start": 0.1, "growth": 2.0}}]}}
+
+
+def _train(net, opt, runner, epochs):
+    """A fake epoch: every trainable tensor moves, the optimizer keeps a momentum per tensor."""
+    for epoch in epochs:
+        for g in opt:
+            for p in g["params"]:
+                p.value += 0.25 * g["lr"]
+                opt.state.setdefault(p, {"momentum": np.zeros(p.shape)})["momentum"] += g["lr"]
+        opt.steps += 2
+        net, opt = runner.step(epoch, net, opt, metric=float(epoch))
+    return net, opt
+
+
+def _everything(net, opt, runner):
+    names = {t.handle: t.canonical for t in BACKEND.listing(net).tensors}
+    return ({t.canonical: (t.handle.value, t.handle.trainable, t.handle.lr_mult) for t in BACKEND.listing(net).tensors},
+            [({k: v for k, v in g.items() if k != "params"}, [names[p] for p in g["params"]]) for g in opt],
+            {names[p]: {k: v.tolist() for k, v in s.items()} for p, s in opt.state.items()},
+            opt.steps, opt.lrs(), runner.state_dict())
+
+
+def test_the_fake_backend_saves_mid_stage_and_resumes_bit_identically(tmp_path):
+    """The fake implements the required protocol (optimizer export/import included) and nothing
+    else for run checkpoints: save_checkpoint, resume and the StageRunner come from the core."""
+    runner = tunespec.StageRunner(STAGED, steps_per_epoch=2)
+    net, opt = runner.start(small_net())
+    net, opt = _train(net, opt, runner, [0, 1])  # into stage 1, its ramp under way
+    path = tmp_path / "run.ckpt"
+    tunespec.save_checkpoint(path, net, opt, runner, epoch=1, extra={"batch": 7})
+    assert runner.index == 1 and opt.state
+    expected = _everything(*_train(net, opt, runner, [2, 3]), runner)
+
+    resumed = tunespec.StageRunner(STAGED, steps_per_epoch=2)
+    net2, opt2, meta = tunespec.resume(path, small_net(), resumed)
+    assert meta == {"epoch": 1, "extra": {"batch": 7}} and resumed.index == 1
+    assert _everything(*_train(net2, opt2, resumed, [2, 3]), resumed) == expected
+
+
+def test_a_backend_without_optimizer_export_is_one_clear_error(tmp_path, monkeypatch):
+    net = small_net()
+    opt = tunespec.optimizer(net, UNFREEZE, "sgd", lr=0.1)
+    monkeypatch.delattr(type(BACKEND), "export_optimizer")  # a backend written before the protocol had it
+    with pytest.raises(SpecError, match="save_checkpoint: the 'fake' backend lacks the Backend capability "
+                                        r"\(export_optimizer\)"):
+        tunespec.save_checkpoint(tmp_path / "run.ckpt", net, opt)
+    with pytest.raises(SpecError, match="resume: the 'fake' backend lacks the Backend capability"):
+        tunespec.resume(tmp_path / "run.ckpt", net, optimizer=opt)
+    assert not (tmp_path / "run.ckpt").exists()

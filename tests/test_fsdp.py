@@ -1,5 +1,5 @@
 """Plan-aware sharding: the core's choice of units (fake backend, no framework) and PyTorch FSDP2
-on two gloo CPU processes (tests/fsdp_worker.py): names, verify, a stage change, DCP resume."""
+on two gloo CPU processes (tests/fsdp_worker.py): names, verify, a stage change, sharded resume."""
 
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tunespec
+import tunespec.lifecycle.checkpoint
+import tunespec.lifecycle.run_files
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from snapshot import assert_unchanged, state_of
 from tunespec import SpecError
@@ -293,13 +295,25 @@ def test_resume_refuses_another_architecture_before_changing_anything(h, tmp_pat
     refused_resume(h, path, "differ from the saved|architecture the run used", model=other)
 
 
+def failing_once(call, message):
+    """``call``, except that its first use raises: the import of the saved state fails, the
+    rollback (the same call, given what the optimizer held before) then works."""
+    calls = []
+
+    def wrapped(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise SpecError(message)
+        return call(*args)
+
+    return wrapped
+
+
 def test_resume_rolls_back_when_the_last_step_fails(h, tmp_path, monkeypatch):
     path, _ = saved_run(h, tmp_path)
 
-    def fail(*args):
-        raise SpecError("injected failure after the schedule started")
-
-    monkeypatch.setattr(type(h.backend), "load_run_state", fail)
+    monkeypatch.setattr(type(h.backend), "import_optimizer",
+                        failing_once(type(h.backend).import_optimizer, "injected failure after the schedule started"))
     refused_resume(h, path, "injected failure")
 
 
@@ -356,7 +370,7 @@ def test_a_full_disk_or_read_only_directory_keeps_the_previous_checkpoint(h, tmp
     path = tmp_path / "run.ckpt"
     tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     good = path.read_bytes()
-    module = sys.modules[type(h.backend).save_run.__module__]  # the module that writes run files
+    module = tunespec.lifecycle.run_files  # the module that writes run files
     if failure == "disk_full":
         def full(target, *args):
             with open(target, "wb") as f:
@@ -534,6 +548,11 @@ def _recrafted(good: Path, tmp_path: Path, edit) -> Path:
     return path
 
 
+def _entry(tree, key):
+    """The value under ``key`` of a mapping as run files encode it ({"d": [[key, value], ...]})."""
+    return next(v for k, v in tree["d"] if k == key)
+
+
 def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(h, tmp_path):
     good, _ = saved_run(h, tmp_path)
 
@@ -568,7 +587,8 @@ def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(
     if h.name == "torch":
         def scheduler_attributes(tensors, meta):
             state = json.loads(meta["tunespec.state"])
-            state["lr_scheduler"]["d"].append(["optimizer", None])  # would overwrite the attribute
+            common = _entry(state["optimizer"]["state"], "")  # the optimizer-level state
+            _entry(common, "lr_scheduler")["d"].append(["optimizer", None])  # would overwrite the attribute
             meta["tunespec.state"] = json.dumps(state)
 
         refused_resume(h, _recrafted(good, tmp_path, scheduler_attributes), "lr-scheduler state")
@@ -576,9 +596,10 @@ def test_crafted_optimizer_state_with_a_valid_digest_is_refused_and_rolled_back(
         for scale in (-0.01, 0.0, "0.01", None):
             def odd_lr_scale(tensors, meta, scale=scale):
                 state = json.loads(meta["tunespec.state"])
-                entries = state["states"]["d"]
-                assert isinstance(entries[0][1], list) and len(entries[0][1]) == 2
-                entries[0][1][1] = scale
+                first = next(v for k, v in state["optimizer"]["state"]["d"] if k)  # a parameter's state
+                value = _entry(first, "value")
+                assert isinstance(value, list) and len(value) == 2
+                value[1] = scale
                 meta["tunespec.state"] = json.dumps(state)
 
             refused_resume(h, _recrafted(good, tmp_path, odd_lr_scale), "not a complete tunespec run checkpoint")
@@ -604,10 +625,8 @@ def test_resume_into_a_users_optimizer_puts_it_back_on_failure(h, tmp_path, monk
     schedule = tunespec.StageRunner(RECIPE)
     before = state_of(net, opt, schedule)
 
-    def fail(*args):
-        raise SpecError("injected failure after the stage change")
-
-    monkeypatch.setattr(type(h.backend), "load_run_state", fail)
+    monkeypatch.setattr(type(h.backend), "import_optimizer",
+                        failing_once(type(h.backend).import_optimizer, "injected failure after the stage change"))
     with pytest.raises(SpecError, match="injected failure"):
         tunespec.resume(path, net, schedule, optimizer=opt)
     assert_unchanged(before, state_of(net, opt, schedule))

@@ -139,6 +139,7 @@ LAYERS = (
 # (``import tunespec`` itself imports nothing: its public names are lazy module attributes).
 FUNCTION_IMPORTS_ALLOWED = {
     ("tunespec.lifecycle.init", "numpy"),  # draws init values; numpy is no dependency of the core
+    ("tunespec.lifecycle.run_files", "numpy"),  # run checkpoints' arrays; likewise, on first save/resume
     ("tunespec.cli", "matplotlib"),        # `tunespec lr --plot` only; an optional dependency
     ("tunespec.cli", "matplotlib.pyplot"),
     ("tunespec.importers.mmengine", "mmengine.config"),  # exec'ing a config needs MMEngine, a peer

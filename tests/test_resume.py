@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 import tunespec
+import tunespec.lifecycle.checkpoint
+import tunespec.lifecycle.run_files
 from frameworks import HARNESSES, batches, needs, np  # np: None without a framework, whose tests skip
 from tunespec import SpecError
 
@@ -69,12 +71,12 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(h, tmp_path, monkeypatc
     good = path.read_bytes()
     net, opt = epoch(h, net, opt, schedule, 1)
 
-    def crash(backend, tmp, *args):
+    def crash(tmp, *args):
         with open(tmp, "wb") as f:
             f.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(type(h.backend), "save_run", crash)
+    monkeypatch.setattr(tunespec.lifecycle.checkpoint, "write_run_file", crash)  # the one writer of run files
     with pytest.raises(KeyboardInterrupt):
         tunespec.save_checkpoint(path, net, opt, schedule, epoch=1)
     monkeypatch.undo()

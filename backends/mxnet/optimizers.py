@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
-from tunespec.backend_api import LRState, LRTable
+from tunespec.backend_api import LRState, LRTable, OptimizerExport, excerpt
 from tunespec.errors import SpecError
 
 from . import fused_rules, update_rules  # noqa: F401  (register tunespec's optimizers with MXNet)
@@ -195,30 +197,194 @@ class MXNetOptimizers:
         _prepare_trainer(trainer)
         return lr_scheduler
 
-    def optimizer_backup(self, trainer: gluon.Trainer) -> Any:
-        """What a failed resume puts back: the Trainer's parameter table and the optimizer state."""
+    # --- export / import: run checkpoints and rollbacks -------------------------------------
+    def export_optimizer(self, trainer: gluon.Trainer, lr_scheduler: Any, names: Mapping[Any, str],
+                         host: bool = True) -> OptimizerExport:
+        """Per parameter (Trainer index order): its multipliers, updater state and update counts;
+        the optimizer's counters and its lr scheduler's scalars as the optimizer-level state.
+        ``host=False`` also keeps, by reference, what only a rollback needs (every updater's
+        tables, the optimizer's attributes)."""
+        if host and trainer._update_on_kvstore:
+            raise SpecError("save_checkpoint: this Trainer keeps its optimizer state on the kvstore "
+                            "(update_on_kvstore=True); build it with update_on_kvstore=False to checkpoint it")
+        if host:
+            mx.nd.waitall()  # see MXNetExecute.tensor_bytes
+        convert = _to_host if host else _as_is
         o = trainer._optimizer
-        return {"params": list(trainer._params), "param2idx": dict(trainer._param2idx),
-                "param_dict": dict(o.param_dict), "to_init": list(trainer._params_to_init),
-                "contexts": trainer._contexts,
+        states = trainer._updaters[0].states
+        hyper: dict[str, Any] = {}
+        state: dict[str, Any] = {}
+        for i, p in enumerate(trainer._params):
+            name = names[p]
+            hyper[name] = {"lr_mult": o.lr_mult.get(i, p.lr_mult), "wd_mult": o.wd_mult.get(i, p.wd_mult)}
+            own: dict[str, Any] = {}
+            if i in states:
+                own["value"] = convert(states[i])
+            counts = [[k, v[i]] for k, v in o._all_index_update_counts.items() if i in v]
+            if counts:
+                own["counts"] = counts
+            if own:
+                state[name] = own
+        current = next((k for k, v in o._all_index_update_counts.items() if v is o._index_update_count), None)
+        common: dict[str, Any] = {"current": current, "num_update": o.num_update,
+                                  "begin_num_update": o.begin_num_update, "rescale_grad": o.rescale_grad,
+                                  "lr_scheduler": _scheduler_scalars(o.lr_scheduler)}
+        if not host:
+            common["rollback"] = {
+                "to_init": list(trainer._params_to_init), "contexts": trainer._contexts,
                 "updaters": [(u.states, u.states_synced) for u in trainer._updaters],
-                "optimizer": {k: v for k, v in vars(o).items() if k not in ("param_dict",)},
+                "optimizer": {k: v for k, v in vars(o).items() if k != "param_dict"},
                 "counts": {k: dict(v) for k, v in o._all_index_update_counts.items()},
                 "lr_mult": dict(o.lr_mult), "wd_mult": dict(o.wd_mult)}
+        state[""] = common
+        settings = _optimizer_settings(o)
+        rules = next((name for name, table in GLUON_OPTIMIZERS.items() if type(o).__name__.lower() in table.values()),
+                     None)
+        if rules is not None:
+            settings["semantics"] = rules  # whose update rules these are (named in a refusal)
+        return OptimizerExport(type(o).__name__, settings, hyper, state)
 
-    def optimizer_restore(self, trainer: gluon.Trainer, backup: Any) -> None:
+    def import_optimizer(self, trainer: gluon.Trainer, lr_scheduler: Any, exported: OptimizerExport,
+                         handles: Mapping[str, Any]) -> None:
+        """The Trainer's parameter table in the export's order, the updater state on every
+        context, the update counts and counters; a malformed state is a SpecError."""
         o = trainer._optimizer
-        trainer._params[:] = backup["params"]
-        trainer._param2idx.clear()
-        trainer._param2idx.update(backup["param2idx"])
-        o.param_dict = backup["param_dict"]
-        trainer._params_to_init[:] = backup["to_init"]
-        trainer._contexts = backup["contexts"]
-        for u, (states, synced) in zip(trainer._updaters, backup["updaters"], strict=True):
-            u.states, u.states_synced = states, synced
-        vars(o).update(backup["optimizer"])
-        for k, v in backup["counts"].items():
-            o._all_index_update_counts[k].clear()
-            o._all_index_update_counts[k].update(v)
-        o.lr_mult, o.wd_mult = backup["lr_mult"], backup["wd_mult"]
+        params = [handles[n] for n in exported.hyper]
+        common = exported.state.get("", {})
+        rollback = common.get("rollback") if isinstance(common, Mapping) else None
+        if rollback is None:
+            try:
+                values, counts, counters = _checked_state(exported, common, len(params))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise SpecError(f"resume: the checkpoint is not a complete tunespec run checkpoint "
+                                f"({excerpt(str(exc))})") from None
+        if [id(p) for p in trainer._params] != [id(p) for p in params]:
+            trainer._params[:] = params
+            trainer._param2idx.clear()
+            trainer._param2idx.update({p.name: i for i, p in enumerate(params)})
+            o.param_dict.clear()
+            o.param_dict.update(dict(enumerate(params)))
+        if rollback is not None:
+            trainer._params_to_init[:] = rollback["to_init"]
+            trainer._contexts = rollback["contexts"]
+            for u, (states, synced) in zip(trainer._updaters, rollback["updaters"], strict=True):
+                u.states, u.states_synced = states, synced
+            vars(o).update(rollback["optimizer"])
+            for k, v in rollback["counts"].items():
+                o._all_index_update_counts.setdefault(k, {}).clear()
+                o._all_index_update_counts[k].update(v)
+            o.lr_mult, o.wd_mult = rollback["lr_mult"], rollback["wd_mult"]
+            return
+        for updater, ctx in zip(trainer._updaters, trainer._contexts, strict=True):
+            updater.states = {i: _to_context(v, ctx) for i, v in values.items()}
+            updater.states_synced = dict.fromkeys(updater.states, False)  # as Updater.set_states
+        o._all_index_update_counts = counts
+        current = common["current"]
+        o._index_update_count = o._all_index_update_counts.setdefault(current if current is not None else 0, {})
+        o.num_update, o.begin_num_update, o.rescale_grad = counters
+        if o.lr_scheduler is not None and common["lr_scheduler"]:
+            for key, value in common["lr_scheduler"].items():
+                if key in vars(o.lr_scheduler) and _is_scalar(value):
+                    setattr(o.lr_scheduler, key, value)
 
+
+# Optimizer attributes that change while training: restored from the checkpoint, never compared.
+_OPTIMIZER_STATE = ("num_update", "begin_num_update", "rescale_grad")
+# Settings that change speed, never results: not compared on resume (aggregate_num: how many
+# parameters one multi-tensor update takes, from MXNET_OPTIMIZER_AGGREGATION_SIZE).
+_SPEED_ONLY = ("aggregate_num",)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _optimizer_settings(o: mx.optimizer.Optimizer) -> dict[str, Any]:
+    """The optimizer's scalar settings (lr, wd, momentum, betas, clipping...), compared on resume."""
+    return {k: v for k, v in sorted(vars(o).items())
+            if not k.startswith("_") and k not in _OPTIMIZER_STATE + _SPEED_ONLY and _is_scalar(v)}
+
+
+def _scheduler_scalars(sched: Any) -> dict[str, Any] | None:
+    if sched is None:
+        return None
+    return {k: v for k, v in vars(sched).items() if _is_scalar(v) and not (isinstance(v, float) and v != v)}
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _to_host(value: Any) -> Any:
+    """Updater state (NDArrays, tuples of them, None, the fused SGD's [buffer, lr scale]) as numpy."""
+    if isinstance(value, mx.nd.NDArray):
+        return value.asnumpy()
+    if isinstance(value, tuple):
+        return tuple(_to_host(v) for v in value)
+    if isinstance(value, list):
+        return [_to_host(v) for v in value]
+    return value
+
+
+def _state_value(value: Any) -> None:
+    """Arrays, None, tuples of them, or the fused SGD's ``[buffer, lr scale]`` (fused_rules)."""
+    if value is None or isinstance(value, np.ndarray):
+        return
+    if isinstance(value, tuple):
+        for v in value:
+            _state_value(v)
+        return
+    if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], np.ndarray)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool)
+            and math.isfinite(value[1]) and value[1] > 0):
+        return
+    raise ValueError(f"updater state entry {excerpt(value)} is not arrays")
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is not an integer")
+    return value
+
+
+def _checked_state(exported: OptimizerExport, common: Any, n: int) -> tuple[dict, dict, tuple]:
+    """(updater states by index, update counts, counters) of a saved export, every field checked."""
+    if not isinstance(common, Mapping):
+        raise ValueError("optimizer-level state is not a mapping")
+    values: dict[int, Any] = {}
+    counts: dict[int, dict[int, int]] = {}
+    index = {name: i for i, name in enumerate(exported.hyper)}
+    for name, own in exported.state.items():
+        if name == "":
+            continue
+        if name not in index or not isinstance(own, Mapping) or not set(own) <= {"value", "counts"}:
+            raise ValueError(f"state of {excerpt(name)} malformed")
+        i = index[name]
+        if "value" in own:
+            _state_value(own["value"])
+            values[i] = own["value"]
+        for pair in own.get("counts", ()):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise ValueError("update counts malformed")
+            counts.setdefault(_integer(pair[0], "a context"), {})[i] = _integer(pair[1], "an update count")
+    if common["current"] is not None:
+        _integer(common["current"], "the current update-count context")
+    rescale = common["rescale_grad"]
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not math.isfinite(rescale):
+        raise ValueError("rescale_grad is not a number")
+    if common["lr_scheduler"] is not None and not isinstance(common["lr_scheduler"], Mapping):
+        raise ValueError("lr scheduler state malformed")
+    counters = (_integer(common["num_update"], "num_update"),
+                _integer(common["begin_num_update"], "begin_num_update"), float(rescale))
+    return values, counts, counters
+
+
+def _to_context(value: Any, ctx: Any) -> Any:
+    """A saved updater state (arrays, tuples of them, None) as NDArrays on ``ctx``."""
+    if isinstance(value, np.ndarray):
+        return mx.nd.array(value, ctx=ctx, dtype=value.dtype)
+    if isinstance(value, tuple):
+        return tuple(_to_context(v, ctx) for v in value)
+    if isinstance(value, list):  # fused SGD: [buffer, lr scale]
+        return [_to_context(value[0], ctx), float(value[1])]
+    return value

@@ -91,20 +91,27 @@ class TorchExecute:
         size = t.numel() * t.element_size()
         return ctypes.string_at(t.data_ptr(), size) if size else b""
 
-    def read(self, handle: torch.Tensor) -> Any:
+    def read(self, handle: torch.Tensor, local: bool = False) -> Any:
         """The whole tensor; a sharded one is gathered (a collective: every rank reads the same
         tensors in the same order, as the core does), since best weights and rollbacks need the
-        values with the tensor's shape."""
+        values with the tensor's shape. ``local``: this rank's part only (no communication).
+        bfloat16 comes as float32 (numpy has none; the values are the same)."""
         t = handle.detach()
-        if _is_dtensor(t):
+        if local:
+            t = _local(t)
+        elif _is_dtensor(t):
             t = t.full_tensor()
-        return t.cpu().clone().numpy()
+        t = t.cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t.clone()).numpy()
 
-    def write(self, handle: torch.Tensor, array: Any) -> None:
-        """A whole array; a sharded tensor keeps this rank's slice of it (no communication)."""
+    def write(self, handle: torch.Tensor, array: Any, local: bool = False) -> None:
+        """A whole array; a sharded tensor keeps this rank's slice of it (no communication).
+        ``local``: the array is this rank's part already."""
         with torch.no_grad():
             value = torch.as_tensor(array).to(dtype=handle.dtype)
-            if _is_dtensor(handle):
+            if local:
+                _local(handle).copy_(value)
+            elif _is_dtensor(handle):
                 from torch.distributed.tensor import distribute_tensor
 
                 value = distribute_tensor(value.to(handle.device), handle.device_mesh, handle.placements,

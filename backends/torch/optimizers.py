@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
-from tunespec.backend_api import LRGroup, LRState, LRTable
+from tunespec.backend_api import LRGroup, LRState, LRTable, OptimizerExport, excerpt
 from tunespec.errors import SpecError
 
 # optimizer -> steps taken since install_lrs gave it an lr scheduler (see lr_state)
@@ -142,17 +143,131 @@ class TorchOptimizers:
             if new.initial_lr is not None:
                 group["initial_lr"] = new.initial_lr
 
-    def optimizer_backup(self, optimizer: torch.optim.Optimizer) -> Any:
-        """What a failed resume puts back: groups (as lists) and per-parameter state."""
-        return ([dict(g, params=list(g["params"])) for g in optimizer.param_groups],
-                {p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-                 for p, s in optimizer.state.items()})
+    # --- export / import: run checkpoints and rollbacks -------------------------------------
+    def export_optimizer(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, names: Mapping[Any, str],
+                         host: bool = True) -> OptimizerExport:
+        """Each parameter's group settings (with its group's index) and state; the lr scheduler's
+        state_dict as the optimizer-level state. ``host``: tensors as numpy (this rank's part of a
+        sharded one); otherwise the tensors themselves."""
+        convert = _to_host if host else _as_is
+        hyper: dict[str, Any] = {}
+        state: dict[str, Any] = {}
+        native: dict[str, str] = {}  # the groups' own parameter names, where torch keeps them
+        for i, group in enumerate(optimizer.param_groups):
+            settings = {k: convert(v) for k, v in group.items() if k not in ("params", "param_names")}
+            settings["group"] = i  # one dict per group, shared by its parameters (stored once)
+            param_names = group.get("param_names")
+            for j, p in enumerate(group["params"]):
+                name = names[p]
+                hyper[name] = settings
+                if param_names is not None:
+                    native[name] = param_names[j]
+                own = optimizer.state.get(p)
+                if own:
+                    state[name] = {k: convert(v) for k, v in own.items()}
+        common: dict[str, Any] = {"param_names": native}
+        if lr_scheduler is not None:
+            common["lr_scheduler"] = {k: _tree(v, convert) for k, v in _scheduler_state(lr_scheduler).items()}
+        state[""] = common
+        return OptimizerExport(type(optimizer).__name__, {}, hyper, state, frozenset({"lr", "initial_lr"}))
 
-    def optimizer_restore(self, optimizer: torch.optim.Optimizer, backup: Any) -> None:
-        groups, state = backup
-        optimizer.param_groups[:] = [dict(g, params=list(g["params"])) for g in groups]
-        optimizer.state.clear()
-        optimizer.state.update(state)
+    def import_optimizer(self, optimizer: torch.optim.Optimizer, lr_scheduler: Any, exported: OptimizerExport,
+                         handles: Mapping[str, Any]) -> None:
+        """Rebuild the groups from the export, then let torch's own ``load_state_dict`` cast the
+        state as it would (dtype and device of each parameter, ``step`` where it keeps it)."""
+        groups: dict[int, dict[str, Any]] = {}
+        common = exported.state.get("", {})
+        native = (common.get("param_names") or {}) if isinstance(common, Mapping) else {}
+        if not isinstance(native, Mapping):
+            raise SpecError("resume: the saved optimizer's parameter names are not a mapping")
+        for name, h in exported.hyper.items():
+            i = h.get("group")
+            if type(i) is not int or i < 0:
+                raise SpecError(f"resume: the saved optimizer settings of {name!r} name no parameter group")
+            group = groups.get(i)
+            if group is None:
+                group = groups[i] = {k: _from_host(v, None) for k, v in h.items() if k != "group"}
+                group["params"] = []
+                if name in native:
+                    group["param_names"] = []
+            group["params"].append(handles[name])
+            if "param_names" in group:
+                group["param_names"].append(native.get(name))
+        if sorted(groups) != list(range(len(groups))):
+            raise SpecError("resume: the saved optimizer's parameter groups are not numbered 0, 1, ...")
+        sched = common.get("lr_scheduler") if isinstance(common, Mapping) else None
+        if lr_scheduler is not None and sched is not None:
+            odd = sorted(set(sched) - set(lr_scheduler.state_dict()))
+            if odd:  # load_state_dict would set them as attributes of the scheduler
+                raise SpecError(f"resume: the saved lr-scheduler state has entries this "
+                                f"{type(lr_scheduler).__name__} does not ({', '.join(map(excerpt, odd[:4]))})")
+        layout = [groups[i] for i in range(len(groups))]
+        index = {id(p): k for k, p in enumerate(p for g in layout for p in g["params"])}
+        state = {}
+        for name, own in exported.state.items():
+            if name == "":
+                continue
+            p = handles[name]
+            if not isinstance(own, Mapping) or id(p) not in index:
+                raise SpecError(f"resume: the saved optimizer state names parameter {excerpt(name)}, which "
+                                f"the optimizer does not have")
+            state[index[id(p)]] = {k: _from_host(v, p) for k, v in own.items()}
+        saved = {"state": state,
+                 "param_groups": [dict({k: v for k, v in g.items() if k != "params"},
+                                       params=[index[id(p)] for p in g["params"]]) for g in layout]}
+        optimizer.param_groups[:] = [dict(g) for g in layout]
+        try:
+            optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise SpecError(f"resume: the optimizer does not match the saved one ({excerpt(str(exc))}); "
+                            f"build it from the run's recipe (pass the run's StageRunner)") from None
+        if lr_scheduler is not None and sched is not None:
+            lr_scheduler.load_state_dict({k: _tree(v, lambda x: _from_host(x, None)) for k, v in sched.items()})
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _to_host(value: Any) -> Any:
+    """A tensor as numpy (this rank's part of a sharded one; bfloat16 as float32), else itself."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    t = value.detach()
+    t = (t.to_local() if hasattr(t, "device_mesh") else t).cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _from_host(value: Any, param: Any) -> Any:
+    """A numpy array as a tensor (a DTensor laid out like ``param`` where that is one), else itself."""
+    if not isinstance(value, np.ndarray):
+        return value
+    t = torch.from_numpy(value)
+    if param is not None and t.dim() > 0 and hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import DTensor
+
+        t = DTensor.from_local(t.to(param.device), param.device_mesh, param.placements, run_check=False,
+                               shape=param.shape, stride=param.stride())  # shards may be uneven
+    return t
+
+
+def _tree(value: Any, convert: Any) -> Any:
+    """``convert`` applied to the leaves of a scheduler state (lists copied: schedulers mutate theirs)."""
+    if isinstance(value, list):
+        return [_tree(v, convert) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_tree(v, convert) for v in value)
+    if isinstance(value, dict):
+        return {k: _tree(v, convert) for k, v in value.items()}
+    return convert(value)
+
+
+def _scheduler_state(lr_scheduler: Any) -> dict[str, Any]:
+    """An lr scheduler's state_dict; LambdaLR's per-group lambdas (functions) carry no state."""
+    state = dict(lr_scheduler.state_dict())
+    if "lr_lambdas" in state:
+        state["lr_lambdas"] = [None if not v else v for v in state["lr_lambdas"]]
+    return state
 
 
 def _optimizer_class(name: Any) -> type:

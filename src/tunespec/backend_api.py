@@ -9,9 +9,15 @@ three things, all declared here:
 - the required :class:`Backend` protocol: listing, trainability and multipliers, norm statistics,
   commit, tensor read/write, optimizer handles, building optimizers from the core's groups,
   reading where an optimizer's lrs stand and installing the lr table the core computed
-  (``lr_state``, ``install_lrs``), and rolling those back;
-- optional capabilities, each its own protocol (checkpoint files, run checkpoints, distributed
-  wrappers, graph tracing for cached prefixes, a model zoo for the CLI, parameter servers). :func:`require` turns a missing one into one clear error.
+  (``lr_state``, ``install_lrs``), and exporting / importing an optimizer as plain data
+  (:class:`OptimizerExport`: what run checkpoints store and rollbacks put back);
+- optional capabilities, each its own protocol (checkpoint files, distributed wrappers, graph
+  tracing for cached prefixes, a model zoo for the CLI, parameter servers, sharding: its
+  :class:`ProcessGroup` hook is all sharded run checkpoints need). :func:`require` turns a
+  missing one into one clear error.
+
+Run checkpoints are the core's (``tunespec.lifecycle.run_files``): no backend lays out, digests or
+checks them.
 
 Backends import only this module and ``tunespec.errors`` from the core; a third-party backend
 joins through ``tunespec.register_backend`` or the ``tunespec.backends`` entry-point group.
@@ -21,21 +27,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
-import json
 import importlib
 
 from tunespec.errors import MissingFrameworkError, SpecError
-from tunespec.recipe.files import (MAX_DIMS, decode_tree, encode_tree, read_bytes, regular_file,
-                                  writable_directory, write_checked)
+from tunespec.recipe.files import MAX_DIMS, read_bytes, regular_file
 from tunespec.listing import Listing, ListingBuilder, class_names, flat_prefix_length
 from tunespec.recipe.validate import excerpt
 
-__all__ = ["Backend", "CheckpointFiles", "class_names", "decode_tree", "DistributedWrapping",
-           "encode_tree", "excerpt", "first_line", "flat_prefix_length", "FrameworkFacts", "GraphNode",
-           "GraphTracing", "Group", "LRGroup", "LRState", "LRTable", "Listing", "ListingBuilder", "MAX_DIMS", "ModelZoo",
-           "ParameterServer", "read_bytes", "read_safetensors_file", "regular_file", "require",
-           "RUN_LAYOUT", "RunCheckpoints", "RunLayout", "Sharding", "writable_directory",
-           "write_checked"]
+__all__ = ["Backend", "CheckpointFiles", "class_names", "DistributedWrapping", "excerpt", "first_line",
+           "flat_prefix_length", "FrameworkFacts", "GraphNode", "GraphTracing", "Group", "LRGroup", "LRState", "LRTable", "Listing",
+           "ListingBuilder", "MAX_DIMS", "ModelZoo", "OptimizerExport", "ParameterServer", "ProcessGroup",
+           "read_bytes", "read_safetensors_file", "regular_file", "require", "Sharding"]
 
 
 @dataclass(frozen=True)
@@ -74,44 +76,31 @@ class FrameworkFacts:
 
 
 @dataclass(frozen=True)
-class RunLayout:
-    """How a run checkpoint file is laid out, decided by the core: every backend writes the same
-    names, so the core (``load(..., key='best')``, digests, resume) reads any backend's file."""
+class OptimizerExport:
+    """An optimizer (with its lr scheduler) as plain data: what ``export_optimizer`` gives and
+    ``import_optimizer`` takes. The core writes it into run checkpoints, compares it on resume and
+    keeps one (``host=False``: by reference) to roll a failed call back.
 
-    model: str = "model/"  # the model's tensors, by the framework's own state names
-    best: str = "best/"  # the best epoch's weights, by canonical name
-    optimizer: str = "opt/"  # optimizer state arrays, numbered
-    scheduler: str = "sched/"  # lr-scheduler state arrays, numbered
-    meta_key: str = "tunespec.run"  # metadata entry: the run's JSON description (core)
-    state_key: str = "tunespec.state"  # metadata entry: the backend's state structure (JSON)
+    Arrays are numpy arrays (``host=True``) or, in a ``host=False`` export, whatever the same
+    backend's ``import_optimizer`` takes back. Trees are JSON scalars, arrays, tuples, lists and
+    dicts with string or integer keys.
+    """
 
-    def pack(self, model: Mapping[str, Any], best: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Safetensors entries for the model and best weights (values already encoded)."""
-        return {**{self.model + k: v for k, v in model.items()},
-                **{self.best + k: v for k, v in (best or {}).items()}}
-
-    def namer(self, entries: dict[str, Any], prefix: str, encode: Any) -> Any:
-        """A function storing one array under the next free ``prefix`` number, returning its name
-        (what ``encode_tree`` puts in the JSON structure in its place)."""
-        def store(value: Any) -> str:
-            name = f"{prefix}{sum(k.startswith(prefix) for k in entries)}"
-            entries[name] = encode(value)
-            return name
-        return store
-
-    def metadata(self, meta: str, state: Any) -> dict[str, str]:
-        return {self.meta_key: meta, self.state_key: json.dumps(state)}
-
-    def unpack(self, arrays: dict[str, Any], metadata: Mapping[str, str]) -> tuple[Any, dict, dict | None]:
-        """(the backend's state structure, model tensors, best weights or None), taking the model
-        and best entries out of ``arrays``; KeyError/ValueError for a file that lacks them."""
-        state = json.loads(metadata[self.state_key])
-        model = {k: arrays.pop(self.model + k) for k in state["model"]}
-        best = None if state["best"] is None else {k: arrays.pop(self.best + k) for k in state["best"]}
-        return state, model, best
+    kind: str  # the optimizer's rule as the backend names it ('AdamW'); another kind is refused on resume
+    settings: Mapping[str, Any]  # optimizer-level hyper-parameters, compared on resume
+    hyper: Mapping[str, Mapping[str, Any]]  # canonical name -> its hyper-parameters, in the optimizer's order
+    state: Mapping[str, Any]  # canonical name -> its state tree; "" -> optimizer-level state (counters, lr scheduler)
+    volatile: frozenset[str] = frozenset()  # hyper/settings keys not compared (they follow the lr schedule)
 
 
-RUN_LAYOUT = RunLayout()
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where a sharded model's shards live: this process's rank among ``world`` and a collective
+    ``all_ok(ok)``: True when every rank passed True (every rank calls it; it is also a barrier)."""
+
+    rank: int
+    world: int
+    all_ok: Callable[[bool], bool]
 
 
 @dataclass(frozen=True)
@@ -251,6 +240,19 @@ class Backend(Protocol):
         ``table.factor``); a given one is updated (new groups: their factor, else the table's,
         else its first group's)."""
 
+    def export_optimizer(self, optimizer: Any, lr_scheduler: Any, names: Mapping[Any, str],
+                         host: bool = True) -> OptimizerExport:
+        """The optimizer and lr scheduler as an :class:`OptimizerExport`, keyed by the canonical
+        names ``names`` gives each handle. ``host``: arrays as numpy (this rank's part of sharded
+        state), for files; otherwise the framework's own objects by reference, for rollback."""
+
+    def import_optimizer(self, optimizer: Any, lr_scheduler: Any, exported: OptimizerExport,
+                         handles: Mapping[str, Any]) -> None:
+        """Make the optimizer (and lr scheduler, where given) hold exactly the parameters of
+        ``exported.hyper`` (``handles``: canonical name -> handle), in that order, with those
+        hyper-parameters, settings and state. Never writes into arrays it did not create, so an
+        earlier ``host=False`` export stays a valid rollback."""
+
     def optimizer_snapshot(self, optimizer: Any, lr_scheduler: Any) -> Any:
         """Opaque copy of what ``install_lrs`` changes (groups, state, lr scheduler)."""
 
@@ -284,30 +286,6 @@ class CheckpointFiles(Protocol):
 
 
 @runtime_checkable
-class RunCheckpoints(Protocol):
-    """Run checkpoints (``save_checkpoint`` / ``resume``): model, best weights, optimizer state."""
-
-    def save_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
-                 best: dict[str, Any] | None) -> None:
-        """Write a run checkpoint with ``write_checked``: tensors plus JSON, no pickle."""
-
-    def load_run(self, tensors: dict[str, Any], metadata: dict[str, str], path: str) -> dict[str, Any]:
-        """A checked file's tensors and metadata as the backend's run state (nothing applied yet)."""
-
-    def check_run_model(self, run: dict[str, Any], model: Any) -> None:
-        """SpecError unless the model has exactly the saved tensors (names, shapes, dtypes)."""
-
-    def check_run_optimizer(self, run: dict[str, Any], optimizer: Any, lr_scheduler: Any) -> None:
-        """SpecError unless the optimizer's settings and layout fit the saved state."""
-
-    def load_run_state(self, run: dict[str, Any], model: Any, optimizer: Any, lr_scheduler: Any) -> None:
-        """Put the checked state into model, optimizer and lr scheduler."""
-
-    def optimizer_backup(self, optimizer: Any) -> Any:
-        """What a failed resume needs to put the optimizer back as it was."""
-
-    def optimizer_restore(self, optimizer: Any, backup: Any) -> None:
-        """Put back an ``optimizer_backup``."""
 
 
 @runtime_checkable
@@ -363,15 +341,9 @@ class Sharding(Protocol):
     def shard(self, model: Any, units: Sequence[str], **options: Any) -> None:
         """Shard the modules at the canonical paths ``units`` (children first, root ``''`` last)."""
 
-    def is_sharded(self, model: Any) -> bool:
-        """Whether the model's parameters are sharded (its run checkpoints are directories)."""
-
-    def save_sharded_run(self, path: str, model: Any, optimizer: Any, lr_scheduler: Any, meta: str,
-                         best: dict[str, Any] | None) -> None:
-        """Write a run checkpoint directory (every rank calls it): shards plus a JSON sidecar."""
-
-    def read_sharded_run(self, path: str, where: str) -> tuple[str, dict[str, Any]]:
-        """(the run's JSON meta, the backend's run state) of a checked checkpoint directory."""
+    def process_group(self, model: Any) -> ProcessGroup | None:
+        """None for a model that is not sharded; otherwise where its shards live (the one hook
+        sharded run checkpoints need: the core writes and reads them)."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,12 +1,14 @@
 """Save and resume a fine-tuning run: weights, optimizer and lr-scheduler state, the current stage.
 
-A run checkpoint is one safetensors file in both frameworks: the model's tensors, the stage's best
-weights and the optimizer state as arrays, and in its metadata the JSON run description (format,
-framework, epoch, stage-runner state, the whole recipe in canonical form, the optimizer-state
+A run checkpoint is one safetensors file for every backend (layout and digest:
+:mod:`tunespec.lifecycle.run_files`): the model's tensors by canonical name, the stage's best weights and
+the optimizer's export as arrays, and in its metadata the JSON run description (format,
+framework, epoch, stage-runner state, the whole recipe in canonical form, the optimizer export's
 structure) plus a sha256 digest over all of it. Nothing in it is pickled, so reading it never
 runs code; a damaged or foreign file is refused before anything is changed. A sharded model's
-(torch FSDP2) run checkpoint is a directory instead: each rank's shards in torch's distributed
-checkpoint format plus a JSON sidecar with the same run description and a digest of every file.
+run checkpoint is a directory instead: one such file per rank plus a JSON sidecar. Backends only
+hand over arrays (``read``/``write``) and export and import their optimizers; everything else
+happens here, the same for every backend.
 
 Files are written by :func:`tunespec.recipe.files.atomic_write`, so a crash mid-save leaves the previous
 checkpoint as it was. Resuming checks the file, the recipe, the stage and the model's tensors
@@ -25,14 +27,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from tunespec.backend_api import RUN_LAYOUT, Sharding
+from tunespec.backend_api import Backend, OptimizerExport, Sharding, require
 from tunespec.dispatch import backend_for
 from tunespec.errors import SpecError, refuse_renamed
-from tunespec.recipe.files import atomic_write, excerpt, read_checked, regular_file
+from tunespec.recipe import validate
+from tunespec.recipe.files import atomic_write, excerpt
+from tunespec.lifecycle.run_files import FORMAT, Run, read_run_file, read_sharded, write_run_file, write_sharded
 from tunespec.lifecycle.stages import StageRunner
-
-FORMAT = "tunespec-run/2"
-RUN_KEY = RUN_LAYOUT.meta_key  # the metadata entry holding the run's JSON description
 
 
 # --- the recipe, canonical ----------------------------------------------------------------------
@@ -89,6 +90,16 @@ RENAMED_KEYWORDS = {"schedule": "runner"}
 
 # --- saving -------------------------------------------------------------------------------------
 
+def _names(listing: Any) -> dict[Any, str]:
+    """handle -> canonical name, for the optimizer export (aliases share their first name)."""
+    return dict(zip(listing.handles, listing.names, strict=True))
+
+
+def _group(be: Any, model: Any) -> Any:
+    """Where the model's shards live (None: not sharded)."""
+    return be.process_group(model) if isinstance(be, Sharding) else None
+
+
 def save_checkpoint(path: str | Path, model: Any, optimizer: Any, runner: StageRunner | None = None,
                     lr_scheduler: Any = None, epoch: int | None = None,
                     extra: Mapping[str, Any] | None = None, **renamed: Any) -> Path:
@@ -96,14 +107,15 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, runner: StageR
 
     ``extra`` is anything JSON-serialisable (the data loader's position, a metric history). A
     symlink ``path`` is written through; a failed write (disk full, read-only directory) is a
-    SpecError and leaves the previous checkpoint as it was.
+    SpecError and leaves the previous checkpoint as it was. A sharded model (every rank calls
+    this) is saved as a directory.
 
     Example::
 
-        tunespec.save_checkpoint("run.pt", model, opt, runner, epoch=epoch, extra={"best": 0.91})
+        tunespec.save_checkpoint("run.ckpt", model, optimizer, runner, epoch=3)
     """
     refuse_renamed("save_checkpoint", renamed, RENAMED_KEYWORDS)
-    be = backend_for(model)
+    be = require(backend_for(model), Backend, "save_checkpoint")
     if epoch is not None:
         try:
             if isinstance(epoch, bool):
@@ -111,6 +123,8 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, runner: StageR
             epoch = operator.index(epoch)  # numpy integers too
         except TypeError:
             raise SpecError(f"save_checkpoint: epoch must be an integer or None, got {excerpt(epoch)}") from None
+    if not be.owns_optimizer(optimizer):
+        raise SpecError(f"save_checkpoint: optimizer is a {type(optimizer).__name__}, not a {be.name} optimizer")
     meta: dict[str, Any] = {"format": FORMAT, "backend": be.name, "epoch": epoch,
                             "extra": dict(extra or {})}
     best = None
@@ -125,64 +139,41 @@ def save_checkpoint(path: str | Path, model: Any, optimizer: Any, runner: StageR
     except (TypeError, ValueError) as exc:
         raise SpecError(f"save_checkpoint: extra must be JSON-serialisable with finite numbers "
                         f"({excerpt(str(exc))})") from None
-    if _sharded(be, model):  # every rank writes its shards: a directory
-        if not isinstance(path, (str, Path)) or "\0" in str(path):
-            raise SpecError(f"save_checkpoint: expected a directory path, got {excerpt(path)}")
-        be.save_sharded_run(str(path), model, optimizer, lr_scheduler, text, best)
+    group = _group(be, model)
+    if group is not None and (not isinstance(path, (str, Path)) or "\0" in str(path)):
+        raise SpecError(f"save_checkpoint: expected a directory path, got {excerpt(path)}")
+    listing = be.listing(model)
+    local = group is not None
+    tensors = {t.canonical: be.read(t.handle, local=True) if local else be.read(t.handle)
+               for t in listing.tensors}
+    exported = be.export_optimizer(optimizer, lr_scheduler, _names(listing), host=True)
+    if group is not None:
+        write_sharded(path, group, text, tensors, best, exported)
         return Path(path)
-    atomic_write(path, lambda tmp: be.save_run(tmp, model, optimizer, lr_scheduler, text, best),
-                 "save_checkpoint")
+    atomic_write(path, lambda tmp: write_run_file(tmp, text, tensors, best, exported), "save_checkpoint")
     return Path(path)
-
-
-def _sharded(be: Any, model: Any) -> bool:
-    """Whether ``model`` is sharded (a backend with the Sharding capability says so)."""
-    return isinstance(be, Sharding) and be.is_sharded(model)
 
 
 # --- reading ------------------------------------------------------------------------------------
 
-def read_run_file(path: str | Path, where: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-    """(meta, tensors, metadata) of a run checkpoint, checked: a regular file, a valid digest,
-    tunespec's format. ``where`` names the calling function in messages."""
-    regular_file(path, where)
-    tensors, metadata = read_checked(path, where)
-    return _run_meta(metadata.get(RUN_KEY), f"{where}: {str(path)!r}"), tensors, metadata
-
-
-def _run_meta(text: Any, where: str) -> dict[str, Any]:
-    """The run description (JSON) of a checkpoint, in tunespec's format, or a SpecError."""
-    try:
-        meta = json.loads(text)
-    except (TypeError, ValueError, RecursionError):
-        raise SpecError(f"{where} is not a tunespec run checkpoint (no run description)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise SpecError(f"{where} is not a tunespec run checkpoint of format {FORMAT} "
-                        f"(it says {excerpt(found)})")
-    return meta
-
-
-def read_run(path: str | Path, be: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, run) of a checkpoint of this framework, checked (see :func:`read_run_file`); a
-    directory is a sharded run (the backend checks its digests). ``run`` is the backend's view of
-    the tensors (not yet applied to anything)."""
+def read_run(path: str | Path, be: Any, group: Any, where: str = "resume") -> Run:
+    """A run checkpoint of this framework, checked; a directory is a sharded run."""
     if isinstance(path, (str, Path)) and "\0" not in str(path) and Path(path).is_dir():
         if not isinstance(be, Sharding):
-            raise SpecError(f"resume: {str(path)!r} is a directory; the {be.name} backend reads run "
+            raise SpecError(f"{where}: {str(path)!r} is a directory; the {be.name} backend reads run "
                             f"checkpoints from files only")
-        text, run = be.read_sharded_run(str(path), "resume")
-        meta = _run_meta(text, f"resume: {str(path)!r}")
+        run = read_sharded(path, group, where)
     else:
-        meta, tensors, metadata = read_run_file(path, "resume")
-        run = None
-    if meta.get("backend") != be.name:
-        raise SpecError(f"resume: {str(path)!r} was saved from a {excerpt(meta.get('backend'))} run; this "
+        run = read_run_file(path, where)
+    if run.meta.get("backend") != be.name:
+        raise SpecError(f"{where}: {str(path)!r} was saved from a {excerpt(run.meta.get('backend'))} run; this "
                         f"model is {be.name} (use tunespec.load for weights across frameworks)")
-    return meta, run if run is not None else be.load_run(tensors, metadata, str(path))
+    return run
 
 
 def _check_runner_state(meta: Mapping[str, Any], runner: StageRunner, where: str) -> dict[str, Any]:
+    """The runner state a file recorded, every field checked like a recipe's (a re-signed or
+    buggy file must fail here, not at the next step())."""
     state = meta.get("schedule")
     if state is None:
         raise SpecError(f"{where}: the checkpoint was saved without a stage runner; resume without runner=")
@@ -199,7 +190,110 @@ def _check_runner_state(meta: Mapping[str, Any], runner: StageRunner, where: str
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(runner.stages):
         raise SpecError(f"{where}: the checkpoint is in stage {excerpt(index)}, but the recipe has "
                         f"{len(runner.stages)} stages")
+    check_runner_state(state, f"{where}: the checkpoint's schedule state")
     return state
+
+
+def check_runner_state(state: Mapping[str, Any], path: str) -> None:
+    """Every field of a recorded stage-runner state, through the recipes' validation layer."""
+    validate.keys(state, path, ("index", "best", "best_epoch", "bad_epochs", "history", "ramps",
+                                "lr_offset", "last_epoch"))
+    if state.get("best") is not None:
+        validate.number(state["best"], f"{path}.best")
+    for key in ("best_epoch", "last_epoch"):
+        if state.get(key) is not None:
+            validate.count(state[key], f"{path}.{key}", minimum=0)
+    validate.count(state.get("bad_epochs"), f"{path}.bad_epochs", minimum=0)
+    history = validate.sequence(state.get("history"), f"{path}.history")
+    for i, entry in enumerate(history):
+        item = validate.sequence(entry, f"{path}.history[{i}]", what="an [epoch, stage name] pair")
+        if len(item) != 2:
+            raise validate.fail(f"{path}.history[{i}]", "an [epoch, stage name] pair", entry)
+        validate.count(item[0], f"{path}.history[{i}][0]", minimum=0)
+        validate.string(item[1], f"{path}.history[{i}][1]")
+    if "ramps" in state:
+        ramps = validate.mapping(state["ramps"], f"{path}.ramps", "{epoch: start}")
+        for k, v in ramps.items():
+            if not (isinstance(k, str) and k.lstrip("-").isdigit()):
+                raise validate.fail(f"{path}.ramps", "integer keys", k)
+            if v is not None:
+                validate.number(v, f"{path}.ramps[{k}]", integer=True, minimum=-1, maximum=validate.MAX_COUNT)
+    if "lr_offset" in state:
+        validate.count(state["lr_offset"], f"{path}.lr_offset", minimum=0)
+
+
+def _check_model(run: Run, live: Mapping[str, Any], where: str) -> None:
+    """The model has exactly the saved tensors, with the saved shapes and dtypes."""
+    odd = sorted(set(live) ^ set(run.model))
+    if odd:
+        raise SpecError(f"{where}: the model's tensors differ from the saved run's ({', '.join(map(excerpt, odd[:4]))}"
+                        f"{', ...' if len(odd) > 4 else ''}); resume into the architecture the run used")
+    for k, a in live.items():
+        s = run.model[k]
+        if tuple(a.shape) != tuple(s.shape) or a.dtype != s.dtype:
+            raise SpecError(f"{where}: tensor {k!r} is {tuple(a.shape)} {a.dtype} in this model but "
+                            f"{tuple(s.shape)} {s.dtype} in the checkpoint; resume into the architecture "
+                            f"the run used")
+
+
+def _same(saved: Any, live: Any) -> bool:
+    if isinstance(saved, (list, tuple)) and isinstance(live, (list, tuple)):
+        return len(saved) == len(live) and all(_same(a, b) for a, b in zip(saved, live, strict=True))
+    if hasattr(saved, "shape") or hasattr(live, "shape"):
+        return True  # array-valued settings (a capturable lr) follow the state
+    return saved == live or (saved != saved and live != live)
+
+
+def check_optimizer(saved: OptimizerExport, live: OptimizerExport, shapes: Mapping[str, Any],
+                    where: str) -> None:
+    """The live optimizer (built from the run's recipe) can take the saved state: the same rule,
+    parameters in the same order, the same settings (but for what follows the lr schedule), and
+    every saved state array the shape of its parameter."""
+    if saved.kind != live.kind:
+        rules = saved.settings.get("semantics")
+        hint = f" with semantics={rules!r} (the run used those update rules)" if isinstance(rules, str) else ""
+        raise SpecError(f"{where}: the run used optimizer {excerpt(saved.kind)}, this one is "
+                        f"{excerpt(live.kind)}; build it from the run's recipe (pass the run's StageRunner)"
+                        f"{hint}")
+    skip = saved.volatile | live.volatile
+    for key in [k for k in saved.settings if k not in skip] + [k for k in live.settings
+                                                                 if k not in saved.settings and k not in skip]:
+        was, now = saved.settings.get(key, "(absent)"), live.settings.get(key, "(absent)")
+        if not _same(was, now):
+            raise SpecError(f"{where}: optimizer.{key} differs: the run used {excerpt(was)}, this "
+                            f"optimizer has {excerpt(now)}; build it from the run's recipe")
+    if list(saved.hyper) != list(live.hyper):
+        raise SpecError(f"{where}: the optimizer's parameter groups differ from the saved ones (it holds "
+                        f"{len(live.hyper)} parameters, the run's held {len(saved.hyper)}); build it from "
+                        f"the run's recipe (pass the run's StageRunner)")
+    for name, hyper in live.hyper.items():
+        was = saved.hyper[name]
+        for key, value in hyper.items():
+            if key in skip or key not in was:
+                continue
+            if not _same(was[key], value):
+                raise SpecError(f"{where}: optimizer setting {key}={excerpt(value)} of {name!r} differs from "
+                                f"the run's {excerpt(was[key])}; build the optimizer from the run's recipe")
+    for name, tree in saved.state.items():
+        if name == "":
+            continue
+        if name not in saved.hyper:
+            raise SpecError(f"{where}: the saved optimizer state names parameter {excerpt(name)}, which "
+                            f"the optimizer does not have")
+        for array in _arrays_in(tree):
+            if array.ndim > 0 and tuple(array.shape) != tuple(shapes[name]):
+                raise SpecError(f"{where}: saved optimizer state of parameter {name!r} is "
+                                f"{tuple(array.shape)}, the parameter is {tuple(shapes[name])}")
+
+
+def _arrays_in(tree: Any) -> list[Any]:
+    if hasattr(tree, "shape") and hasattr(tree, "ndim"):
+        return [tree]
+    if isinstance(tree, (list, tuple)):
+        return [a for v in tree for a in _arrays_in(v)]
+    if isinstance(tree, Mapping):
+        return [a for v in tree.values() for a in _arrays_in(v)]
+    return []
 
 
 # --- resuming -----------------------------------------------------------------------------------
@@ -216,23 +310,35 @@ def resume(path: str | Path, model: Any, runner: StageRunner | None = None, opti
 
     Example::
 
-        runner = tunespec.StageRunner("examples/two_phase.yaml", steps_per_epoch=len(loader))
-        model, opt, meta = tunespec.resume("run.pt", fresh_model, runner)
-        start_epoch = meta["epoch"] + 1
+        model, optimizer, meta = tunespec.resume("run.ckpt", fresh_model, tunespec.StageRunner(recipe))
     """
     refuse_renamed("resume", renamed, RENAMED_KEYWORDS)
-    be = backend_for(model)
+    be = require(backend_for(model), Backend, "resume")
     where = "resume"
-    meta, run = read_run(path, be)
+    group = _group(be, model)
+    run = read_run(path, be, group)
     if runner is None and optimizer is None:
         raise SpecError("resume: pass runner= (a StageRunner of the run's recipe), or the optimizer to "
                         "load the state into")
-    state = _check_runner_state(meta, runner, where) if runner is not None else None
-    be.check_run_model(run, model)  # another architecture: refused before anything changes
-    weights = [(t, be.read(t.handle)) for t in be.listing(model).tensors]
+    if optimizer is not None and not be.owns_optimizer(optimizer):
+        raise SpecError(f"resume: optimizer is a {type(optimizer).__name__}, not a {be.name} optimizer")
+    if run.sharded != (group is not None):
+        raise SpecError("resume: this checkpoint is of an unsharded run, the model is sharded; resume into "
+                        "an unsharded model (or tunespec.load its weights, then shard)")
+    if run.optimizer is None:
+        raise SpecError(f"resume: {str(path)!r} holds no optimizer state")
+    state = _check_runner_state(run.meta, runner, where) if runner is not None else None
+    listing = be.listing(model)
+    local = group is not None
+    # the one copy all-or-nothing needs: the weights as they are, to write back on failure
+    weights = {t.canonical: (t.handle, be.read(t.handle, local=True) if local else be.read(t.handle))
+               for t in listing.tensors}
+    _check_model(run, {k: a for k, (_, a) in weights.items()}, where)  # another architecture: refused first
     saved_runner = dict(vars(runner)) if runner is not None else None
     plans: list[Any] = []
-    opt_backup = be.optimizer_backup(optimizer) if optimizer is not None else None
+    backup = None
+    if optimizer is not None:
+        backup = be.export_optimizer(optimizer, lr_scheduler, _names(listing), host=False)
     try:
         if runner is not None:
             model, optimizer = runner.start(model, optimizer)
@@ -240,38 +346,47 @@ def resume(path: str | Path, model: Any, runner: StageRunner | None = None, opti
             for _ in range(state["index"]):
                 model, optimizer = runner.advance(model, optimizer)
                 plans.append(runner.plan)
-            if runner.stage.spec.to_dict() != meta.get("spec"):
+            if runner.stage.spec.to_dict() != run.meta.get("spec"):
                 raise SpecError(f"resume: stage {runner.stage.name!r} of this recipe is not the spec "
                                 f"the run was saved with; resume with the run's own recipe")
             lr_scheduler = lr_scheduler if lr_scheduler is not None else runner.lr_scheduler
-            runner.load_lr_state(state)  # where ramps started, where the lr schedule restarted
+            runner.load_lr_state(state)  # where ramps started, where the lr runner restarted
             runner.reinstall_lrs(optimizer, lr_scheduler)  # ramped lrs as the run had them
-        be.check_run_optimizer(run, optimizer, lr_scheduler)
-        be.load_run_state(run, model, optimizer, lr_scheduler)
+        live = be.listing(model)
+        names = _names(live)
+        handles = {t.canonical: t.handle for t in live.tensors}
+        check_optimizer(run.optimizer, be.export_optimizer(optimizer, lr_scheduler, names, host=False),
+                        {k: a.shape for k, a in run.model.items()}, where)
+        for name, (handle, _) in weights.items():
+            if local:
+                be.write(handle, run.model[name], local=True)
+            else:
+                be.write(handle, run.model[name])
+        be.import_optimizer(optimizer, lr_scheduler, run.optimizer, handles)
         if runner is not None:
-            _restore_runner_state(runner, state, run)
+            _restore_runner_state(runner, state, run.best)
     except BaseException:
         for plan in reversed(plans):
             if plan.applied:
                 plan.restore()
-        for t, array in weights:
-            be.write(t.handle, array)
+        for handle, array in weights.values():
+            if local:
+                be.write(handle, array, local=True)
+            else:
+                be.write(handle, array)
         if saved_runner is not None:
             vars(runner).clear()
             vars(runner).update(saved_runner)
-        if opt_backup is not None:
-            be.optimizer_restore(optimizer, opt_backup)
+        if backup is not None:
+            be.import_optimizer(optimizer, lr_scheduler, backup, {t.canonical: t.handle for t in listing.tensors})
         raise
-    return model, optimizer, {"epoch": meta.get("epoch"), "extra": meta.get("extra", {})}
+    return model, optimizer, {"epoch": run.meta.get("epoch"), "extra": run.meta.get("extra", {})}
 
 
-def _restore_runner_state(runner: StageRunner, state: Mapping[str, Any], run: Mapping[str, Any]) -> None:
-    try:
-        best, best_epoch, bad = state["best"], state["best_epoch"], int(state["bad_epochs"])
-        history = [(int(e), str(n)) for e, n in state["history"]]
-    except (KeyError, TypeError, ValueError):
-        raise SpecError("resume: the checkpoint's runner state is incomplete") from None
-    runner.best, runner.best_epoch, runner.bad_epochs = best, best_epoch, bad
-    runner.history = history
-    runner.best_state = run["best"]
+def _restore_runner_state(runner: StageRunner, state: Mapping[str, Any], best: Mapping[str, Any] | None) -> None:
+    """The runner's state (checked by :func:`_check_runner_state`) and its best weights."""
+    runner.best, runner.best_epoch = state["best"], state["best_epoch"]
+    runner.bad_epochs = state["bad_epochs"]
+    runner.history = [(e, n) for e, n in state["history"]]
+    runner.best_state = None if best is None else {k: v.copy() for k, v in best.items()}
     runner.rebaseline()  # verify() compares frozen tensors with the loaded weights

@@ -15,6 +15,7 @@ from tunespec.backend_api import CheckpointFiles, require
 from tunespec.dispatch import backend_for, load_backend
 from tunespec.errors import SpecError
 from tunespec.recipe.files import excerpt, has_digest, regular_file
+from tunespec.lifecycle.run_files import read_run_file
 from tunespec.framework_facts import (
     is_ignored_state,
     leaf_spellings,
@@ -24,7 +25,6 @@ from tunespec.framework_facts import (
 )
 from tunespec.listing import Listing, TensorInfo
 from tunespec.planning.naming import NameMap, Rename
-from tunespec.lifecycle.checkpoint import read_run_file
 
 
 @dataclass
@@ -138,20 +138,15 @@ def read_checkpoint(path: str | Path, model_backend: Any, allow_pickle: bool = F
 
 def _run_weights(path: Path, key: str | None) -> dict[str, Any]:
     """The weights in a run checkpoint (``key``: 'model', the default, or 'best', the best epoch's),
-    read by the backend of the framework that saved it, so weights cross frameworks."""
-    meta, tensors, metadata = read_run_file(path, "load")
-    saved_by = meta.get("backend")
-    if not isinstance(saved_by, str):
-        raise SpecError(f"load: {str(path)!r} does not say which framework saved it")
-    reader = load_backend(saved_by)
-    run = reader.load_run(tensors, metadata, str(path))
-    parts = {"model": run["model"], "best": run["best"]}
+    by canonical name, so weights cross frameworks."""
+    run = read_run_file(path, "load")
+    parts = {"model": run.model, "best": run.best}
     key = "model" if key is None else key
     if parts.get(key) is None:
         have = ", ".join(repr(k) for k, v in parts.items() if v is not None)
         raise SpecError(f"load: {str(path)!r} is a run checkpoint; key={excerpt(key)} is not in it "
                         f"(it holds {have})")
-    return checked_state({k: reader.to_numpy(v) for k, v in parts[key].items()}, str(path))
+    return checked_state(dict(parts[key]), str(path))
 
 
 # dtype kinds a weight can have: bool, signed and unsigned integers, floating point.
