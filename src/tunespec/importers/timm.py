@@ -153,7 +153,10 @@ def from_timm(model: Any = None, weight_decay: float = 0.0, no_weight_decay_list
 def _patterns(value: Any, where: str, sort: bool = False) -> list[tuple[str, str]]:
     """(where, pattern) for each of timm's no-weight-decay names: a list, tuple or set of strings
     (a model's ``no_weight_decay()`` returns a set, so it is sorted for a stable recipe)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, str):
+        raise SpecError(f"{where}: expected a list of names or fnmatch patterns, not one string; "
+                        f"write [{value[:40]!r}]")
+    if not isinstance(value, (list, tuple, set, frozenset)):
         raise SpecError(f"{where}: expected a list of names or fnmatch patterns (e.g. ['pos_embed', "
                         f"'*.gamma']), got {V.excerpt(value)}")
     V.sequence(list(value), where)  # bounded length
