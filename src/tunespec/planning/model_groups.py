@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunespec.dispatch import backend_for
-from tunespec.planning.cards import card_for
+from tunespec.planning.cards import model_card
 from tunespec.planning.plan import Plan
 from tunespec.recipe.spec import Spec
 
@@ -151,7 +151,7 @@ def groups(model: Any, backend: str | None = None) -> ModelGroups:
     """
     be = backend_for(model, backend)
     listing = be.listing(model)
-    card = card_for((listing.model_type, *listing.base_types), listing.param_names())
+    card = model_card(listing)
     every = {"freeze": [".*"]}
 
     def members(match: str) -> list[Any]:
